@@ -1,0 +1,20 @@
+"""conv_ext: hand-written direct Conv2d kernels for PyTorch (CPU and CUDA).
+
+    import conv_ext
+    y = conv_ext.conv2d(x, w, b, stride=1, padding=1)     # like F.conv2d
+    layer = conv_ext.Conv2d(3, 64, 3, padding=1)           # like nn.Conv2d
+    model = conv_ext.convert(model)                        # swap nn.Conv2d in place
+"""
+from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
+from . import ops  # noqa: F401  (fake kernels)
+from .autograd import Conv2dFunction
+from .functional import conv2d
+from .modules import Conv2d, convert
+
+__all__ = ["Conv2d", "Conv2dFunction", "built_with_cuda", "conv2d", "convert"]
+__version__ = "0.1.0"
+
+
+def built_with_cuda() -> bool:
+    """Whether the CUDA kernels were compiled into this build."""
+    return bool(_C.WITH_CUDA)

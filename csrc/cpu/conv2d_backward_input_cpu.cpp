@@ -1,0 +1,89 @@
+// conv2d_backward_input on the CPU: the transpose of the forward loop nest.
+// One grad_input plane (n, c) per task, so every element is accumulated by
+// one thread in a fixed (k, r, s, p, q) order: no atomics, identical results
+// run to run and across thread counts.
+#include <torch/library.h>
+
+#include "conv2d_cpu_common.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace {
+
+template <typename scalar_t>
+void conv2d_backward_input_planes(const scalar_t* grad_output,
+                                  const scalar_t* weight, scalar_t* grad_input,
+                                  const Conv2dShape& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto rows = row_ranges(p);
+  const auto cols = column_ranges(p);
+  const int64_t plane = p.H * p.W;
+  at::parallel_for(0, p.N * p.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(plane);
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / p.C, c = nc % p.C;
+      const int64_t g = c / p.C_per_group, cg = c % p.C_per_group;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t kk = 0; kk < p.K_per_group; ++kk) {
+        const int64_t k = g * p.K_per_group + kk;
+        const scalar_t* gy = grad_output + (n * p.K + k) * p.P * p.Q;
+        const scalar_t* w = weight + ((k * p.C_per_group + cg) * p.R) * p.S;
+        for (int64_t r = 0; r < p.R; ++r) {
+          for (int64_t s = 0; s < p.S; ++s) {
+            const acc_t wv = static_cast<acc_t>(w[r * p.S + s]);
+            const int64_t q0 = cols[s].lo, q1 = cols[s].hi;
+            const int64_t col0 = q0 * p.stride_w + s * p.dilation_w - p.pad_w;
+            for (int64_t oh = rows[r].lo; oh < rows[r].hi; ++oh) {
+              const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_h;
+              acc_t* gx = acc.data() + ih * p.W + col0;
+              const scalar_t* gyrow = gy + oh * p.Q;
+              if (p.stride_w == 1) {
+                for (int64_t q = q0; q < q1; ++q) {
+                  gx[q - q0] += wv * static_cast<acc_t>(gyrow[q]);
+                }
+              } else {
+                for (int64_t q = q0; q < q1; ++q) {
+                  gx[(q - q0) * p.stride_w] += wv * static_cast<acc_t>(gyrow[q]);
+                }
+              }
+            }
+          }
+        }
+      }
+      scalar_t* out = grad_input + nc * plane;
+      for (int64_t i = 0; i < plane; ++i) out[i] = static_cast<scalar_t>(acc[i]);
+    }
+  });
+}
+
+at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output,
+                                     const at::Tensor& weight,
+                                     at::IntArrayRef input_size,
+                                     at::IntArrayRef stride,
+                                     at::IntArrayRef padding,
+                                     at::IntArrayRef dilation, int64_t groups) {
+  const Conv2dShape p = check_conv2d_backward_input(
+      grad_output, weight, input_size, stride, padding, dilation, groups);
+  const auto format = conv2d_memory_format(grad_output, weight);
+  auto grad_input = at::empty(p.input_sizes(), grad_output.options());
+  if (grad_input.numel() == 0) return in_memory_format(grad_input, format);
+  const auto gy = grad_output.contiguous();
+  const auto w = weight.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_output.scalar_type(),
+      "conv2d_backward_input_cpu", [&] {
+        conv2d_backward_input_planes<scalar_t>(
+            gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+            grad_input.mutable_data_ptr<scalar_t>(), p);
+      });
+  return in_memory_format(grad_input, format);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(conv_ext, CPU, m) {
+  m.impl("conv2d_backward_input", &conv2d_backward_input_cpu);
+}
+
+}  // namespace cpu
+}  // namespace conv_ext

@@ -1,0 +1,105 @@
+// conv2d_backward_weight on the CPU: one (k, c) filter slice per task, each
+// reducing over N, P and Q in a fixed order. Dot products keep a fixed
+// number of partial sums combined in a fixed order, so results are identical
+// run to run and across thread counts, with no atomics.
+#include <torch/library.h>
+
+#include "conv2d_cpu_common.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace {
+
+constexpr int kLanes = 16;  // partial sums per dot product (SIMD-friendly)
+
+template <typename acc_t, typename scalar_t>
+inline acc_t strided_dot(const scalar_t* a, const scalar_t* b,
+                         int64_t b_stride, int64_t count) {
+  acc_t lanes[kLanes] = {};
+  int64_t i = 0;
+  if (b_stride == 1) {
+    for (; i + kLanes <= count; i += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        lanes[l] += static_cast<acc_t>(a[i + l]) * static_cast<acc_t>(b[i + l]);
+      }
+    }
+  }
+  for (; i < count; ++i) {
+    lanes[i % kLanes] +=
+        static_cast<acc_t>(a[i]) * static_cast<acc_t>(b[i * b_stride]);
+  }
+  acc_t sum = 0;
+  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  return sum;
+}
+
+template <typename scalar_t>
+void conv2d_backward_weight_slices(const scalar_t* grad_output,
+                                   const scalar_t* input,
+                                   scalar_t* grad_weight,
+                                   const Conv2dShape& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto rows = row_ranges(p);
+  const auto cols = column_ranges(p);
+  const int64_t taps = p.R * p.S;
+  at::parallel_for(0, p.K * p.C_per_group, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(taps);
+    for (int64_t kc = begin; kc < end; ++kc) {
+      const int64_t k = kc / p.C_per_group, cg = kc % p.C_per_group;
+      const int64_t c = (k / p.K_per_group) * p.C_per_group + cg;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t n = 0; n < p.N; ++n) {
+        const scalar_t* gy = grad_output + (n * p.K + k) * p.P * p.Q;
+        const scalar_t* x = input + (n * p.C + c) * p.H * p.W;
+        for (int64_t r = 0; r < p.R; ++r) {
+          for (int64_t s = 0; s < p.S; ++s) {
+            const int64_t q0 = cols[s].lo, q1 = cols[s].hi;
+            const int64_t col0 = q0 * p.stride_w + s * p.dilation_w - p.pad_w;
+            acc_t sum = 0;
+            for (int64_t oh = rows[r].lo; oh < rows[r].hi; ++oh) {
+              const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_h;
+              sum += strided_dot<acc_t>(gy + oh * p.Q + q0, x + ih * p.W + col0,
+                                        p.stride_w, q1 - q0);
+            }
+            acc[r * p.S + s] += sum;
+          }
+        }
+      }
+      scalar_t* gw = grad_weight + kc * taps;
+      for (int64_t i = 0; i < taps; ++i) gw[i] = static_cast<scalar_t>(acc[i]);
+    }
+  });
+}
+
+at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output,
+                                      const at::Tensor& input,
+                                      at::IntArrayRef weight_size,
+                                      at::IntArrayRef stride,
+                                      at::IntArrayRef padding,
+                                      at::IntArrayRef dilation,
+                                      int64_t groups) {
+  const Conv2dShape p = check_conv2d_backward_weight(
+      grad_output, input, weight_size, stride, padding, dilation, groups);
+  const auto format = conv2d_memory_format(grad_output, input);
+  auto grad_weight = at::empty(p.weight_sizes(), grad_output.options());
+  if (grad_weight.numel() == 0) return in_memory_format(grad_weight, format);
+  const auto gy = grad_output.contiguous();
+  const auto x = input.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_output.scalar_type(),
+      "conv2d_backward_weight_cpu", [&] {
+        conv2d_backward_weight_slices<scalar_t>(
+            gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+            grad_weight.mutable_data_ptr<scalar_t>(), p);
+      });
+  return in_memory_format(grad_weight, format);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(conv_ext, CPU, m) {
+  m.impl("conv2d_backward_weight", &conv2d_backward_weight_cpu);
+}
+
+}  // namespace cpu
+}  // namespace conv_ext

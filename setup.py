@@ -1,0 +1,112 @@
+"""Build of conv_ext._C: CPU kernels always, CUDA kernels when a CUDA toolkit
+and a CUDA build of torch are present (GPU or not).
+
+Environment:
+  CONV_EXT_CUDA=0|1        force the CUDA part off or on
+  CONV_EXT_MARCH=<arch>    -march for the CPU kernels (default: native;
+                           'none' leaves it out)
+  CONV_EXT_SANITIZE=...    e.g. address,undefined: build with sanitizers
+  CONV_EXT_DEBUG=1         -O0 -g
+  TORCH_CUDA_ARCH_LIST     CUDA archs; default: the visible GPUs, else 9.0
+"""
+import glob
+import os
+import shutil
+import sys
+
+
+def _is_cuda_root(path):
+    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and (
+        os.path.isdir(os.path.join(path, "lib64")) or os.path.isdir(os.path.join(path, "lib"))
+    )
+
+
+def _find_cuda_home():
+    """The CUDA toolkit root. torch guesses it from `which nvcc`, which is
+    wrong where nvcc on PATH is a wrapper script (e.g. /usr/local/bin/nvcc,
+    giving /usr/local): that compiles but fails to link."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if _is_cuda_root(os.environ.get(var)):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        root = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if _is_cuda_root(root):
+            return root
+    for root in ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True):
+        if _is_cuda_root(root):
+            return root
+    return None
+
+
+_cuda_home = _find_cuda_home()
+if _cuda_home:
+    # Must be set before torch.utils.cpp_extension is imported: it reads it once.
+    os.environ["CUDA_HOME"] = _cuda_home
+
+import torch  # noqa: E402
+from setuptools import setup  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda():
+    forced = os.environ.get("CONV_EXT_CUDA")
+    available = _cuda_home is not None and torch.version.cuda is not None
+    if forced == "0":
+        return False
+    if forced == "1":
+        if not available:
+            sys.exit("CONV_EXT_CUDA=1 but no CUDA toolkit (CUDA_HOME) or no CUDA build of torch")
+        return True
+    return available
+
+
+def _set_cuda_arch_list():
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return
+    if torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a}.{b}" for a, b in caps)
+    else:
+        # No GPU visible (CI): one arch keeps the compile short, and torch's
+        # own arch detection would fail without a device.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+
+
+def _extension():
+    with_cuda = _want_cuda()
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    debug = os.environ.get("CONV_EXT_DEBUG") == "1"
+    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    cxx += ["-fopenmp"]
+    march = os.environ.get("CONV_EXT_MARCH", "native")
+    if march and march != "none":
+        cxx.append(f"-march={march}")
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    ldflags = ["-fopenmp"]
+    sanitize = os.environ.get("CONV_EXT_SANITIZE")
+    if sanitize:
+        cxx += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
+        ldflags += [f"-fsanitize={sanitize}"]
+    define_macros = []
+    if with_cuda:
+        _set_cuda_arch_list()
+        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+        define_macros.append(("CONV_EXT_WITH_CUDA", None))
+        return CUDAExtension(
+            "conv_ext._C", sources, define_macros=define_macros,
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=ldflags,
+        )
+    return CppExtension(
+        "conv_ext._C", sources, define_macros=define_macros,
+        extra_compile_args={"cxx": cxx}, extra_link_args=ldflags,
+    )
+
+
+# Metadata and packages are in pyproject.toml.
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension},
+)
