@@ -40,10 +40,14 @@ def convert(model: nn.Module) -> nn.Module:
             if id(module) not in memo:
                 memo[id(module)] = _converted(module)
             return memo[id(module)]
-        for name, child in list(module.named_children()):
+        # _modules rather than named_children(): the latter skips a module's
+        # second occurrence, which would leave it unconverted.
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
             new_child = swap(child)
             if new_child is not child:
-                setattr(module, name, new_child)
+                module._modules[name] = new_child
         return module
 
     return swap(model)

@@ -16,6 +16,8 @@ def _pair(values):
 
 def _memory_format(a, b):
     # Same rule as conv2d_memory_format in csrc/conv2d_params.h.
+    if a.dim() == 4 and a.shape[0] == 0:
+        return torch.contiguous_format
     if torch.channels_last in (suggest_memory_format(a), suggest_memory_format(b)):
         return torch.channels_last
     return torch.contiguous_format

@@ -144,6 +144,10 @@ inline Conv2dShape make_conv2d_shape(at::IntArrayRef input_sizes,
               "Calculated padded input size per channel: (", padded[0], " x ",
               padded[1], "). Kernel size: (", extent[0], " x ", extent[1],
               "). Kernel size can't be greater than actual input size");
+  TORCH_CHECK(input_sizes[0] == 0 || input_sizes[1] == 0 ||
+                  (input_sizes[2] > 0 && input_sizes[3] > 0),
+              "Only zero batch or zero channel inputs are supported, but got "
+              "input shape: ", input_sizes);
   TORCH_CHECK(weight_sizes[2] > 0 && weight_sizes[3] > 0,
               "kernel size should be greater than zero, but got kernel_height: ",
               weight_sizes[2], " kernel_width: ", weight_sizes[3]);
@@ -196,9 +200,11 @@ inline void check_supported_dtype(const at::Tensor& t, const char* op) {
 }
 
 // The memory format torch gives a convolution's output: channels_last if
-// either operand suggests it, else contiguous.
+// either operand suggests it, else contiguous. An empty batch gives a
+// contiguous output, as in torch.
 inline at::MemoryFormat conv2d_memory_format(const at::Tensor& a,
                                              const at::Tensor& b) {
+  if (a.dim() == 4 && a.size(0) == 0) return at::MemoryFormat::Contiguous;
   if (a.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
       b.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
     return at::MemoryFormat::ChannelsLast;

@@ -1,0 +1,56 @@
+"""Shared comparison helpers for the conv_ext tests."""
+import torch
+import torch.nn.functional as F
+
+import conv_ext
+
+# Tolerances for comparing against torch (its algorithm sums in another order).
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-9, atol=1e-9),
+    torch.float32: dict(rtol=1e-4, atol=1e-4),
+    torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+    torch.float16: dict(rtol=5e-3, atol=5e-3),
+}
+
+
+def make_layout(t, layout):
+    """`t` in the given layout: 'contiguous', 'channels_last', or 'strided'
+    (a non-contiguous view with the same values)."""
+    if layout == "contiguous":
+        return t.contiguous()
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+    if layout == "strided":
+        # Every other element of a tensor twice as wide: same values, odd strides.
+        wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    raise ValueError(layout)
+
+
+def compare_with_torch(x, w, b, *, stride=1, padding=0, dilation=1, groups=1, layout="contiguous",
+                       check_grads=True):
+    """Run conv_ext.conv2d and F.conv2d on the same inputs (in `layout`), and
+    compare the output and, with a random grad_output, every gradient."""
+    tol = TOLERANCES[x.dtype]
+    x = make_layout(x, layout).requires_grad_(check_grads)
+    w = make_layout(w, layout).requires_grad_(check_grads)
+    if b is not None:
+        b = b.clone().requires_grad_(check_grads)
+    args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    out = conv_ext.conv2d(x, w, b, **args)
+    expected = F.conv2d(x, w, b, **args)
+    torch.testing.assert_close(out, expected, **tol)
+    assert out.shape == expected.shape
+    if layout == "channels_last" and x.dim() == 4:
+        assert out.is_contiguous(memory_format=torch.channels_last) == \
+            expected.is_contiguous(memory_format=torch.channels_last)
+    if not check_grads:
+        return out
+    grad_output = torch.randn_like(expected)
+    inputs = [t for t in (x, w, b) if t is not None]
+    got = torch.autograd.grad(out, inputs, grad_output, allow_unused=True)
+    want = torch.autograd.grad(expected, inputs, grad_output, allow_unused=True)
+    for name, g, e in zip(("input", "weight", "bias"), got, want):
+        torch.testing.assert_close(g, e, **tol, msg=lambda m: f"grad {name}: {m}")
+    return out
