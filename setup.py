@@ -16,9 +16,13 @@ import sys
 
 
 def _is_cuda_root(path):
-    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and (
-        os.path.isdir(os.path.join(path, "lib64")) or os.path.isdir(os.path.join(path, "lib"))
-    )
+    """A toolkit root has nvcc, the runtime headers and libcudart (a bare
+    bin/nvcc wrapper under /usr/local is not one)."""
+    if not path or not os.path.isfile(os.path.join(path, "bin", "nvcc")):
+        return False
+    if not os.path.isfile(os.path.join(path, "include", "cuda_runtime.h")):
+        return False
+    return any(glob.glob(os.path.join(path, lib, "libcudart.so*")) for lib in ("lib64", "lib"))
 
 
 def _find_cuda_home():
