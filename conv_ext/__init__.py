@@ -5,6 +5,8 @@
     layer = conv_ext.Conv2d(3, 64, 3, padding=1)           # like nn.Conv2d
     model = conv_ext.convert(model)                        # swap nn.Conv2d in place
 """
+import torch  # noqa: F401  (first: _C links against libtorch/libc10, loaded by torch)
+
 from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
 from . import ops  # noqa: F401  (fake kernels)
 from .autograd import Conv2dFunction
