@@ -9,7 +9,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from .autograd import Conv2dFunction
+from .autograd import conv2d_functions
 
 __all__ = ["conv2d"]
 
@@ -93,5 +93,6 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             raise RuntimeError(f"Invalid padding string: '{padding}'")
     else:
         padding = _int_list(padding, "padding")
-    output = Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)
+    conv2d_function = conv2d_functions()[0]
+    output = conv2d_function.apply(input, weight, bias, stride, padding, dilation, groups)
     return output if is_batched else output.squeeze(0)
