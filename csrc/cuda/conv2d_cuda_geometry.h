@@ -1,0 +1,48 @@
+// Plain data shared by the CUDA kernels (device code), the host-side plan and
+// the CPU emulation of the kernels: the problem geometry as the kernels see it
+// and the GEMM tile shapes. No CUDA or ATen types, so every compiler accepts it.
+#pragma once
+
+#include <cstdint>
+
+namespace conv_ext {
+namespace cuda {
+
+// One 2-d convolution: input N x C x H x W, weight K x Cg x R x S, output
+// N x K x P x Q (all contiguous NCHW inside the kernels). int64_t throughout:
+// offsets into tensors of more than 2^31 elements must not wrap.
+struct ConvGeometry {
+  int64_t N, C, H, W;
+  int64_t K, R, S;
+  int64_t P, Q;
+  int64_t groups, Cg, Kg;  // channels per group: input Cg, output Kg
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+};
+
+// Block tile of an implicit GEMM: BM x BN outputs per block, the reduction
+// staged through shared memory BK at a time, each thread holding TM x TN
+// outputs in registers. The thread count follows from the tile.
+template <int BM_, int BN_, int BK_, int TM_, int TN_>
+struct GemmTile {
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_;
+  static constexpr int kThreadsM = BM / TM, kThreadsN = BN / TN;
+  static constexpr int kThreads = kThreadsM * kThreadsN;
+  static_assert(BM % TM == 0 && BN % TN == 0, "tile must divide evenly");
+  static_assert(kThreads % BM == 0 && kThreads % BN == 0 && kThreads % BK == 0,
+                "shared-memory loads assume whole rows/columns per pass");
+};
+
+// 128 x 64 outputs, 256 threads, 8 x 4 per thread: wide layers.
+using LargeTile = GemmTile<128, 64, 8, 8, 4>;
+// 32 x 32 outputs, 64 threads, 4 x 4 per thread: few channels or pixels,
+// where a large tile would leave most of the GPU idle or compute padding.
+using SmallTile = GemmTile<32, 32, 8, 4, 4>;
+
+// Threads per block of the depthwise and element-wise kernels.
+constexpr int kDepthwiseThreads = 256;
+// grad-weight of depthwise: one (channel, tap) per block, a block-wide sum.
+constexpr int kDepthwiseWeightThreads = 128;
+constexpr int kReduceThreads = 256;
+
+}  // namespace cuda
+}  // namespace conv_ext

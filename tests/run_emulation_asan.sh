@@ -1,0 +1,18 @@
+#!/bin/sh
+# The emulated CUDA kernel tests (tests/test_cuda_emulation.py) with the
+# emulation built under AddressSanitizer (its own build dir), so an
+# out-of-bounds read or write of global or __shared__ memory by a kernel
+# fails. torch itself is not instrumented, hence the preloaded runtime, and
+# it leaks at exit by design, hence detect_leaks=0.
+#   tests/run_emulation_asan.sh [pytest args]     (PYTHON=... to pick python)
+set -eu
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+ASAN_LIB=$(${CC:-gcc} -print-file-name=libasan.so)
+if [ ! -f "$ASAN_LIB" ]; then
+  echo "run_emulation_asan.sh: libasan.so not found (gcc -print-file-name)" >&2
+  exit 1
+fi
+CONV_EXT_EMU_SANITIZE=address LD_PRELOAD="$ASAN_LIB" \
+  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+  "$PYTHON" -m pytest tests/test_cuda_emulation.py -q "$@"
