@@ -3,7 +3,8 @@
 # emulation built under AddressSanitizer (its own build dir), so an
 # out-of-bounds read or write of global or __shared__ memory by a kernel
 # fails. torch itself is not instrumented, hence the preloaded runtime, and
-# it leaks at exit by design, hence detect_leaks=0.
+# it leaks at exit by design, hence detect_leaks=0. --capture=sys leaves
+# file descriptor 2 alone, so the ASan report of an aborted run is seen.
 #   tests/run_emulation_asan.sh [pytest args]     (PYTHON=... to pick python)
 set -eu
 cd "$(dirname "$0")/.."
@@ -15,4 +16,4 @@ if [ ! -f "$ASAN_LIB" ]; then
 fi
 CONV_EXT_EMU_SANITIZE=address LD_PRELOAD="$ASAN_LIB" \
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-  "$PYTHON" -m pytest tests/test_cuda_emulation.py -q "$@"
+  "$PYTHON" -m pytest tests/test_cuda_emulation.py -q --capture=sys "$@"
