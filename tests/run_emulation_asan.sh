@@ -14,6 +14,10 @@ if [ ! -f "$ASAN_LIB" ]; then
   echo "run_emulation_asan.sh: libasan.so not found (gcc -print-file-name)" >&2
   exit 1
 fi
-CONV_EXT_EMU_SANITIZE=address LD_PRELOAD="$ASAN_LIB" \
+# libstdc++ is preloaded too: python itself does not link it, and ASan's
+# __cxa_throw interceptor must find the real one when it starts, or the
+# first C++ exception (any TORCH_CHECK) aborts.
+CXX_LIB=$(${CC:-gcc} -print-file-name=libstdc++.so)
+CONV_EXT_EMU_SANITIZE=address LD_PRELOAD="$ASAN_LIB $CXX_LIB" \
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   "$PYTHON" -m pytest tests/test_cuda_emulation.py -q --capture=sys "$@"
