@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 
 import conv_ext
-from helpers import TOLERANCES
 
 
 class BasicBlock(nn.Module):
@@ -80,8 +79,9 @@ def test_resnet18_converted_matches_original(dtype, layout, size):
         getattr(converted, mode)()
         out, grads = run(converted, x, target)
         want_out, want_grads = run(original, x, target)
-        # float32: 20 convs and batch norms deep, so a little looser than one conv.
-        tol = TOLERANCES[dtype] if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-4)
+        # Looser than for one conv: 20 convs deep, and training-mode batch norm
+        # over few values (2 x 1 x 1 in layer4 at 32x32) amplifies rounding.
+        tol = dict(rtol=1e-7, atol=1e-7) if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-4)
         torch.testing.assert_close(out, want_out, **tol)
         assert grads.keys() == want_grads.keys()
         for name in grads:
