@@ -15,7 +15,7 @@ endif
 DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy matplotlib
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build install clean
+.PHONY: test bench build install clean test-emulation-asan
 
 $(VENV)/.installed:
 	python3 -m venv $(VENV)
@@ -28,6 +28,11 @@ build: $(SETUP)
 
 test: build
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# The emulated CUDA kernel tests again, with the emulation built under
+# AddressSanitizer (out-of-bounds global/shared accesses abort the run).
+test-emulation-asan: build
+	PYTHON=$(PYTHON) tests/run_emulation_asan.sh $(PYTEST_ARGS)
 
 bench: build
 	$(PYTHON) -m conv_ext.bench $(BENCH_ARGS)

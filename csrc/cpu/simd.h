@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__) || defined(__AVX2__) || defined(__FMA__)
+#if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -36,7 +36,7 @@ struct Vec {
 
   static inline type load(const T* p) { return *reinterpret_cast<const unaligned*>(p); }
   static inline void store(T* p, type v) { *reinterpret_cast<unaligned*>(p) = v; }
-  static inline type broadcast(T x) { return type{} + x; }
+  static inline type broadcast(T x);
   static inline type zero() { return type{}; }
   // The first n (< size) lanes; the rest are zero.
   static inline type load_partial(const T* p, int n) {
@@ -46,6 +46,34 @@ struct Vec {
   }
   static inline void store_partial(T* p, type v, int n) { std::memcpy(p, &v, sizeof(T) * n); }
 };
+
+// One broadcast instruction (GCC turns both `type{} + x` and a lane-wise
+// fill into several shuffles on x86).
+template <>
+inline Vec<float>::type Vec<float>::broadcast(float x) {
+#if defined(__AVX512F__)
+  return _mm512_set1_ps(x);
+#elif defined(__AVX__)
+  return _mm256_set1_ps(x);
+#else
+  type v;
+  for (int i = 0; i < size; ++i) v[i] = x;
+  return v;
+#endif
+}
+
+template <>
+inline Vec<double>::type Vec<double>::broadcast(double x) {
+#if defined(__AVX512F__)
+  return _mm512_set1_pd(x);
+#elif defined(__AVX__)
+  return _mm256_set1_pd(x);
+#else
+  type v;
+  for (int i = 0; i < size; ++i) v[i] = x;
+  return v;
+#endif
+}
 
 // a * b + c in one rounding where the ISA has FMA. ISO C++ modes turn off
 // GCC's floating-point contraction, so a*b+c would stay two instructions.

@@ -75,6 +75,17 @@ struct BackwardInputPhase {
   const ConvGeometry* g;
   int64_t group, phase_h, phase_w;
   PhaseTaps taps_h, taps_w;
+  // By the phase's tap count and by its taps along w (1 where there are
+  // none: then the reduction is empty and nothing is decoded).
+  FastDivmod taps_div, taps_w_div;
+
+  __device__ __forceinline__ BackwardInputPhase(const ConvGeometry* geometry, int64_t group_,
+                                                int64_t phase_h_, int64_t phase_w_)
+      : g(geometry), group(group_), phase_h(phase_h_), phase_w(phase_w_),
+        taps_h(PhaseTaps::make(phase_h_, g->pad_h, g->stride_h, g->dilation_h, g->R)),
+        taps_w(PhaseTaps::make(phase_w_, g->pad_w, g->stride_w, g->dilation_w, g->S)),
+        taps_div(taps_h.count * taps_w.count > 0 ? taps_h.count * taps_w.count : 1),
+        taps_w_div(taps_w.count > 0 ? taps_w.count : 1) {}
 
   __device__ __forceinline__ int64_t reduction() const {
     return g->Kg * taps_h.count * taps_w.count;
@@ -83,11 +94,11 @@ struct BackwardInputPhase {
     // Kg * R * S fits in int32 (the plan checks it).
     const int taps = taps_h.count * taps_w.count;
     if (!valid || taps == 0) return BackwardInputTap{0, 0, 0, false};
-    const int kk = static_cast<int>(k);
-    const int channel = kk / taps, tap = kk % taps;
-    return BackwardInputTap{group * g->Kg + channel,
-                            taps_h.first + (tap / taps_w.count) * taps_h.step,
-                            taps_w.first + (tap % taps_w.count) * taps_w.step, true};
+    int channel, tap, j_r, j_s;
+    taps_div.divmod(static_cast<int>(k), channel, tap);
+    taps_w_div.divmod(tap, j_r, j_s);
+    return BackwardInputTap{group * g->Kg + channel, taps_h.first + j_r * taps_h.step,
+                            taps_w.first + j_s * taps_w.step, true};
   }
 };
 
@@ -184,10 +195,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
     const int64_t phase_index = (tile_y / p.tiles_n) % phases;
     const int64_t group = tile_y / (p.tiles_n * phases);
     const int64_t phase_h = phase_index / g.stride_w, phase_w = phase_index % g.stride_w;
-    const BackwardInputPhase phase{
-        &g, group, phase_h, phase_w,
-        PhaseTaps::make(phase_h, g.pad_h, g.stride_h, g.dilation_h, g.R),
-        PhaseTaps::make(phase_w, g.pad_w, g.stride_w, g.dilation_w, g.S)};
+    const BackwardInputPhase phase(&g, group, phase_h, phase_w);
     // Pixels of this phase: h = phase_h + i * sh < H.
     const int64_t rows = phase_h < g.H ? (g.H - phase_h + g.stride_h - 1) / g.stride_h : 0;
     const int64_t cols = phase_w < g.W ? (g.W - phase_w + g.stride_w - 1) / g.stride_w : 0;
@@ -200,7 +208,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
       gemm_tile<Tile>(a, b, m0, n0, 0, phase.reduction(), acc, As, Bs);
 #pragma unroll
       for (int i = 0; i < Tile::TM; ++i) {
-        const int64_t m = m0 + tx + i * Tile::kThreadsM;
+        const int64_t m = m0 + tile_row<Tile>(tx, i);
         const int64_t n = m / plane, ij = m % plane;
         const int64_t pi = ij / p.phase_w_size, pj = ij % p.phase_w_size;
         if (n >= g.N || pi >= rows || pj >= cols) continue;
@@ -208,7 +216,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
         scalar_t* out = p.grad_input + (n * g.C + group * g.Cg) * g.H * g.W + h * g.W + w;
 #pragma unroll
         for (int j = 0; j < Tile::TN; ++j) {
-          const int64_t c = n0 + ty + j * Tile::kThreadsN;
+          const int64_t c = n0 + tile_col<Tile>(ty, j);
           if (c < g.Cg) out[c * g.H * g.W] = static_cast<scalar_t>(acc[i][j]);
         }
       }

@@ -120,11 +120,11 @@ __global__ void __launch_bounds__(Tile::kThreads)
         acc_t* out = p.workspace + (split * g.K + group * g.Kg) * columns;
 #pragma unroll
         for (int i = 0; i < Tile::TM; ++i) {
-          const int64_t m = m0 + tx + i * Tile::kThreadsM;
+          const int64_t m = m0 + tile_row<Tile>(tx, i);
           if (m >= columns) continue;
 #pragma unroll
           for (int j = 0; j < Tile::TN; ++j) {
-            const int64_t n = n0 + ty + j * Tile::kThreadsN;
+            const int64_t n = n0 + tile_col<Tile>(ty, j);
             if (n < g.Kg) out[n * columns + m] = acc[i][j];
           }
         }

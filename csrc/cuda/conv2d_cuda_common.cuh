@@ -27,6 +27,52 @@ __device__ __forceinline__ acc_t load_as(const scalar_t* p) {
   }
 }
 
+// Division and remainder of a non-negative int32 by a divisor fixed for the
+// whole kernel, as a multiply and a shift (Granlund-Montgomery): the GEMM
+// loaders decode reduction indices into (channel, tap) every slab, and a
+// hardware-less 32-bit division costs ~20 instructions on the GPU. With
+// l = ceil(log2 d) and m = ceil(2^(32+l) / d), x / d == (x * m) >> (32 + l)
+// exactly for 0 <= x < 2^31 (the error x * (m*d - 2^(32+l)) / (d*2^(32+l))
+// stays below 1 / (2d)). m needs 33 bits, hence the 64-bit product.
+struct FastDivmod {
+  int divisor;
+  uint64_t multiplier;
+  int shift;
+
+  __device__ __forceinline__ explicit FastDivmod(int d) : divisor(d), multiplier(0), shift(0) {
+    int l = 0;
+    while ((int64_t{1} << l) < d) ++l;
+    shift = 32 + l;
+    multiplier = ((uint64_t{1} << shift) + static_cast<uint64_t>(d) - 1) / static_cast<uint64_t>(d);
+  }
+  __device__ __forceinline__ int div(int x) const {
+    return static_cast<int>((static_cast<uint64_t>(x) * multiplier) >> shift);
+  }
+  // x = quotient * divisor + remainder.
+  __device__ __forceinline__ void divmod(int x, int& quotient, int& remainder) const {
+    quotient = div(x);
+    remainder = x - quotient * divisor;
+  }
+};
+
+// Four consecutive elements of a 16-byte aligned shared array, in one
+// 128-bit load where the type allows (float: LDS.128); the emulation copies.
+template <typename T>
+__device__ __forceinline__ void load_four(const T* p, T (&out)[4]) {
+#ifndef CONV_EXT_CUDA_EMULATION
+  if constexpr (std::is_same_v<T, float>) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
+  } else
+#endif
+  {
+    for (int i = 0; i < 4; ++i) out[i] = p[i];
+  }
+}
+
 // The block's shared-memory array number Id of N elements of T. Kernels get
 // all shared memory through this (never a bare __shared__ declaration): the
 // emulation gives each array its own heap allocation of exactly N elements,
@@ -37,7 +83,8 @@ __device__ __forceinline__ T* shared_array() {
 #ifdef CONV_EXT_CUDA_EMULATION
   return ::cuda_emulation::shared_array<T, N, Id>();
 #else
-  __shared__ T storage[N];
+  // 16-byte aligned for load_four.
+  __shared__ __align__(16) T storage[N];
   return storage;
 #endif
 }

@@ -31,6 +31,7 @@ struct ForwardInputOperand {
   const scalar_t* input;
   const ConvGeometry* g;
   int64_t group;
+  FastDivmod taps_div, s_div;  // by R*S and by S
 
   struct Column {
     const scalar_t* base;  // image n, first channel of the group
@@ -54,13 +55,12 @@ struct ForwardInputOperand {
     return col;
   }
   __device__ __forceinline__ Row row(int64_t k, bool valid) const {
-    // The reduction length Cg*R*S fits in int32 (the plan checks it):
-    // 32-bit division is several times cheaper on the GPU.
-    const int rs_count = static_cast<int>(g->R * g->S);
-    const int kk = static_cast<int>(k);
-    const int c = kk / rs_count, rs = kk % rs_count;
-    const int r = rs / static_cast<int>(g->S), s = rs % static_cast<int>(g->S);
-    return Row{c * g->H * g->W, r * g->dilation_h, s * g->dilation_w, valid};
+    if (!valid) return Row{0, 0, 0, false};
+    // The reduction length Cg*R*S fits in int32 (the plan checks it).
+    int c, rs, r, s;
+    taps_div.divmod(static_cast<int>(k), c, rs);
+    s_div.divmod(rs, r, s);
+    return Row{c * g->H * g->W, r * g->dilation_h, s * g->dilation_w, true};
   }
   __device__ __forceinline__ acc_t load(const Row& row, const Column& col) const {
     if (!(row.valid && col.valid)) return acc_t(0);
@@ -110,7 +110,9 @@ __global__ void __launch_bounds__(Tile::kThreads)
 
   for (int64_t tile_y = blockIdx.y; tile_y < p.tiles_n * g.groups; tile_y += gridDim.y) {
     const int64_t group = tile_y / p.tiles_n, n0 = (tile_y % p.tiles_n) * Tile::BN;
-    const ForwardInputOperand<scalar_t, acc_t> a{p.input, &g, group};
+    const ForwardInputOperand<scalar_t, acc_t> a{p.input, &g, group,
+                                                 FastDivmod(static_cast<int>(g.R * g.S)),
+                                                 FastDivmod(static_cast<int>(g.S))};
     const ForwardWeightOperand<scalar_t, acc_t> b{p.weight, &g, group};
     for (int64_t tile_x = blockIdx.x; tile_x < p.tiles_m; tile_x += gridDim.x) {
       const int64_t m0 = tile_x * Tile::BM;
@@ -118,12 +120,12 @@ __global__ void __launch_bounds__(Tile::kThreads)
       gemm_tile<Tile>(a, b, m0, n0, 0, reduction, acc, As, Bs);
 #pragma unroll
       for (int i = 0; i < Tile::TM; ++i) {
-        const int64_t m = m0 + tx + i * Tile::kThreadsM;
+        const int64_t m = m0 + tile_row<Tile>(tx, i);
         if (m >= M) continue;
         scalar_t* out = p.output + (m / PQ) * g.K * PQ + m % PQ;
 #pragma unroll
         for (int j = 0; j < Tile::TN; ++j) {
-          const int64_t n = n0 + ty + j * Tile::kThreadsN;
+          const int64_t n = n0 + tile_col<Tile>(ty, j);
           if (n >= g.Kg) continue;
           const int64_t k = group * g.Kg + n;
           const acc_t bias = p.bias != nullptr ? load_as<acc_t>(p.bias + k) : acc_t(0);

@@ -74,11 +74,23 @@ struct SlabLoader {
   }
 };
 
+// The output rows and columns of thread (tx, ty) = (tid % kThreadsM,
+// tid / kThreadsM): runs of four consecutive rows (columns), the runs of
+// neighbouring threads adjacent, so a thread reads its fragments from shared
+// memory in 128-bit loads without bank conflicts and a warp's stores cover
+// contiguous pixels.
+template <typename Tile>
+__device__ __forceinline__ int tile_row(int tx, int i) {
+  return (i / 4) * (Tile::kThreadsM * 4) + tx * 4 + i % 4;
+}
+template <typename Tile>
+__device__ __forceinline__ int tile_col(int ty, int j) {
+  return (j / 4) * (Tile::kThreadsN * 4) + ty * 4 + j % 4;
+}
+
 // Accumulates the block's BM x BN tile over the reduction range
-// [k_begin, k_end). Thread (tx, ty) = (tid % kThreadsM, tid / kThreadsM)
-// owns rows m0 + tx + i * kThreadsM and columns n0 + ty + j * kThreadsN, so
-// neighbouring threads own neighbouring pixels (coalesced stores) and read
-// neighbouring shared-memory words (no bank conflicts).
+// [k_begin, k_end); thread (tx, ty) owns rows m0 + tile_row(tx, i) and
+// columns n0 + tile_col(ty, j).
 template <typename Tile, typename OperandA, typename OperandB, typename acc_t>
 __device__ __forceinline__ void gemm_tile(const OperandA& a, const OperandB& b,
                                           int64_t m0, int64_t n0,
@@ -86,6 +98,7 @@ __device__ __forceinline__ void gemm_tile(const OperandA& a, const OperandB& b,
                                           acc_t (&acc)[Tile::TM][Tile::TN],
                                           acc_t (*As)[Tile::BM],
                                           acc_t (*Bs)[Tile::BN]) {
+  static_assert(Tile::TM % 4 == 0 && Tile::TN % 4 == 0, "fragments are read in fours");
   const int tid = threadIdx.x;
   const int tx = tid % Tile::kThreadsM, ty = tid / Tile::kThreadsM;
 #pragma unroll
@@ -113,15 +126,19 @@ __device__ __forceinline__ void gemm_tile(const OperandA& a, const OperandB& b,
     }
 #pragma unroll
     for (int kk = 0; kk < Tile::BK; ++kk) {
-      acc_t a_frag[Tile::TM], b_frag[Tile::TN];
+      acc_t a_frag[Tile::TM / 4][4], b_frag[Tile::TN / 4][4];
 #pragma unroll
-      for (int i = 0; i < Tile::TM; ++i) a_frag[i] = As[kk][tx + i * Tile::kThreadsM];
+      for (int v = 0; v < Tile::TM / 4; ++v) {
+        load_four(&As[kk][tile_row<Tile>(tx, 4 * v)], a_frag[v]);
+      }
 #pragma unroll
-      for (int j = 0; j < Tile::TN; ++j) b_frag[j] = Bs[kk][ty + j * Tile::kThreadsN];
+      for (int v = 0; v < Tile::TN / 4; ++v) {
+        load_four(&Bs[kk][tile_col<Tile>(ty, 4 * v)], b_frag[v]);
+      }
 #pragma unroll
       for (int i = 0; i < Tile::TM; ++i) {
 #pragma unroll
-        for (int j = 0; j < Tile::TN; ++j) acc[i][j] += a_frag[i] * b_frag[j];
+        for (int j = 0; j < Tile::TN; ++j) acc[i][j] += a_frag[i / 4][i % 4] * b_frag[j / 4][j % 4];
       }
     }
     // Everyone is done reading before the next slab (or tile) overwrites.
