@@ -220,3 +220,44 @@ def test_random_configs(emu, N, groups, c_per_group, k_per_group, H, W, R, S, st
                        padding=padding, dilation=dilation, groups=groups)
     finally:
         emu.force_tile("")
+
+
+# Depthwise forward: the tiled kernel (input tile + halo in shared memory,
+# several planes per block for small planes) against the element-wise one and
+# torch, on shapes that hit every tile shape and its edges.
+DEPTHWISE_CONFIGS = [
+    # (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+    (2, 6, 7, 7, 6, 3, 3, 1, 1, 1, 6),        # 8x8 threads, 4 planes per block, 12 planes
+    (1, 5, 7, 7, 5, 3, 3, 1, 1, 1, 5),        # planes not a multiple of 4
+    (1, 3, 14, 14, 3, 5, 5, 1, 2, 1, 3),      # 16x16 threads, 5x5
+    (1, 2, 40, 37, 2, 3, 3, 1, 1, 1, 2),      # several tiles per plane, ragged in both
+    (2, 3, 37, 41, 3, 3, 3, 2, 1, 1, 3),      # stride 2: smaller rows per thread to fit
+    (1, 2, 30, 35, 4, 5, 5, 2, 2, 1, 2),      # 5x5 stride 2, channel multiplier 2
+    (1, 2, 20, 21, 2, 3, 3, 1, 2, 2, 2),      # dilation 2
+    (1, 2, 9, 33, 2, 2, 4, (1, 2), (0, 1), (2, 1), 2),  # asymmetric everything, generic taps
+    (1, 2, 3, 5, 2, 1, 1, 1, 0, 1, 2),        # 1x1 depthwise, tiny plane
+]
+
+
+@pytest.mark.parametrize("tile", ["", "elementwise"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("config", DEPTHWISE_CONFIGS, ids=_ids)
+def test_depthwise_forward_tiled_and_elementwise(emu, tile, dtype, config):
+    x, w, b, args = _random_problem(config, dtype)
+    if tile == "":
+        assert _plan(emu, "forward", config).startswith("depthwise_tiled")
+    check_emulated(emu, x, w, b, **args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_depthwise_tiled_half_types(emu, dtype):
+    x, w, b, args = _random_problem((2, 4, 15, 17, 4, 3, 3, 2, 1, 1, 4), dtype)
+    check_emulated(emu, x, w, b, **args)
+
+
+def test_depthwise_falls_back_when_the_tile_cannot_fit(emu):
+    # A dilation this large makes the staged tile exceed shared memory.
+    config = (1, 2, 60, 60, 2, 3, 3, 1, 40, 40, 2)
+    assert _plan(emu, "forward", config).startswith("depthwise ")
+    x, w, b, args = _random_problem(config, torch.float64)
+    check_emulated(emu, x, w, b, **args)

@@ -64,11 +64,23 @@ at::Tensor conv2d_forward_impl(const Launcher& launch, const at::Tensor& input,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "conv_ext_conv2d_forward_cuda", [&] {
         const scalar_t* bias_ptr = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
-        if (plan.kernel == KernelKind::kDepthwise) {
+        if (plan.kernel == KernelKind::kDepthwise ||
+            plan.kernel == KernelKind::kDepthwiseTiled) {
           const DepthwiseParams<scalar_t> params{
               x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_ptr, nullptr,
               output.mutable_data_ptr<scalar_t>(), nullptr, g, 1, 0};
-          launch(conv2d_depthwise_forward_kernel<scalar_t>, dims_of(plan), params);
+          if (plan.kernel == KernelKind::kDepthwise) {
+            launch(conv2d_depthwise_forward_kernel<scalar_t>, dims_of(plan), params);
+          } else if (g.R == 3 && g.S == 3) {
+            launch(conv2d_depthwise_forward_tiled_kernel<scalar_t, 3>, dims_of(plan), params,
+                   plan.dw_tile);
+          } else if (g.R == 5 && g.S == 5) {
+            launch(conv2d_depthwise_forward_tiled_kernel<scalar_t, 5>, dims_of(plan), params,
+                   plan.dw_tile);
+          } else {
+            launch(conv2d_depthwise_forward_tiled_kernel<scalar_t, 0>, dims_of(plan), params,
+                   plan.dw_tile);
+          }
           return;
         }
         const ForwardParams<scalar_t> params{

@@ -18,13 +18,14 @@
 namespace conv_ext {
 namespace cuda {
 
-enum class KernelKind { kGemmSmall, kGemmLarge, kDepthwise };
+enum class KernelKind { kGemmSmall, kGemmLarge, kDepthwise, kDepthwiseTiled };
 
 inline const char* kernel_kind_name(KernelKind kind) {
   switch (kind) {
     case KernelKind::kGemmSmall: return "gemm_small";
     case KernelKind::kGemmLarge: return "gemm_large";
     case KernelKind::kDepthwise: return "depthwise";
+    case KernelKind::kDepthwiseTiled: return "depthwise_tiled";
   }
   return "?";
 }
@@ -54,6 +55,8 @@ struct LaunchPlan {
   uint32_t reduce_grid = 1;
   // grad-input phases: the largest phase's extent (ceil(H / sh), ceil(W / sw)).
   int64_t phase_h_size = 0, phase_w_size = 0;
+  // Tiled depthwise forward: the tile (kernel kDepthwiseTiled only).
+  DepthwiseTile dw_tile{};
 
   std::string describe() const {
     std::ostringstream out;
@@ -64,7 +67,8 @@ struct LaunchPlan {
 };
 
 // Test hook: force a tile ("small" or "large") for every dense plan, so the
-// emulated tests can run each tile on small shapes with ragged edges.
+// emulated tests can run each tile on small shapes with ragged edges;
+// "elementwise" forces the untiled depthwise forward.
 // Empty: choose by shape. Never set by the library itself.
 inline std::string& forced_tile() {
   static std::string tile;
@@ -119,11 +123,61 @@ inline void set_elementwise_grid(LaunchPlan& plan, int64_t elements) {
   plan.grid[0] = grid_dim(ceil_div(elements, kDepthwiseThreads), kMaxElementwiseBlocks);
 }
 
+inline int64_t next_pow2(int64_t v) {
+  int64_t p = 1;
+  while (p < v) p *= 2;
+  return p;
+}
+
+// The tile of the tiled depthwise forward for this shape, or false where the
+// staged input tile cannot fit shared memory (large dilations or kernels):
+// those use the element-wise kernel.
+inline bool plan_depthwise_tile(const Conv2dShape& s, DepthwiseTile& t) {
+  const int64_t threads = kDepthwiseThreads;
+  const int64_t tx = std::min<int64_t>(32, next_pow2(s.Q));
+  const int64_t ty_max = threads / tx;
+  const int64_t ty = std::min(ty_max, next_pow2(s.P));
+  const int64_t planes = threads / (tx * ty);
+  int64_t rows = ty == ty_max ? std::min<int64_t>(4, ceil_div(s.P, ty)) : 1;
+  const int64_t taps = s.R * s.S;
+  if (planes * taps > kDepthwiseTileTaps) return false;
+  for (; rows >= 1; --rows) {
+    const int64_t tile_h = ty * rows;
+    const int64_t in_h = (tile_h - 1) * s.stride_h + (s.R - 1) * s.dilation_h + 1;
+    const int64_t in_w = (tx - 1) * s.stride_w + (s.S - 1) * s.dilation_w + 1;
+    if (planes * in_h * in_w > kDepthwiseTileElements) continue;
+    t.tx = static_cast<int>(tx);
+    t.ty = static_cast<int>(ty);
+    t.rows_per_thread = static_cast<int>(rows);
+    t.planes = static_cast<int>(planes);
+    t.tile_h = static_cast<int>(tile_h);
+    t.tile_w = static_cast<int>(tx);
+    t.tiles_w = static_cast<int>(ceil_div(s.Q, tx));
+    t.in_h = static_cast<int>(in_h);
+    t.in_w = static_cast<int>(in_w);
+    return true;
+  }
+  return false;
+}
+
 // Forward: M = N*P*Q pixels x N = Kg channels per group (grid y walks
-// group x channel tile), reduction Cg*R*S; depthwise: one output per thread.
+// group x channel tile), reduction Cg*R*S; depthwise: tiled through shared
+// memory where the tile fits, else one output per thread.
 inline LaunchPlan plan_conv2d_forward(const Conv2dShape& s) {
   LaunchPlan plan;
   if (is_depthwise(s)) {
+    DepthwiseTile t{};
+    if (forced_tile() != "elementwise" && plan_depthwise_tile(s, t)) {
+      const int64_t tiles = ceil_div(s.P, t.tile_h) * t.tiles_w;
+      if (tiles <= kMaxGridX) {
+        plan.kernel = KernelKind::kDepthwiseTiled;
+        plan.dw_tile = t;
+        plan.block = kDepthwiseThreads;
+        plan.grid[0] = grid_dim(tiles, kMaxGridX);
+        plan.grid[1] = grid_dim(ceil_div(s.N * s.K, t.planes), kMaxGridYZ);
+        return plan;
+      }
+    }
     set_elementwise_grid(plan, s.N * s.K * s.P * s.Q);
     return plan;
   }
