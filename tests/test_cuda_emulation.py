@@ -222,7 +222,7 @@ def test_random_configs(emu, N, groups, c_per_group, k_per_group, H, W, R, S, st
         emu.force_tile("")
 
 
-# Depthwise forward: the tiled kernel (input tile + halo in shared memory,
+# Depthwise forward and grad-input: the tiled kernels (input tile + halo in shared memory,
 # several planes per block for small planes) against the element-wise one and
 # torch, on shapes that hit every tile shape and its edges.
 DEPTHWISE_CONFIGS = [
@@ -242,10 +242,11 @@ DEPTHWISE_CONFIGS = [
 @pytest.mark.parametrize("tile", ["", "elementwise"], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("config", DEPTHWISE_CONFIGS, ids=_ids)
-def test_depthwise_forward_tiled_and_elementwise(emu, tile, dtype, config):
+def test_depthwise_tiled_and_elementwise(emu, tile, dtype, config):
     x, w, b, args = _random_problem(config, dtype)
     if tile == "":
         assert _plan(emu, "forward", config).startswith("depthwise_tiled")
+        assert _plan(emu, "backward_input", config).startswith("depthwise_tiled")
     check_emulated(emu, x, w, b, **args)
 
 
@@ -259,5 +260,6 @@ def test_depthwise_falls_back_when_the_tile_cannot_fit(emu):
     # A dilation this large makes the staged tile exceed shared memory.
     config = (1, 2, 60, 60, 2, 3, 3, 1, 40, 40, 2)
     assert _plan(emu, "forward", config).startswith("depthwise ")
+    assert _plan(emu, "backward_input", config).startswith("depthwise ")
     x, w, b, args = _random_problem(config, torch.float64)
     check_emulated(emu, x, w, b, **args)

@@ -112,11 +112,23 @@ at::Tensor conv2d_backward_input_impl(const Launcher& launch, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_output.scalar_type(),
       "conv_ext_conv2d_backward_input_cuda", [&] {
-        if (plan.kernel == KernelKind::kDepthwise) {
+        if (plan.kernel == KernelKind::kDepthwise ||
+            plan.kernel == KernelKind::kDepthwiseTiled) {
           const DepthwiseParams<scalar_t> params{
               nullptr, w.const_data_ptr<scalar_t>(), nullptr, gy.const_data_ptr<scalar_t>(),
               grad_input.mutable_data_ptr<scalar_t>(), nullptr, g, 1, 0};
-          launch(conv2d_depthwise_backward_input_kernel<scalar_t>, dims_of(plan), params);
+          if (plan.kernel == KernelKind::kDepthwise) {
+            launch(conv2d_depthwise_backward_input_kernel<scalar_t>, dims_of(plan), params);
+          } else if (g.R == 3 && g.S == 3) {
+            launch(conv2d_depthwise_backward_input_tiled_kernel<scalar_t, 3>, dims_of(plan),
+                   params, plan.dw_tile);
+          } else if (g.R == 5 && g.S == 5) {
+            launch(conv2d_depthwise_backward_input_tiled_kernel<scalar_t, 5>, dims_of(plan),
+                   params, plan.dw_tile);
+          } else {
+            launch(conv2d_depthwise_backward_input_tiled_kernel<scalar_t, 0>, dims_of(plan),
+                   params, plan.dw_tile);
+          }
           return;
         }
         const BackwardInputParams<scalar_t> params{

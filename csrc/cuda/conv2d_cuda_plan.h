@@ -68,7 +68,7 @@ struct LaunchPlan {
 
 // Test hook: force a tile ("small" or "large") for every dense plan, so the
 // emulated tests can run each tile on small shapes with ragged edges;
-// "elementwise" forces the untiled depthwise forward.
+// "elementwise" forces the untiled depthwise forward and grad-input.
 // Empty: choose by shape. Never set by the library itself.
 inline std::string& forced_tile() {
   static std::string tile;
@@ -190,12 +190,55 @@ inline LaunchPlan plan_conv2d_forward(const Conv2dShape& s) {
   return plan;
 }
 
+// The tile of the tiled depthwise grad-input (over input planes), or false
+// where its grad_output tile cannot fit shared memory.
+inline bool plan_depthwise_backward_input_tile(const Conv2dShape& s, DepthwiseTile& t) {
+  const int64_t threads = kDepthwiseThreads;
+  const int64_t tx = std::min<int64_t>(32, next_pow2(s.W));
+  const int64_t ty_max = threads / tx;
+  const int64_t ty = std::min(ty_max, next_pow2(s.H));
+  const int64_t planes = threads / (tx * ty);
+  int64_t rows = ty == ty_max ? std::min<int64_t>(4, ceil_div(s.H, ty)) : 1;
+  if (planes * s.R * s.S > kDepthwiseTileTaps) return false;
+  for (; rows >= 1; --rows) {
+    const int64_t tile_h = ty * rows;
+    // grad_output rows an input tile of tile_h rows receives from, at most.
+    const int64_t in_h = (tile_h - 1 + (s.R - 1) * s.dilation_h) / s.stride_h + 2;
+    const int64_t in_w = (tx - 1 + (s.S - 1) * s.dilation_w) / s.stride_w + 2;
+    if (planes * in_h * in_w > kDepthwiseTileElements) continue;
+    t.tx = static_cast<int>(tx);
+    t.ty = static_cast<int>(ty);
+    t.rows_per_thread = static_cast<int>(rows);
+    t.planes = static_cast<int>(planes);
+    t.tile_h = static_cast<int>(tile_h);
+    t.tile_w = static_cast<int>(tx);
+    t.tiles_w = static_cast<int>(ceil_div(s.W, tx));
+    t.in_h = static_cast<int>(in_h);
+    t.in_w = static_cast<int>(in_w);
+    return true;
+  }
+  return false;
+}
+
 // grad-input: per phase M = N * ceil(H/sh) * ceil(W/sw) pixels x N = Cg
 // channels (grid y walks group x phase x channel tile), reduction Kg x the
-// phase's taps; depthwise: one input element per thread.
+// phase's taps; depthwise: tiled where the tile fits, else one input
+// element per thread.
 inline LaunchPlan plan_conv2d_backward_input(const Conv2dShape& s) {
   LaunchPlan plan;
   if (is_depthwise(s)) {
+    DepthwiseTile t{};
+    if (forced_tile() != "elementwise" && plan_depthwise_backward_input_tile(s, t)) {
+      const int64_t tiles = ceil_div(s.H, t.tile_h) * t.tiles_w;
+      if (tiles <= kMaxGridX) {
+        plan.kernel = KernelKind::kDepthwiseTiled;
+        plan.dw_tile = t;
+        plan.block = kDepthwiseThreads;
+        plan.grid[0] = grid_dim(tiles, kMaxGridX);
+        plan.grid[1] = grid_dim(ceil_div(s.N * s.C, t.planes), kMaxGridYZ);
+        return plan;
+      }
+    }
     set_elementwise_grid(plan, s.N * s.C * s.H * s.W);
     return plan;
   }
