@@ -99,7 +99,7 @@ def test_half_types_match_torch_in_float32(emu, config, dtype):
 
 # Each dense tile on every config (the plan picks the small one for these
 # sizes on its own), so the large tile's edges are exercised too.
-@pytest.mark.parametrize("tile", ["small", "large"], indirect=True)
+@pytest.mark.parametrize("tile", ["small", "large", "huge"], indirect=True)
 @pytest.mark.parametrize("config", CONFIGS, ids=_ids)
 def test_each_tile_matches_torch(emu, tile, config):
     x, w, b, args = _random_problem(config, torch.float64)
@@ -120,7 +120,7 @@ TAIL_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("tile", ["small", "large"], indirect=True)
+@pytest.mark.parametrize("tile", ["small", "large", "huge"], indirect=True)
 @pytest.mark.parametrize("config", TAIL_CONFIGS, ids=_ids)
 def test_tile_tails(emu, tile, config):
     x, w, b, args = _random_problem(config, torch.float32)
@@ -137,11 +137,13 @@ def _plan(emu, op, config):
 def test_plan_picks_each_kernel_by_shape(emu, op):
     depthwise = (2, 32, 16, 16, 32, 3, 3, 1, 1, 1, 32)
     narrow = (2, 8, 10, 10, 16, 3, 3, 1, 1, 1, 1)
-    # ResNet-50 sized: at least 128 large tiles per op.
-    wide = (32, 256, 28, 28, 256, 3, 3, 1, 1, 1, 1)
+    # ResNet-50 sized: at least 128 large (64 channels) or huge (256) tiles per op.
+    wide = (32, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1)
+    widest = (32, 256, 28, 28, 256, 3, 3, 1, 1, 1, 1)
     assert _plan(emu, op, depthwise).startswith("depthwise")
     assert _plan(emu, op, narrow).startswith("gemm_small")
     assert _plan(emu, op, wide).startswith("gemm_large")
+    assert _plan(emu, op, widest).startswith("gemm_huge")
 
 
 def test_large_tile_chosen_by_shape_matches_torch(emu):
@@ -205,7 +207,7 @@ def test_bad_input_raises_like_the_cpu_op(emu):
     padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
     dilation=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     dtype=st.sampled_from([torch.float32, torch.float64]),
-    tile=st.sampled_from(["", "small", "large"]),
+    tile=st.sampled_from(["", "small", "large", "huge"]),
 )
 def test_random_configs(emu, N, groups, c_per_group, k_per_group, H, W, R, S, stride, padding,
                         dilation, dtype, tile):

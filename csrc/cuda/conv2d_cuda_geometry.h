@@ -32,6 +32,9 @@ struct GemmTile {
                 "shared-memory loads assume whole rows/columns per pass");
 };
 
+// 128 x 128 outputs, 256 threads, 8 x 8 per thread: the widest layers; 64
+// FMAs per 16 shared-memory reads (the large tile does 32 per 12).
+using HugeTile = GemmTile<128, 128, 8, 8, 8>;
 // 128 x 64 outputs, 256 threads, 8 x 4 per thread: wide layers.
 using LargeTile = GemmTile<128, 64, 8, 8, 4>;
 // 32 x 32 outputs, 64 threads, 4 x 4 per thread: few channels or pixels,

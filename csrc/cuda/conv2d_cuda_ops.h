@@ -34,6 +34,16 @@ inline at::Tensor in_memory_format(const at::Tensor& result, at::MemoryFormat fo
   return format == at::MemoryFormat::Contiguous ? result : result.contiguous(format);
 }
 
+// Calls f(Tile{}) with the GEMM tile type of a dense plan.
+template <typename F>
+void with_gemm_tile(KernelKind kind, F&& f) {
+  switch (kind) {
+    case KernelKind::kGemmHuge: f(HugeTile{}); break;
+    case KernelKind::kGemmLarge: f(LargeTile{}); break;
+    default: f(SmallTile{}); break;
+  }
+}
+
 // Launches the fixed-order sum of the split partials into `out`.
 template <typename scalar_t, typename Launcher>
 void launch_sum_splits(const Launcher& launch, const LaunchPlan& plan,
@@ -86,11 +96,9 @@ at::Tensor conv2d_forward_impl(const Launcher& launch, const at::Tensor& input,
         const ForwardParams<scalar_t> params{
             x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_ptr,
             output.mutable_data_ptr<scalar_t>(), g, plan.tiles_m, plan.tiles_n};
-        if (plan.kernel == KernelKind::kGemmLarge) {
-          launch(conv2d_forward_gemm_kernel<scalar_t, LargeTile>, dims_of(plan), params);
-        } else {
-          launch(conv2d_forward_gemm_kernel<scalar_t, SmallTile>, dims_of(plan), params);
-        }
+        with_gemm_tile(plan.kernel, [&](auto tile) {
+          launch(conv2d_forward_gemm_kernel<scalar_t, decltype(tile)>, dims_of(plan), params);
+        });
       });
   return in_memory_format(output, format);
 }
@@ -135,11 +143,9 @@ at::Tensor conv2d_backward_input_impl(const Launcher& launch, const at::Tensor& 
             gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
             grad_input.mutable_data_ptr<scalar_t>(), g, plan.phase_h_size,
             plan.phase_w_size, plan.tiles_m, plan.tiles_n};
-        if (plan.kernel == KernelKind::kGemmLarge) {
-          launch(conv2d_backward_input_gemm_kernel<scalar_t, LargeTile>, dims_of(plan), params);
-        } else {
-          launch(conv2d_backward_input_gemm_kernel<scalar_t, SmallTile>, dims_of(plan), params);
-        }
+        with_gemm_tile(plan.kernel, [&](auto tile) {
+          launch(conv2d_backward_input_gemm_kernel<scalar_t, decltype(tile)>, dims_of(plan), params);
+        });
       });
   return in_memory_format(grad_input, format);
 }
@@ -178,13 +184,9 @@ at::Tensor conv2d_backward_weight_impl(const Launcher& launch, const at::Tensor&
               gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
               workspace.mutable_data_ptr<acc_t>(), g, plan.tiles_m, plan.tiles_n,
               plan.splits, plan.chunk};
-          if (plan.kernel == KernelKind::kGemmLarge) {
-            launch(conv2d_backward_weight_gemm_kernel<scalar_t, LargeTile>, dims_of(plan),
-                   params);
-          } else {
-            launch(conv2d_backward_weight_gemm_kernel<scalar_t, SmallTile>, dims_of(plan),
-                   params);
-          }
+          with_gemm_tile(plan.kernel, [&](auto tile) {
+            launch(conv2d_backward_weight_gemm_kernel<scalar_t, decltype(tile)>, dims_of(plan), params);
+          });
         }
         launch_sum_splits<scalar_t>(launch, plan, workspace, grad_weight.numel(),
                                     grad_weight.mutable_data_ptr<scalar_t>());

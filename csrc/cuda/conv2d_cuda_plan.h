@@ -18,12 +18,13 @@
 namespace conv_ext {
 namespace cuda {
 
-enum class KernelKind { kGemmSmall, kGemmLarge, kDepthwise, kDepthwiseTiled };
+enum class KernelKind { kGemmSmall, kGemmLarge, kGemmHuge, kDepthwise, kDepthwiseTiled };
 
 inline const char* kernel_kind_name(KernelKind kind) {
   switch (kind) {
     case KernelKind::kGemmSmall: return "gemm_small";
     case KernelKind::kGemmLarge: return "gemm_large";
+    case KernelKind::kGemmHuge: return "gemm_huge";
     case KernelKind::kDepthwise: return "depthwise";
     case KernelKind::kDepthwiseTiled: return "depthwise_tiled";
   }
@@ -66,7 +67,7 @@ struct LaunchPlan {
   }
 };
 
-// Test hook: force a tile ("small" or "large") for every dense plan, so the
+// Test hook: force a tile ("small", "large" or "huge") for every dense plan, so the
 // emulated tests can run each tile on small shapes with ragged edges;
 // "elementwise" forces the untiled depthwise forward and grad-input.
 // Empty: choose by shape. Never set by the library itself.
@@ -96,25 +97,42 @@ inline void check_reduction_fits_int32(int64_t length, const char* what) {
               ") exceeds 2^31 - 1, which the CUDA kernels do not support");
 }
 
-// Picks the tile of a dense GEMM with M x N outputs per group: the large one
-// when both dimensions fill it and it still yields `min_blocks` blocks.
+// Picks the tile of a dense GEMM with M x N outputs per group: the biggest
+// one that both dimensions fill and that still yields `min_blocks` blocks.
 inline KernelKind choose_tile(int64_t M, int64_t N, int64_t groups,
                               int64_t min_blocks = kMinLargeTileBlocks) {
   const std::string& forced = forced_tile();
   if (forced == "small") return KernelKind::kGemmSmall;
   if (forced == "large") return KernelKind::kGemmLarge;
-  const int64_t large_blocks =
-      ceil_div(M, LargeTile::BM) * ceil_div(N, LargeTile::BN) * groups;
-  return N >= LargeTile::BN && M >= LargeTile::BM && large_blocks >= min_blocks
-             ? KernelKind::kGemmLarge
-             : KernelKind::kGemmSmall;
+  if (forced == "huge") return KernelKind::kGemmHuge;
+  const auto fills = [&](int64_t bm, int64_t bn) {
+    return N >= bn && M >= bm && ceil_div(M, bm) * ceil_div(N, bn) * groups >= min_blocks;
+  };
+  if (fills(HugeTile::BM, HugeTile::BN)) return KernelKind::kGemmHuge;
+  if (fills(LargeTile::BM, LargeTile::BN)) return KernelKind::kGemmLarge;
+  return KernelKind::kGemmSmall;
+}
+
+struct TileDims {
+  int64_t BM, BN, BK, threads;
+};
+
+inline TileDims tile_dims(KernelKind kind) {
+  switch (kind) {
+    case KernelKind::kGemmHuge:
+      return {HugeTile::BM, HugeTile::BN, HugeTile::BK, HugeTile::kThreads};
+    case KernelKind::kGemmLarge:
+      return {LargeTile::BM, LargeTile::BN, LargeTile::BK, LargeTile::kThreads};
+    default:
+      return {SmallTile::BM, SmallTile::BN, SmallTile::BK, SmallTile::kThreads};
+  }
 }
 
 inline void set_gemm_tiles(LaunchPlan& plan, int64_t M, int64_t N) {
-  const bool large = plan.kernel == KernelKind::kGemmLarge;
-  plan.tiles_m = ceil_div(M, large ? LargeTile::BM : SmallTile::BM);
-  plan.tiles_n = ceil_div(N, large ? LargeTile::BN : SmallTile::BN);
-  plan.block = large ? LargeTile::kThreads : SmallTile::kThreads;
+  const TileDims t = tile_dims(plan.kernel);
+  plan.tiles_m = ceil_div(M, t.BM);
+  plan.tiles_n = ceil_div(N, t.BN);
+  plan.block = static_cast<uint32_t>(t.threads);
 }
 
 inline void set_elementwise_grid(LaunchPlan& plan, int64_t elements) {
@@ -289,7 +307,7 @@ inline LaunchPlan plan_conv2d_backward_weight(const Conv2dShape& s) {
   // Split chunks supply the parallelism here, so block count is no concern.
   plan.kernel = choose_tile(columns, s.K_per_group, s.groups, 1);
   set_gemm_tiles(plan, columns, s.K_per_group);
-  const int64_t bk = plan.kernel == KernelKind::kGemmLarge ? LargeTile::BK : SmallTile::BK;
+  const int64_t bk = tile_dims(plan.kernel).BK;
   set_splits(plan, reduction, plan.tiles_m * plan.tiles_n * s.groups, weight_elements,
              32 * bk, bk);
   plan.grid[0] = grid_dim(plan.tiles_m, kMaxGridX);
