@@ -40,7 +40,9 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   say "tests took $(( $(date +%s) - t0 ))s, status $status"
   say "other GPU-marked tests"
-  $PY -m pytest tests -m cuda -q --no-header -p no:cacheprovider --deselect tests/test_cuda.py \
+  # --continue-on-collection-errors: test modules that need what a GPU image
+  # may lack (expecttest for the OpInfo tests) must not hide the others.
+  $PY -m pytest tests -m cuda -q --no-header -p no:cacheprovider --continue-on-collection-errors \
       --ignore=tests/test_cuda.py 2>&1 | tail -n 15 | tee -a "$LOG"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
