@@ -84,16 +84,23 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
        first += static_cast<int64_t>(gridDim.y) * t.planes) {
     // Stage: consecutive threads read consecutive input columns (coalesced);
     // zeros where the tile reaches into the padding or past the last plane.
-    for (int i = tid; i < t.planes * in_elements; i += blockDim.x) {
-      const int lp = i / in_elements, e = i % in_elements;
+    // The plane's 64-bit decoding happens once per plane, not per element.
+    for (int lp = 0; lp < t.planes; ++lp) {
       const int64_t plane = first + lp;
-      const int64_t ih = ih0 + e / t.in_w, iw = iw0 + e % t.in_w;
-      acc_t v = acc_t(0);
-      if (plane < planes_total && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
-        const int64_t n = plane / g.K, c = (plane % g.K) / g.Kg;
-        v = load_as<acc_t>(p.input + ((n * g.C + c) * g.H + ih) * g.W + iw);
+      acc_t* dst = tile + lp * in_elements;
+      if (plane >= planes_total) {
+        for (int e = tid; e < in_elements; e += blockDim.x) dst[e] = acc_t(0);
+        continue;
       }
-      tile[i] = v;
+      const int64_t n = plane / g.K, c = (plane % g.K) / g.Kg;
+      const scalar_t* src = p.input + (n * g.C + c) * g.H * g.W;
+      for (int e = tid; e < in_elements; e += blockDim.x) {
+        const int row = e / t.in_w, col = e - row * t.in_w;
+        const int64_t ih = ih0 + row, iw = iw0 + col;
+        dst[e] = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W
+                     ? load_as<acc_t>(src + ih * g.W + iw)
+                     : acc_t(0);
+      }
     }
     for (int i = tid; i < t.planes * taps; i += blockDim.x) {
       const int64_t plane = first + i / taps;
@@ -108,7 +115,15 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
       const int64_t k = plane % g.K;
       const acc_t b = p.bias != nullptr ? load_as<acc_t>(p.bias + k) : acc_t(0);
       const acc_t* in = tile + local_plane * in_elements + tx * sw;
+      // Fixed sizes: the filter in registers for all of the thread's rows.
+      constexpr int kRegTaps = kKernel > 0 ? kKernel * kKernel : 1;
+      acc_t f_reg[kRegTaps];
       const acc_t* f = filters + local_plane * taps;
+      if constexpr (kKernel > 0) {
+#pragma unroll
+        for (int i = 0; i < kRegTaps; ++i) f_reg[i] = f[i];
+        f = f_reg;
+      }
       scalar_t* out = p.output + plane * PQ + q;
       for (int j = 0; j < t.rows_per_thread; ++j) {
         const int row = ty + j * t.ty;
@@ -216,16 +231,23 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
 #pragma unroll
     for (int j = 0; j < kMaxRows; ++j) acc[j] = acc_t(0);
     for (int64_t m = 0; m < g.Kg; ++m) {
-      for (int i = tid; i < t.planes * tile_elements; i += blockDim.x) {
-        const int lp = i / tile_elements, e = i % tile_elements;
+      // Plane decoding once per plane; 32-bit indexing per element.
+      for (int lp = 0; lp < t.planes; ++lp) {
         const int64_t pl = first + lp;
-        const int64_t pp = p_lo + e / t.in_w, qq = q_lo + e % t.in_w;
-        acc_t v = acc_t(0);
-        if (pl < planes_total && pp >= 0 && pp < g.P && qq >= 0 && qq < g.Q) {
-          const int64_t n = pl / g.C, k = (pl % g.C) * g.Kg + m;
-          v = load_as<acc_t>(p.grad_output + (n * g.K + k) * PQ + pp * g.Q + qq);
+        acc_t* dst = tile + lp * tile_elements;
+        if (pl >= planes_total) {
+          for (int e = tid; e < tile_elements; e += blockDim.x) dst[e] = acc_t(0);
+          continue;
         }
-        tile[i] = v;
+        const int64_t n = pl / g.C, k = (pl % g.C) * g.Kg + m;
+        const scalar_t* src = p.grad_output + (n * g.K + k) * PQ;
+        for (int e = tid; e < tile_elements; e += blockDim.x) {
+          const int row = e / t.in_w, col = e - row * t.in_w;
+          const int64_t pp = p_lo + row, qq = q_lo + col;
+          dst[e] = pp >= 0 && pp < g.P && qq >= 0 && qq < g.Q
+                       ? load_as<acc_t>(src + pp * g.Q + qq)
+                       : acc_t(0);
+        }
       }
       for (int i = tid; i < t.planes * taps; i += blockDim.x) {
         const int64_t pl = first + i / taps;
