@@ -68,6 +68,8 @@ void force_tile(const std::string& tile) {
   cuda::forced_tile() = tile;
 }
 
+void force_wide_index(bool wide) { cuda::forced_wide_index() = wide; }
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -76,4 +78,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv2d_backward_weight", &backward_weight);
   m.def("describe_plan", &describe_plan);
   m.def("force_tile", &force_tile, "'small', 'large' or '' (choose by shape)");
+  m.def("force_wide_index", &force_wide_index, "depthwise kernels: 64-bit index decoding");
 }
