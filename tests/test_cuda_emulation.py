@@ -127,6 +127,24 @@ def test_tile_tails(emu, tile, config):
     check_emulated(emu, x, w, b, **args)
 
 
+DEPTHWISE_FROM_CONFIGS = [c for c in CONFIGS if c[1] // c[10] == 1 and c[0] > 0]
+
+
+@pytest.mark.parametrize("config", DEPTHWISE_FROM_CONFIGS, ids=_ids)
+def test_depthwise_wide_index_path(emu, config):
+    # The 64-bit index decoding that tensors of more than 2^31 elements take,
+    # forced onto small problems (element-wise kernels, where it applies).
+    assert DEPTHWISE_FROM_CONFIGS
+    emu.force_wide_index(True)
+    emu.force_tile("elementwise")
+    try:
+        x, w, b, args = _random_problem(config, torch.float64)
+        check_emulated(emu, x, w, b, **args)
+    finally:
+        emu.force_wide_index(False)
+        emu.force_tile("")
+
+
 def _plan(emu, op, config):
     N, C, H, W, K, R, S, stride, padding, dilation, groups = config
     return emu.describe_plan(op, [N, C, H, W], [K, C // groups, R, S],

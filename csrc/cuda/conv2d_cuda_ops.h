@@ -78,7 +78,7 @@ at::Tensor conv2d_forward_impl(const Launcher& launch, const at::Tensor& input,
             plan.kernel == KernelKind::kDepthwiseTiled) {
           const DepthwiseParams<scalar_t> params{
               x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_ptr, nullptr,
-              output.mutable_data_ptr<scalar_t>(), nullptr, g, 1, 0};
+              output.mutable_data_ptr<scalar_t>(), nullptr, g, 1, 0, plan.narrow_index};
           if (plan.kernel == KernelKind::kDepthwise) {
             launch(conv2d_depthwise_forward_kernel<scalar_t>, dims_of(plan), params);
           } else if (g.R == 3 && g.S == 3) {
@@ -124,7 +124,7 @@ at::Tensor conv2d_backward_input_impl(const Launcher& launch, const at::Tensor& 
             plan.kernel == KernelKind::kDepthwiseTiled) {
           const DepthwiseParams<scalar_t> params{
               nullptr, w.const_data_ptr<scalar_t>(), nullptr, gy.const_data_ptr<scalar_t>(),
-              grad_input.mutable_data_ptr<scalar_t>(), nullptr, g, 1, 0};
+              grad_input.mutable_data_ptr<scalar_t>(), nullptr, g, 1, 0, plan.narrow_index};
           if (plan.kernel == KernelKind::kDepthwise) {
             launch(conv2d_depthwise_backward_input_kernel<scalar_t>, dims_of(plan), params);
           } else if (g.R == 3 && g.S == 3) {
@@ -177,7 +177,7 @@ at::Tensor conv2d_backward_weight_impl(const Launcher& launch, const at::Tensor&
         if (plan.kernel == KernelKind::kDepthwise) {
           const DepthwiseParams<scalar_t> params{
               x.const_data_ptr<scalar_t>(), nullptr, nullptr, gy.const_data_ptr<scalar_t>(),
-              nullptr, workspace.mutable_data_ptr<acc_t>(), g, plan.splits, plan.chunk};
+              nullptr, workspace.mutable_data_ptr<acc_t>(), g, plan.splits, plan.chunk, plan.narrow_index};
           launch(conv2d_depthwise_backward_weight_kernel<scalar_t>, dims_of(plan), params);
         } else {
           const BackwardWeightParams<scalar_t> params{

@@ -58,6 +58,9 @@ struct LaunchPlan {
   int64_t phase_h_size = 0, phase_w_size = 0;
   // Tiled depthwise forward: the tile (kernel kDepthwiseTiled only).
   DepthwiseTile dw_tile{};
+  // Depthwise kernels: their flat element index fits in int32, so they
+  // decode it with 32-bit multiply-shifts instead of 64-bit division.
+  bool narrow_index = true;
 
   std::string describe() const {
     std::ostringstream out;
@@ -74,6 +77,17 @@ struct LaunchPlan {
 inline std::string& forced_tile() {
   static std::string tile;
   return tile;
+}
+
+// Test hook: decode the depthwise kernels' indices in 64 bits even where 32
+// would do, so the emulated tests cover the path huge tensors take.
+inline bool& forced_wide_index() {
+  static bool wide = false;
+  return wide;
+}
+
+inline bool fits_narrow_index(int64_t elements) {
+  return elements <= std::numeric_limits<int32_t>::max() && !forced_wide_index();
 }
 
 inline ConvGeometry make_geometry(const Conv2dShape& s) {
@@ -139,6 +153,7 @@ inline void set_elementwise_grid(LaunchPlan& plan, int64_t elements) {
   plan.kernel = KernelKind::kDepthwise;
   plan.block = kDepthwiseThreads;
   plan.grid[0] = grid_dim(ceil_div(elements, kDepthwiseThreads), kMaxElementwiseBlocks);
+  plan.narrow_index = fits_narrow_index(elements);
 }
 
 inline int64_t next_pow2(int64_t v) {
@@ -299,6 +314,7 @@ inline LaunchPlan plan_conv2d_backward_weight(const Conv2dShape& s) {
     plan.block = kDepthwiseWeightThreads;
     const int64_t blocks = s.K * s.R * s.S;
     set_splits(plan, reduction, blocks, weight_elements, 4 * kDepthwiseWeightThreads, 1);
+    plan.narrow_index = fits_narrow_index(reduction);
     plan.grid[0] = grid_dim(blocks, kMaxGridX);
     plan.grid[1] = grid_dim(plan.splits, kMaxGridYZ);
     return plan;

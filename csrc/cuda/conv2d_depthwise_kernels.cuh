@@ -22,6 +22,43 @@ struct DepthwiseParams {
   at::opmath_type<scalar_t>* workspace;  // grad-weight: splits x K x R x S
   ConvGeometry g;
   int64_t splits, chunk;  // grad-weight reduction chunks over N*P*Q
+  bool narrow_index;      // the kernel's flat index range fits in int32
+};
+
+// Splits a flat index over [outer][channels][rows][cols] into its
+// coordinates. These kernels do a few multiply-adds per element, so 64-bit
+// division (~60 instructions each) would dominate them: when the whole range
+// fits in int32 (nearly always; the plan decides, DepthwiseParams::narrow_index),
+// the divisions are multiply-shifts.
+struct FlatIndex {
+  bool narrow;
+  FastDivmod col_div, row_div, channel_div;
+  int64_t channels, rows, cols;
+
+  __device__ __forceinline__ FlatIndex(int64_t channels_, int64_t rows_, int64_t cols_,
+                                       bool narrow_)
+      : narrow(narrow_),
+        col_div(narrow ? static_cast<int>(cols_) : 1),
+        row_div(narrow ? static_cast<int>(rows_) : 1),
+        channel_div(narrow ? static_cast<int>(channels_) : 1),
+        channels(channels_), rows(rows_), cols(cols_) {}
+
+  __device__ __forceinline__ void decode(int64_t index, int64_t& outer, int64_t& channel,
+                                         int64_t& row, int64_t& col) const {
+    if (narrow) {
+      int rest, plane, o, c, r, q;
+      col_div.divmod(static_cast<int>(index), rest, q);
+      row_div.divmod(rest, plane, r);
+      channel_div.divmod(plane, o, c);
+      outer = o, channel = c, row = r, col = q;
+    } else {
+      col = index % cols;
+      row = (index / cols) % rows;
+      const int64_t plane = index / (cols * rows);
+      channel = plane % channels;
+      outer = plane / channels;
+    }
+  }
 };
 
 // output[n][k][p][q] = bias[k] + sum_{r,s} input[n][k / Kg][ih][iw] * weight[k][0][r][s].
@@ -32,10 +69,11 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
   const ConvGeometry& g = p.g;
   const int64_t total = g.N * g.K * g.P * g.Q;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const FlatIndex flat(g.K, g.P, g.Q, p.narrow_index);
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        index < total; index += stride) {
-    const int64_t q = index % g.Q, p_ = (index / g.Q) % g.P;
-    const int64_t nk = index / (g.P * g.Q), k = nk % g.K, n = nk / g.K;
+    int64_t n, k, p_, q;
+    flat.decode(index, n, k, p_, q);
     const scalar_t* x = p.input + (n * g.C + k / g.Kg) * g.H * g.W;
     const scalar_t* w = p.weight + k * g.R * g.S;
     acc_t sum = p.bias != nullptr ? load_as<acc_t>(p.bias + k) : acc_t(0);
@@ -156,10 +194,11 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
   const ConvGeometry& g = p.g;
   const int64_t total = g.N * g.C * g.H * g.W;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const FlatIndex flat(g.C, g.H, g.W, p.narrow_index);
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        index < total; index += stride) {
-    const int64_t w_ = index % g.W, h = (index / g.W) % g.H;
-    const int64_t nc = index / (g.H * g.W), c = nc % g.C, n = nc / g.C;
+    int64_t n, c, h, w_;
+    flat.decode(index, n, c, h, w_);
     acc_t sum = acc_t(0);
     for (int64_t m = 0; m < g.Kg; ++m) {
       const int64_t k = c * g.Kg + m;
@@ -309,6 +348,7 @@ __global__ void __launch_bounds__(kDepthwiseWeightThreads)
   const ConvGeometry& g = p.g;
   const int64_t taps = g.R * g.S, PQ = g.P * g.Q, reduction = g.N * PQ;
   const int tid = threadIdx.x;
+  const FlatIndex flat(1, g.P, g.Q, p.narrow_index);
   for (int64_t split = blockIdx.y; split < p.splits; split += gridDim.y) {
     const int64_t begin = split * p.chunk;
     const int64_t end = begin + p.chunk < reduction ? begin + p.chunk : reduction;
@@ -317,11 +357,12 @@ __global__ void __launch_bounds__(kDepthwiseWeightThreads)
       const int64_t c = k / g.Kg;
       acc_t sum = acc_t(0);
       for (int64_t e = begin + tid; e < end; e += kDepthwiseWeightThreads) {
-        const int64_t n = e / PQ, pq = e % PQ;
-        const int64_t ih = (pq / g.Q) * g.stride_h - g.pad_h + r * g.dilation_h;
-        const int64_t iw = (pq % g.Q) * g.stride_w - g.pad_w + s * g.dilation_w;
+        int64_t n, unused, out_row, out_col;
+        flat.decode(e, n, unused, out_row, out_col);
+        const int64_t ih = out_row * g.stride_h - g.pad_h + r * g.dilation_h;
+        const int64_t iw = out_col * g.stride_w - g.pad_w + s * g.dilation_w;
         if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-        sum += load_as<acc_t>(p.grad_output + (n * g.K + k) * PQ + pq) *
+        sum += load_as<acc_t>(p.grad_output + (n * g.K + k) * PQ + out_row * g.Q + out_col) *
                load_as<acc_t>(p.input + ((n * g.C + c) * g.H + ih) * g.W + iw);
       }
       partial[tid] = sum;

@@ -70,6 +70,8 @@ void force_tile(const std::string& tile) {
   cuda::forced_tile() = tile;
 }
 
+void force_wide_index(bool wide) { cuda::forced_wide_index() = wide; }
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -77,5 +79,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv2d_backward_input", &backward_input);
   m.def("conv2d_backward_weight", &backward_weight);
   m.def("describe_plan", &describe_plan);
-  m.def("force_tile", &force_tile, "'small', 'large', 'huge', 'elementwise' (untiled depthwise forward) or '' (by shape)");
+  m.def("force_tile", &force_tile,
+        "'small', 'large', 'huge', 'elementwise' (untiled depthwise) or '' (by shape)");
+  m.def("force_wide_index", &force_wide_index, "depthwise kernels: 64-bit index decoding");
 }
