@@ -392,7 +392,7 @@ struct PointwiseTileTable {
   }
 };
 
-// x: [N][C][x_row] (rows padded so whole vectors can be read), w packed by
+// x: [N][C][x_row], w packed by
 // pack_pointwise_weights, bias padded to a multiple of kPwK or null,
 // out: [N][K][HW] contiguous.
 template <typename T>
@@ -409,20 +409,37 @@ void pointwise_forward(const T* x, int64_t x_row, const T* w, const T* bias, T* 
   const int64_t KG = (Kt + k_tiles_per_group - 1) / k_tiles_per_group;
   const auto& table = PointwiseTileTable<T>::get();
   at::parallel_for(0, N * hw_blocks * KG, 1, [&](int64_t begin, int64_t end) {
+    // The block of X as [pixel tile][C][tile_px]: every tile then streams one
+    // contiguous run instead of C rows a whole image apart (which costs a TLB
+    // entry per row for large C).
+    std::vector<T> packed(static_cast<size_t>(C * block_px));
+    int64_t packed_block = -1;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t kg = item % KG, hb = (item / KG) % hw_blocks, n = item / (KG * hw_blocks);
       const int64_t hw0 = hb * block_px, hw1 = std::min(HW, hw0 + block_px);
       const T* xn = x + n * C * x_row;
+      if (packed_block != item / KG) {
+        packed_block = item / KG;
+        for (int64_t hw = hw0, t = 0; hw < hw1; hw += tile_px, ++t) {
+          const int64_t count = std::min(tile_px, hw1 - hw);
+          T* dst = packed.data() + t * C * tile_px;
+          for (int64_t c = 0; c < C; ++c) {
+            std::memcpy(dst + c * tile_px, xn + c * x_row + hw, sizeof(T) * count);
+            std::fill(dst + c * tile_px + count, dst + (c + 1) * tile_px, T(0));
+          }
+        }
+      }
       T* yn = out + n * K * HW;
       const int64_t kt_end = std::min(Kt, (kg + 1) * k_tiles_per_group);
       for (int64_t kt = kg * k_tiles_per_group; kt < kt_end; ++kt) {
         const int uk = static_cast<int>(std::min<int64_t>(kPwK, K - kt * kPwK));
         const T* wt = w + kt * C * kPwK;
         const T* bt = bias != nullptr ? bias + kt * kPwK : nullptr;
-        for (int64_t hw = hw0; hw < hw1; hw += tile_px) {
+        for (int64_t hw = hw0, t = 0; hw < hw1; hw += tile_px, ++t) {
           const int64_t lanes = std::min<int64_t>(tile_px, hw1 - hw);
           const int uv = static_cast<int>((lanes + L - 1) / L);
-          table.fn[uk - 1][uv - 1](xn + hw, x_row, wt, C, bt, yn + kt * kPwK * HW + hw, HW, lanes);
+          table.fn[uk - 1][uv - 1](packed.data() + t * C * tile_px, tile_px, wt, C, bt,
+                                   yn + kt * kPwK * HW + hw, HW, lanes);
         }
       }
     }
@@ -431,24 +448,20 @@ void pointwise_forward(const T* x, int64_t x_row, const T* w, const T* bias, T* 
 
 // Pointwise convolution of NCHW `input` [N][C][H][W] with matrix weight2d
 // [K][C] (any strides), stride (sh, sw), output [N][K][P][Q] contiguous.
-// The input is used as it is when its rows can be read as whole vectors;
-// otherwise (stride > 1, other strides, pixel count not a multiple of the
-// vector width) through a compact [N][C][rows] copy.
+// The input is used as it is when contiguous with unit stride; otherwise
+// through a compact (subsampled) [N][C][P][Q] copy.
 template <typename T>
 at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight2d,
                           const at::Tensor& bias, int64_t sh, int64_t sw, int64_t P, int64_t Q) {
-  constexpr int L = simd::Vec<T>::size;
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t K = weight2d.size(0), HW = P * Q;
   at::Tensor x;
   int64_t x_row = HW;
-  if (sh == 1 && sw == 1 && HW % L == 0 && input.is_contiguous()) {
+  if (sh == 1 && sw == 1 && input.is_contiguous()) {
     x = input;
   } else {
-    x_row = (HW + L - 1) / L * L;
-    x = at::zeros({N, C, x_row}, input.options());
-    auto subsampled = input.slice(2, 0, H, sh).slice(3, 0, W, sw);
-    x.narrow(2, 0, HW).view({N, C, P, Q}).copy_(subsampled);
+    x = at::empty({N, C, P, Q}, input.options());
+    x.copy_(input.slice(2, 0, H, sh).slice(3, 0, W, sw));
   }
   const at::Tensor w = pack_pointwise_weights<T>(weight2d);
   at::Tensor b;
