@@ -32,6 +32,15 @@
 namespace conv_ext {
 namespace cpu {
 
+// Grain of at::parallel_for for items of `work` multiply-adds (or element
+// copies) each: a thread gets at least ~32K of work, so small problems run
+// on one thread instead of paying a fork/join (and, on a busy machine, a
+// wait for a descheduled thread) per step.
+inline int64_t grain_for(int64_t work_per_item) {
+  constexpr int64_t kMinWork = int64_t{1} << 15;
+  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_item));
+}
+
 // Which kernel a problem runs on (exposed for tests via conv_ext::cpu_forward_path).
 enum class ForwardPath { kGeneric, kPointwise, kFirstLayer, kDense, kDepthwise };
 
@@ -163,7 +172,7 @@ at::Tensor padded_nhwc(const at::Tensor& input, int64_t pad_h, int64_t pad_w,
   T* dst = out.mutable_data_ptr<T>();
   const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
                 sw = input.stride(3);
-  at::parallel_for(0, N * Hp, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * Hp, grain_for(Wp * C), [&](int64_t begin, int64_t end) {
     for (int64_t nh = begin; nh < end; ++nh) {
       const int64_t n = nh / Hp, hp = nh % Hp, h = hp - pad_h;
       T* row = dst + nh * Wp * C;
@@ -203,7 +212,7 @@ at::Tensor pack_weights(const at::Tensor& weight, bool flip_and_swap = false) {
   T* dst = packed.mutable_data_ptr<T>();
   const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
                 s3 = weight.stride(3);
-  at::parallel_for(0, Kb, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, Kb, grain_for(R * S * C * L), [&](int64_t begin, int64_t end) {
     for (int64_t kb = begin; kb < end; ++kb) {
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
@@ -262,7 +271,7 @@ void dense_forward(const T* x, const T* w, const T* bias, T* out, const DensePro
   const int64_t M = d.N * d.P * d.Q;
   const int64_t block = kTilePixels * 16;
   const int64_t blocks = (M + block - 1) / block;
-  at::parallel_for(0, KG * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, KG * blocks, grain_for(block * d.R * d.S * d.C * kTileNB), [&](int64_t begin, int64_t end) {
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t c0 = chunk * chunk_c;
       const int64_t cc = std::min(chunk_c, d.C - c0);
@@ -303,7 +312,7 @@ template <typename T>
 void nhwc_to_nchw(const T* src, T* dst, int64_t N, int64_t C, int64_t HW) {
   constexpr int64_t kTileHW = 64, kTileC = 16;
   const int64_t hw_tiles = (HW + kTileHW - 1) / kTileHW;
-  at::parallel_for(0, N * hw_tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * hw_tiles, grain_for(kTileHW * C), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / hw_tiles, hw0 = (item % hw_tiles) * kTileHW;
       const int64_t hw1 = std::min(HW, hw0 + kTileHW);
@@ -408,7 +417,7 @@ void pointwise_forward(const T* x, int64_t x_row, const T* w, const T* bias, T* 
   constexpr int64_t k_tiles_per_group = 8;
   const int64_t KG = (Kt + k_tiles_per_group - 1) / k_tiles_per_group;
   const auto& table = PointwiseTileTable<T>::get();
-  at::parallel_for(0, N * hw_blocks * KG, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * hw_blocks * KG, grain_for(block_px * C * k_tiles_per_group), [&](int64_t begin, int64_t end) {
     // The block of X as [pixel tile][C][tile_px]: every tile then streams one
     // contiguous run instead of C rows a whole image apart (which costs a TLB
     // entry per row for large C).
@@ -627,7 +636,7 @@ at::Tensor pack_phase_weights(const at::Tensor& weight, const std::vector<int64_
   T* dst = packed.mutable_data_ptr<T>();
   const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
                 s3 = weight.stride(3);
-  at::parallel_for(0, Cb, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, Cb, grain_for(R * S * K * L), [&](int64_t begin, int64_t end) {
     for (int64_t cb = begin; cb < end; ++cb)
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
@@ -762,7 +771,7 @@ void dense_backward_weight(const T* x, const T* gy, T* gw, const Conv2dShape& p,
   const int64_t chunk_rows = std::max<int64_t>(1, 64 / std::max<int64_t>(p.Q, 1));
   const int64_t total_rows = p.N * p.P;
   const auto& table = WeightGradTileTable<T>::get();
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, items, grain_for(total_rows * p.Q * kWgradUC * kTileNB), [&](int64_t begin, int64_t end) {
     for (int64_t row0 = 0; row0 < total_rows; row0 += chunk_rows) {
       const int64_t row1 = std::min(total_rows, row0 + chunk_rows);
       for (int64_t item = begin; item < end; ++item) {
