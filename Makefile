@@ -15,7 +15,7 @@ endif
 DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy matplotlib
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build install clean test-emulation-asan
+.PHONY: test bench bench-results build install clean test-emulation-asan
 
 $(VENV)/.installed:
 	python3 -m venv $(VENV)
@@ -36,6 +36,15 @@ test-emulation-asan: build
 
 bench: build
 	$(PYTHON) -m conv_ext.bench $(BENCH_ARGS)
+
+# The runs whose figures docs/benchmark.md quotes, written to bench/results
+# (about 15 minutes on 2 cores).
+bench-results: build
+	$(PYTHON) -m conv_ext.bench --suite resnet50 --pass forward --batch 8 --out bench/results
+	$(PYTHON) -m conv_ext.bench --suite mobilenet --pass forward --batch 8 --out bench/results
+	$(PYTHON) -m conv_ext.bench --suite resnet50 --pass train --batch 8 --out bench/results
+	$(PYTHON) -m conv_ext.bench --suite resnet50 --pass forward --batch 1 --out bench/results
+	$(PYTHON) -m conv_ext.bench --suite mobilenet --pass train --batch 8 --out bench/results
 
 # For users: an editable install into the current environment, built
 # against the torch already installed there (hence no build isolation).

@@ -3,6 +3,8 @@ gradient) on shapes chosen to hit each path's special cases: channel tails
 (K or C not a multiple of the SIMD width), odd widths, tiles spanning rows
 and images, N=1, strides, dilation, the C split of large filters,
 channels_last. Plus which path a shape takes, and bitwise reproducibility."""
+import math
+
 import pytest
 import torch
 
@@ -51,6 +53,12 @@ def _case_id(case):
     return case[0]
 
 
+def _weight(K, C_per_group, R, S, dtype=torch.float32):
+    # Scaled by 1/sqrt(fan-in) so outputs are O(1) for every C: float32
+    # rounding then stays well inside the tolerances even for C*R*S = 6300.
+    return torch.randn(K, C_per_group, R, S, dtype=dtype) / math.sqrt(C_per_group * R * S)
+
+
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_path_selection(case):
     _, N, C, H, W, K, R, S, stride, padding, dilation, groups, expected = case
@@ -67,7 +75,7 @@ def test_path_selection(case):
 def test_fast_path_matches_torch(case, dtype, layout):
     _, N, C, H, W, K, R, S, stride, padding, dilation, groups, _ = case
     x = torch.randn(N, C, H, W, dtype=dtype)
-    w = torch.randn(K, C // groups, R, S, dtype=dtype)
+    w = _weight(K, C // groups, R, S, dtype)
     b = torch.randn(K, dtype=dtype)
     compare_with_torch(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
                        layout=layout)
@@ -79,7 +87,7 @@ def test_fast_paths_on_strided_views(layout):
     for case in CASES:
         _, N, C, H, W, K, R, S, stride, padding, dilation, groups, _ = case
         x = torch.randn(N, C, H, W)
-        w = torch.randn(K, C // groups, R, S)
+        w = _weight(K, C // groups, R, S)
         compare_with_torch(x, w, None, stride=stride, padding=padding, dilation=dilation,
                            groups=groups, layout=layout, check_grads=False)
 

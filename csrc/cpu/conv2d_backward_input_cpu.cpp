@@ -75,7 +75,7 @@ at::Tensor depthwise_backward_input_cpu(const at::Tensor& grad_output, const at:
   const int64_t gsn = gy_rows.stride(0), gsc = gy_rows.stride(1), gsh = gy_rows.stride(2);
   const T* wp = w.const_data_ptr<T>();
   T* gx = grad_input.mutable_data_ptr<T>();
-  at::parallel_for(0, p.N * p.C, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.C, grain_for(p.P * p.Q * p.R * p.S), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(d.Hp * d.stride_w * d.row_len);
     std::vector<typename simd::Vec<T>::type> tap_weight(taps);
     for (int64_t nc = begin; nc < end; ++nc) {

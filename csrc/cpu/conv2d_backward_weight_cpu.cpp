@@ -88,7 +88,7 @@ void depthwise_backward_weight_cpu(const at::Tensor& grad_output, const at::Tens
   const T* x = input.const_data_ptr<T>();
   const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
                 sw = input.stride(3);
-  at::parallel_for(0, p.C, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.C, grain_for(p.N * p.P * p.Q * p.R * p.S), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(d.Hp * d.stride_w * d.row_len, T(0));  // padding stays zero
     std::vector<typename V::type> acc(taps);
     for (int64_t c = begin; c < end; ++c) {

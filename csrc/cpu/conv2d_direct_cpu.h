@@ -32,6 +32,15 @@
 namespace conv_ext {
 namespace cpu {
 
+// Grain of at::parallel_for for items of `work` multiply-adds (or element
+// copies) each: a thread gets at least ~32K of work, so small problems run
+// on one thread instead of paying a fork/join (and, on a busy machine, a
+// wait for a descheduled thread) per step.
+inline int64_t grain_for(int64_t work_per_item) {
+  constexpr int64_t kMinWork = int64_t{1} << 15;
+  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_item));
+}
+
 // Which kernel a problem runs on (exposed for tests via conv_ext::cpu_forward_path).
 enum class ForwardPath { kGeneric, kPointwise, kFirstLayer, kDense, kDepthwise };
 
@@ -163,7 +172,7 @@ at::Tensor padded_nhwc(const at::Tensor& input, int64_t pad_h, int64_t pad_w,
   T* dst = out.mutable_data_ptr<T>();
   const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
                 sw = input.stride(3);
-  at::parallel_for(0, N * Hp, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * Hp, grain_for(Wp * C), [&](int64_t begin, int64_t end) {
     for (int64_t nh = begin; nh < end; ++nh) {
       const int64_t n = nh / Hp, hp = nh % Hp, h = hp - pad_h;
       T* row = dst + nh * Wp * C;
@@ -203,7 +212,7 @@ at::Tensor pack_weights(const at::Tensor& weight, bool flip_and_swap = false) {
   T* dst = packed.mutable_data_ptr<T>();
   const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
                 s3 = weight.stride(3);
-  at::parallel_for(0, Kb, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, Kb, grain_for(R * S * C * L), [&](int64_t begin, int64_t end) {
     for (int64_t kb = begin; kb < end; ++kb) {
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
@@ -262,7 +271,7 @@ void dense_forward(const T* x, const T* w, const T* bias, T* out, const DensePro
   const int64_t M = d.N * d.P * d.Q;
   const int64_t block = kTilePixels * 16;
   const int64_t blocks = (M + block - 1) / block;
-  at::parallel_for(0, KG * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, KG * blocks, grain_for(block * d.R * d.S * d.C * kTileNB), [&](int64_t begin, int64_t end) {
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t c0 = chunk * chunk_c;
       const int64_t cc = std::min(chunk_c, d.C - c0);
@@ -303,7 +312,7 @@ template <typename T>
 void nhwc_to_nchw(const T* src, T* dst, int64_t N, int64_t C, int64_t HW) {
   constexpr int64_t kTileHW = 64, kTileC = 16;
   const int64_t hw_tiles = (HW + kTileHW - 1) / kTileHW;
-  at::parallel_for(0, N * hw_tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * hw_tiles, grain_for(kTileHW * C), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / hw_tiles, hw0 = (item % hw_tiles) * kTileHW;
       const int64_t hw1 = std::min(HW, hw0 + kTileHW);
@@ -392,7 +401,7 @@ struct PointwiseTileTable {
   }
 };
 
-// x: [N][C][x_row] (rows padded so whole vectors can be read), w packed by
+// x: [N][C][x_row], w packed by
 // pack_pointwise_weights, bias padded to a multiple of kPwK or null,
 // out: [N][K][HW] contiguous.
 template <typename T>
@@ -408,21 +417,38 @@ void pointwise_forward(const T* x, int64_t x_row, const T* w, const T* bias, T* 
   constexpr int64_t k_tiles_per_group = 8;
   const int64_t KG = (Kt + k_tiles_per_group - 1) / k_tiles_per_group;
   const auto& table = PointwiseTileTable<T>::get();
-  at::parallel_for(0, N * hw_blocks * KG, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * hw_blocks * KG, grain_for(block_px * C * k_tiles_per_group), [&](int64_t begin, int64_t end) {
+    // The block of X as [pixel tile][C][tile_px]: every tile then streams one
+    // contiguous run instead of C rows a whole image apart (which costs a TLB
+    // entry per row for large C).
+    std::vector<T> packed(static_cast<size_t>(C * block_px));
+    int64_t packed_block = -1;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t kg = item % KG, hb = (item / KG) % hw_blocks, n = item / (KG * hw_blocks);
       const int64_t hw0 = hb * block_px, hw1 = std::min(HW, hw0 + block_px);
       const T* xn = x + n * C * x_row;
+      if (packed_block != item / KG) {
+        packed_block = item / KG;
+        for (int64_t hw = hw0, t = 0; hw < hw1; hw += tile_px, ++t) {
+          const int64_t count = std::min(tile_px, hw1 - hw);
+          T* dst = packed.data() + t * C * tile_px;
+          for (int64_t c = 0; c < C; ++c) {
+            std::memcpy(dst + c * tile_px, xn + c * x_row + hw, sizeof(T) * count);
+            std::fill(dst + c * tile_px + count, dst + (c + 1) * tile_px, T(0));
+          }
+        }
+      }
       T* yn = out + n * K * HW;
       const int64_t kt_end = std::min(Kt, (kg + 1) * k_tiles_per_group);
       for (int64_t kt = kg * k_tiles_per_group; kt < kt_end; ++kt) {
         const int uk = static_cast<int>(std::min<int64_t>(kPwK, K - kt * kPwK));
         const T* wt = w + kt * C * kPwK;
         const T* bt = bias != nullptr ? bias + kt * kPwK : nullptr;
-        for (int64_t hw = hw0; hw < hw1; hw += tile_px) {
+        for (int64_t hw = hw0, t = 0; hw < hw1; hw += tile_px, ++t) {
           const int64_t lanes = std::min<int64_t>(tile_px, hw1 - hw);
           const int uv = static_cast<int>((lanes + L - 1) / L);
-          table.fn[uk - 1][uv - 1](xn + hw, x_row, wt, C, bt, yn + kt * kPwK * HW + hw, HW, lanes);
+          table.fn[uk - 1][uv - 1](packed.data() + t * C * tile_px, tile_px, wt, C, bt,
+                                   yn + kt * kPwK * HW + hw, HW, lanes);
         }
       }
     }
@@ -431,24 +457,20 @@ void pointwise_forward(const T* x, int64_t x_row, const T* w, const T* bias, T* 
 
 // Pointwise convolution of NCHW `input` [N][C][H][W] with matrix weight2d
 // [K][C] (any strides), stride (sh, sw), output [N][K][P][Q] contiguous.
-// The input is used as it is when its rows can be read as whole vectors;
-// otherwise (stride > 1, other strides, pixel count not a multiple of the
-// vector width) through a compact [N][C][rows] copy.
+// The input is used as it is when contiguous with unit stride; otherwise
+// through a compact (subsampled) [N][C][P][Q] copy.
 template <typename T>
 at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight2d,
                           const at::Tensor& bias, int64_t sh, int64_t sw, int64_t P, int64_t Q) {
-  constexpr int L = simd::Vec<T>::size;
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t K = weight2d.size(0), HW = P * Q;
   at::Tensor x;
   int64_t x_row = HW;
-  if (sh == 1 && sw == 1 && HW % L == 0 && input.is_contiguous()) {
+  if (sh == 1 && sw == 1 && input.is_contiguous()) {
     x = input;
   } else {
-    x_row = (HW + L - 1) / L * L;
-    x = at::zeros({N, C, x_row}, input.options());
-    auto subsampled = input.slice(2, 0, H, sh).slice(3, 0, W, sw);
-    x.narrow(2, 0, HW).view({N, C, P, Q}).copy_(subsampled);
+    x = at::empty({N, C, P, Q}, input.options());
+    x.copy_(input.slice(2, 0, H, sh).slice(3, 0, W, sw));
   }
   const at::Tensor w = pack_pointwise_weights<T>(weight2d);
   at::Tensor b;
@@ -614,7 +636,7 @@ at::Tensor pack_phase_weights(const at::Tensor& weight, const std::vector<int64_
   T* dst = packed.mutable_data_ptr<T>();
   const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
                 s3 = weight.stride(3);
-  at::parallel_for(0, Cb, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, Cb, grain_for(R * S * K * L), [&](int64_t begin, int64_t end) {
     for (int64_t cb = begin; cb < end; ++cb)
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
@@ -749,7 +771,7 @@ void dense_backward_weight(const T* x, const T* gy, T* gw, const Conv2dShape& p,
   const int64_t chunk_rows = std::max<int64_t>(1, 64 / std::max<int64_t>(p.Q, 1));
   const int64_t total_rows = p.N * p.P;
   const auto& table = WeightGradTileTable<T>::get();
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, items, grain_for(total_rows * p.Q * kWgradUC * kTileNB), [&](int64_t begin, int64_t end) {
     for (int64_t row0 = 0; row0 < total_rows; row0 += chunk_rows) {
       const int64_t row1 = std::min(total_rows, row0 + chunk_rows);
       for (int64_t item = begin; item < end; ++item) {

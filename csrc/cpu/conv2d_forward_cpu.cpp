@@ -105,7 +105,7 @@ at::Tensor depthwise_forward_cpu(const at::Tensor& input, const at::Tensor& weig
   T* o = out.mutable_data_ptr<T>();
   const std::vector<int64_t> tap_offset = depthwise_tap_offsets(d);
   const int64_t taps = p.R * p.S;
-  at::parallel_for(0, p.N * p.C, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.C, grain_for(p.P * p.Q * p.R * p.S), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(d.Hp * d.stride_w * d.row_len, T(0));  // padding stays zero
     std::vector<typename simd::Vec<T>::type> tap_weight(taps);
     for (int64_t nc = begin; nc < end; ++nc) {

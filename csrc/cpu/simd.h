@@ -38,14 +38,65 @@ struct Vec {
   static inline void store(T* p, type v) { *reinterpret_cast<unaligned*>(p) = v; }
   static inline type broadcast(T x);
   static inline type zero() { return type{}; }
-  // The first n (< size) lanes; the rest are zero.
-  static inline type load_partial(const T* p, int n) {
-    type v{};
-    std::memcpy(&v, p, sizeof(T) * n);
-    return v;
-  }
-  static inline void store_partial(T* p, type v, int n) { std::memcpy(p, &v, sizeof(T) * n); }
+  // The first n (< size) lanes; the rest are zero. Masked instructions on
+  // x86 (a variable-length memcpy would be a library call per row tail).
+  static inline type load_partial(const T* p, int n);
+  static inline void store_partial(T* p, type v, int n);
 };
+
+#if defined(__AVX512F__)
+template <>
+inline Vec<float>::type Vec<float>::load_partial(const float* p, int n) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+}
+template <>
+inline void Vec<float>::store_partial(float* p, type v, int n) {
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
+}
+template <>
+inline Vec<double>::type Vec<double>::load_partial(const double* p, int n) {
+  return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p);
+}
+template <>
+inline void Vec<double>::store_partial(double* p, type v, int n) {
+  _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v);
+}
+#elif defined(__AVX2__)
+// Lane i is on when i < n (sign bit of the 32/64-bit mask element).
+inline __m256i lane_mask32(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline __m256i lane_mask64(int n) {
+  return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+template <>
+inline Vec<float>::type Vec<float>::load_partial(const float* p, int n) {
+  return _mm256_maskload_ps(p, lane_mask32(n));
+}
+template <>
+inline void Vec<float>::store_partial(float* p, type v, int n) {
+  _mm256_maskstore_ps(p, lane_mask32(n), v);
+}
+template <>
+inline Vec<double>::type Vec<double>::load_partial(const double* p, int n) {
+  return _mm256_maskload_pd(p, lane_mask64(n));
+}
+template <>
+inline void Vec<double>::store_partial(double* p, type v, int n) {
+  _mm256_maskstore_pd(p, lane_mask64(n), v);
+}
+#else
+template <typename T>
+inline typename Vec<T>::type Vec<T>::load_partial(const T* p, int n) {
+  type v{};
+  std::memcpy(&v, p, sizeof(T) * n);
+  return v;
+}
+template <typename T>
+inline void Vec<T>::store_partial(T* p, type v, int n) {
+  std::memcpy(p, &v, sizeof(T) * n);
+}
+#endif
 
 // One broadcast instruction (GCC turns both `type{} + x` and a lane-wise
 // fill into several shuffles on x86).
