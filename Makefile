@@ -3,7 +3,8 @@
 #   make bench   the same set-up, then the benchmark against torch on the default device
 # Against an existing environment (no venv, no network), name its python:
 #   make test PYTHON=python3
-# Variables: BENCH_ARGS (extra benchmark flags), PYTEST_ARGS, MAX_JOBS (parallel compiles).
+# Variables: BENCH_ARGS (extra benchmark flags), PYTEST_ARGS, MAX_JOBS (parallel compiles),
+# SANITIZE_ARGS (pytest args for make test-sanitized).
 
 VENV ?= .venv
 ifeq ($(origin PYTHON), undefined)
@@ -15,7 +16,7 @@ endif
 DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy matplotlib
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build install clean
+.PHONY: test bench build install clean test-sanitized
 
 $(VENV)/.installed:
 	python3 -m venv $(VENV)
@@ -28,6 +29,11 @@ build: $(SETUP)
 
 test: build
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# The CPU tests against an ASan+UBSan build in build/sanitized (the in-place
+# build is left alone); fails on any sanitizer report. Slow: a separate build.
+test-sanitized: $(SETUP)
+	PYTHON=$(PYTHON) sh tests/run_sanitized.sh $(SANITIZE_ARGS)
 
 bench: build
 	$(PYTHON) -m conv_ext.bench $(BENCH_ARGS)
