@@ -103,7 +103,9 @@ def test_compile_reduce_overhead_cuda_graphs():
         x = torch.randn(4, 3, 20, 20, device="cuda")
         got = forward_backward(compiled, x)
         assert_same_results(got, forward_backward(model, x))
-        assert_same_results(got, forward_backward(reference, x))
+        # cuDNN's default TF32 would round the reference to ~1e-3.
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            assert_same_results(got, forward_backward(reference, x))
 
 
 # opcheck runs, among others, test_schema, test_autograd_registration,
