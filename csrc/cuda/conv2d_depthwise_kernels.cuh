@@ -103,6 +103,8 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
   using acc_t = at::opmath_type<scalar_t>;
   acc_t* tile = shared_array<acc_t, kDepthwiseTileElements, 0>();
   acc_t* filters = shared_array<acc_t, kDepthwiseTileTaps, 1>();
+  // Offset of each of the block's planes (-1: past the last plane).
+  int64_t* plane_offset = shared_array<int64_t, kDepthwiseThreads, 2>();
   const ConvGeometry& g = p.g;
   const int R = kKernel > 0 ? kKernel : static_cast<int>(g.R);
   const int S = kKernel > 0 ? kKernel : static_cast<int>(g.S);
@@ -122,23 +124,23 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
        first += static_cast<int64_t>(gridDim.y) * t.planes) {
     // Stage: consecutive threads read consecutive input columns (coalesced);
     // zeros where the tile reaches into the padding or past the last plane.
-    // The plane's 64-bit decoding happens once per plane, not per element.
-    for (int lp = 0; lp < t.planes; ++lp) {
-      const int64_t plane = first + lp;
-      acc_t* dst = tile + lp * in_elements;
-      if (plane >= planes_total) {
-        for (int e = tid; e < in_elements; e += blockDim.x) dst[e] = acc_t(0);
-        continue;
-      }
-      const int64_t n = plane / g.K, c = (plane % g.K) / g.Kg;
-      const scalar_t* src = p.input + (n * g.C + c) * g.H * g.W;
-      for (int e = tid; e < in_elements; e += blockDim.x) {
-        const int row = e / t.in_w, col = e - row * t.in_w;
-        const int64_t ih = ih0 + row, iw = iw0 + col;
-        dst[e] = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W
-                     ? load_as<acc_t>(src + ih * g.W + iw)
-                     : acc_t(0);
-      }
+    // Each plane's 64-bit offset is decoded once (by one thread), so all the
+    // block's planes are staged in one pass with 32-bit indexing per element.
+    if (tid < t.planes) {
+      const int64_t plane = first + tid;
+      plane_offset[tid] = plane < planes_total
+                              ? ((plane / g.K) * g.C + (plane % g.K) / g.Kg) * g.H * g.W
+                              : int64_t{-1};
+    }
+    __syncthreads();
+    for (int i = tid; i < t.planes * in_elements; i += blockDim.x) {
+      const int lp = i / in_elements, e = i - lp * in_elements;
+      const int row = e / t.in_w, col = e - row * t.in_w;
+      const int64_t offset = plane_offset[lp];
+      const int64_t ih = ih0 + row, iw = iw0 + col;
+      tile[i] = offset >= 0 && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W
+                    ? load_as<acc_t>(p.input + offset + ih * g.W + iw)
+                    : acc_t(0);
     }
     for (int i = tid; i < t.planes * taps; i += blockDim.x) {
       const int64_t plane = first + i / taps;
@@ -241,6 +243,8 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
   constexpr int kMaxRows = 4;
   acc_t* tile = shared_array<acc_t, kDepthwiseTileElements, 0>();
   acc_t* filters = shared_array<acc_t, kDepthwiseTileTaps, 1>();
+  // Offset of each of the block's planes (-1: past the last plane).
+  int64_t* plane_offset = shared_array<int64_t, kDepthwiseThreads, 2>();
   const ConvGeometry& g = p.g;
   const int R = kKernel > 0 ? kKernel : static_cast<int>(g.R);
   const int S = kKernel > 0 ? kKernel : static_cast<int>(g.S);
@@ -270,23 +274,23 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
 #pragma unroll
     for (int j = 0; j < kMaxRows; ++j) acc[j] = acc_t(0);
     for (int64_t m = 0; m < g.Kg; ++m) {
-      // Plane decoding once per plane; 32-bit indexing per element.
-      for (int lp = 0; lp < t.planes; ++lp) {
-        const int64_t pl = first + lp;
-        acc_t* dst = tile + lp * tile_elements;
-        if (pl >= planes_total) {
-          for (int e = tid; e < tile_elements; e += blockDim.x) dst[e] = acc_t(0);
-          continue;
-        }
-        const int64_t n = pl / g.C, k = (pl % g.C) * g.Kg + m;
-        const scalar_t* src = p.grad_output + (n * g.K + k) * PQ;
-        for (int e = tid; e < tile_elements; e += blockDim.x) {
-          const int row = e / t.in_w, col = e - row * t.in_w;
-          const int64_t pp = p_lo + row, qq = q_lo + col;
-          dst[e] = pp >= 0 && pp < g.P && qq >= 0 && qq < g.Q
-                       ? load_as<acc_t>(src + pp * g.Q + qq)
-                       : acc_t(0);
-        }
+      // Plane offsets decoded once per plane; one staging pass over all the
+      // block's planes with 32-bit indexing per element.
+      if (tid < t.planes) {
+        const int64_t pl = first + tid;
+        plane_offset[tid] = pl < planes_total
+                                ? ((pl / g.C) * g.K + (pl % g.C) * g.Kg + m) * PQ
+                                : int64_t{-1};
+      }
+      __syncthreads();
+      for (int i = tid; i < t.planes * tile_elements; i += blockDim.x) {
+        const int lp = i / tile_elements, e = i - lp * tile_elements;
+        const int row = e / t.in_w, col = e - row * t.in_w;
+        const int64_t offset = plane_offset[lp];
+        const int64_t pp = p_lo + row, qq = q_lo + col;
+        tile[i] = offset >= 0 && pp >= 0 && pp < g.P && qq >= 0 && qq < g.Q
+                      ? load_as<acc_t>(p.grad_output + offset + pp * g.Q + qq)
+                      : acc_t(0);
       }
       for (int i = tid; i < t.planes * taps; i += blockDim.x) {
         const int64_t pl = first + i / taps;
