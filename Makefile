@@ -3,7 +3,8 @@
 #   make bench   the same set-up, then the benchmark against torch on the default device
 # Against an existing environment (no venv, no network), name its python:
 #   make test PYTHON=python3
-# Variables: BENCH_ARGS (extra benchmark flags), PYTEST_ARGS, MAX_JOBS (parallel compiles).
+# Variables: BENCH_ARGS (extra benchmark flags), PYTEST_ARGS, MAX_JOBS (parallel compiles),
+# SANITIZE_ARGS / EMULATION_ASAN_ARGS (pytest args of the two sanitizer runs).
 
 VENV ?= .venv
 ifeq ($(origin PYTHON), undefined)
@@ -12,10 +13,11 @@ SETUP := $(VENV)/.installed
 else
 SETUP :=
 endif
-DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy matplotlib
+# scikit-learn: only for the LeNet example's test (its bundled digits data).
+DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy matplotlib scikit-learn
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build install clean test-emulation-asan
+.PHONY: test test-suite bench bench-results build install clean test-emulation-asan test-sanitized
 
 $(VENV)/.installed:
 	python3 -m venv $(VENV)
@@ -26,16 +28,34 @@ $(VENV)/.installed:
 build: $(SETUP)
 	$(PYTHON) setup.py build_ext --inplace
 
-test: build
+# Everything CI runs: the whole suite, then the emulated CUDA kernels under
+# AddressSanitizer, then the CPU suite against an ASan+UBSan build.
+test: test-suite test-emulation-asan test-sanitized
+
+test-suite: build
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 # The emulated CUDA kernel tests again, with the emulation built under
 # AddressSanitizer (out-of-bounds global/shared accesses abort the run).
-test-emulation-asan: build
-	PYTHON=$(PYTHON) tests/run_emulation_asan.sh $(PYTEST_ARGS)
+test-emulation-asan: test-suite
+	PYTHON=$(PYTHON) tests/run_emulation_asan.sh $(EMULATION_ASAN_ARGS)
+
+# The CPU tests against an ASan+UBSan build in build/sanitized (the in-place
+# build is left alone); fails on any sanitizer report. Slow: a separate build.
+test-sanitized: test-emulation-asan
+	PYTHON=$(PYTHON) sh tests/run_sanitized.sh $(SANITIZE_ARGS)
 
 bench: build
 	$(PYTHON) -m conv_ext.bench $(BENCH_ARGS)
+
+# The runs whose figures docs/benchmark.md quotes, written to bench/results
+# (about 15 minutes on 2 cores).
+bench-results: build
+	$(PYTHON) -m conv_ext.bench --suite resnet50 --pass forward --batch 8 --out bench/results
+	$(PYTHON) -m conv_ext.bench --suite mobilenet --pass forward --batch 8 --out bench/results
+	$(PYTHON) -m conv_ext.bench --suite resnet50 --pass train --batch 8 --out bench/results
+	$(PYTHON) -m conv_ext.bench --suite resnet50 --pass forward --batch 1 --out bench/results
+	$(PYTHON) -m conv_ext.bench --suite mobilenet --pass train --batch 8 --out bench/results
 
 # For users: an editable install into the current environment, built
 # against the torch already installed there (hence no build isolation).

@@ -1,15 +1,15 @@
 """conv_ext.conv2d: F.conv2d's signature and semantics over the conv_ext ops.
 
 This layer only does what F.conv2d's C++ front end does before the
-convolution proper: argument normalisation, unbatched input, and string
-padding. Every other check is done by the op itself.
+convolution proper: autocast, argument normalisation, unbatched input, and
+string padding. Every other check is done by the op itself.
 """
 import numbers
 
 import torch
 import torch.nn.functional as F
 
-from .autograd import Conv2dFunction
+from .autograd import conv2d_functions
 
 __all__ = ["conv2d"]
 
@@ -68,6 +68,21 @@ def _same_padding(input, weight, stride, dilation, groups):
     return input, left
 
 
+def _autocast(t):
+    """`t` as autocast hands it to F.conv2d, which is on autocast's
+    lower-precision list for CPU and CUDA: floating-point tensors other than
+    float64 are cast to the autocast dtype of their device."""
+    if t is None or t.device.type not in ("cpu", "cuda"):
+        return t
+    device_type = t.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return t
+    dtype = torch.get_autocast_dtype(device_type)
+    if t.is_floating_point() and t.dtype not in (torch.float64, dtype):
+        return t.to(dtype)
+    return t
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """Drop-in for torch.nn.functional.conv2d (same arguments, results,
     gradients and errors), computed by conv_ext's kernels."""
@@ -76,6 +91,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     _check_tensor(bias, "bias", 3, optional=True)
     if not isinstance(groups, (numbers.Integral, torch.SymInt)) or isinstance(groups, bool):
         raise TypeError(f"conv2d(): argument 'groups' must be int, but got {type(groups).__name__}")
+    input, weight, bias = _autocast(input), _autocast(weight), _autocast(bias)
     if input.dim() not in (3, 4):
         raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv2d, "
                            f"but got input of size: {list(input.shape)}")
@@ -93,5 +109,6 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             raise RuntimeError(f"Invalid padding string: '{padding}'")
     else:
         padding = _int_list(padding, "padding")
-    output = Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)
+    conv2d_function = conv2d_functions()[0]
+    output = conv2d_function.apply(input, weight, bias, stride, padding, dilation, groups)
     return output if is_batched else output.squeeze(0)

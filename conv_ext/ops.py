@@ -1,11 +1,14 @@
-"""Fake (meta) kernels for the conv_ext ops, so torch.compile and FakeTensor
-tracing know the output shapes without running a kernel.
+"""Python registrations for the conv_ext ops: fake (meta) kernels, so
+torch.compile and FakeTensor tracing know the output shapes without running a
+kernel, and vmap rules, so torch.func.vmap works over them.
 
-They compute shapes only; the argument checks live in the C++ ops (one
+The fake kernels compute shapes only; the argument checks live in the C++ ops (one
 place, shared by CPU and CUDA) and run when the real kernel runs.
 """
 import torch
 from torch._prims_common import suggest_memory_format
+
+from . import batching
 
 __all__ = []
 
@@ -48,3 +51,22 @@ def _conv2d_backward_weight_fake(grad_output, input, weight_size, stride, paddin
                                  dilation, groups):
     return grad_output.new_empty(weight_size).contiguous(
         memory_format=_memory_format(grad_output, input))
+
+
+
+# vmap rules for direct calls of the ops (the autograd Functions have their
+# own, the same folding through differentiable calls).
+@torch.library.register_vmap("conv_ext::conv2d_forward")
+def _conv2d_forward_vmap(info, in_dims, *args):
+    return batching.forward(torch.ops.conv_ext.conv2d_forward, info, in_dims, *args)
+
+
+@torch.library.register_vmap("conv_ext::conv2d_backward_input")
+def _conv2d_backward_input_vmap(info, in_dims, *args):
+    return batching.backward_input(torch.ops.conv_ext.conv2d_backward_input, info, in_dims, *args)
+
+
+@torch.library.register_vmap("conv_ext::conv2d_backward_weight")
+def _conv2d_backward_weight_vmap(info, in_dims, *args):
+    return batching.backward_weight(torch.ops.conv_ext.conv2d_backward_weight, info, in_dims,
+                                    *args)

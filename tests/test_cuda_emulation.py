@@ -99,7 +99,7 @@ def test_half_types_match_torch_in_float32(emu, config, dtype):
 
 # Each dense tile on every config (the plan picks the small one for these
 # sizes on its own), so the large tile's edges are exercised too.
-@pytest.mark.parametrize("tile", ["small", "large"], indirect=True)
+@pytest.mark.parametrize("tile", ["small", "large", "huge"], indirect=True)
 @pytest.mark.parametrize("config", CONFIGS, ids=_ids)
 def test_each_tile_matches_torch(emu, tile, config):
     x, w, b, args = _random_problem(config, torch.float64)
@@ -120,27 +120,29 @@ TAIL_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("tile", ["small", "large"], indirect=True)
+@pytest.mark.parametrize("tile", ["small", "large", "huge"], indirect=True)
 @pytest.mark.parametrize("config", TAIL_CONFIGS, ids=_ids)
 def test_tile_tails(emu, tile, config):
     x, w, b, args = _random_problem(config, torch.float32)
     check_emulated(emu, x, w, b, **args)
 
 
-DEPTHWISE_CONFIGS = [c for c in CONFIGS if c[1] // c[10] == 1 and c[0] > 0]
+DEPTHWISE_FROM_CONFIGS = [c for c in CONFIGS if c[1] // c[10] == 1 and c[0] > 0]
 
 
-@pytest.mark.parametrize("config", DEPTHWISE_CONFIGS, ids=_ids)
+@pytest.mark.parametrize("config", DEPTHWISE_FROM_CONFIGS, ids=_ids)
 def test_depthwise_wide_index_path(emu, config):
     # The 64-bit index decoding that tensors of more than 2^31 elements take,
-    # forced onto small problems.
-    assert DEPTHWISE_CONFIGS
+    # forced onto small problems (element-wise kernels, where it applies).
+    assert DEPTHWISE_FROM_CONFIGS
     emu.force_wide_index(True)
+    emu.force_tile("elementwise")
     try:
         x, w, b, args = _random_problem(config, torch.float64)
         check_emulated(emu, x, w, b, **args)
     finally:
         emu.force_wide_index(False)
+        emu.force_tile("")
 
 
 def _plan(emu, op, config):
@@ -153,11 +155,13 @@ def _plan(emu, op, config):
 def test_plan_picks_each_kernel_by_shape(emu, op):
     depthwise = (2, 32, 16, 16, 32, 3, 3, 1, 1, 1, 32)
     narrow = (2, 8, 10, 10, 16, 3, 3, 1, 1, 1, 1)
-    # ResNet-50 sized: at least 128 large tiles per op.
-    wide = (32, 256, 28, 28, 256, 3, 3, 1, 1, 1, 1)
+    # ResNet-50 sized: at least 128 large (64 channels) or huge (256) tiles per op.
+    wide = (32, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1)
+    widest = (32, 256, 28, 28, 256, 3, 3, 1, 1, 1, 1)
     assert _plan(emu, op, depthwise).startswith("depthwise")
     assert _plan(emu, op, narrow).startswith("gemm_small")
     assert _plan(emu, op, wide).startswith("gemm_large")
+    assert _plan(emu, op, widest).startswith("gemm_huge")
 
 
 def test_large_tile_chosen_by_shape_matches_torch(emu):
@@ -221,7 +225,7 @@ def test_bad_input_raises_like_the_cpu_op(emu):
     padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
     dilation=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     dtype=st.sampled_from([torch.float32, torch.float64]),
-    tile=st.sampled_from(["", "small", "large"]),
+    tile=st.sampled_from(["", "small", "large", "huge"]),
 )
 def test_random_configs(emu, N, groups, c_per_group, k_per_group, H, W, R, S, stride, padding,
                         dilation, dtype, tile):
@@ -236,3 +240,46 @@ def test_random_configs(emu, N, groups, c_per_group, k_per_group, H, W, R, S, st
                        padding=padding, dilation=dilation, groups=groups)
     finally:
         emu.force_tile("")
+
+
+# Depthwise forward and grad-input: the tiled kernels (input tile + halo in shared memory,
+# several planes per block for small planes) against the element-wise one and
+# torch, on shapes that hit every tile shape and its edges.
+DEPTHWISE_CONFIGS = [
+    # (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+    (2, 6, 7, 7, 6, 3, 3, 1, 1, 1, 6),        # 8x8 threads, 4 planes per block, 12 planes
+    (1, 5, 7, 7, 5, 3, 3, 1, 1, 1, 5),        # planes not a multiple of 4
+    (1, 3, 14, 14, 3, 5, 5, 1, 2, 1, 3),      # 16x16 threads, 5x5
+    (1, 2, 40, 37, 2, 3, 3, 1, 1, 1, 2),      # several tiles per plane, ragged in both
+    (2, 3, 37, 41, 3, 3, 3, 2, 1, 1, 3),      # stride 2: smaller rows per thread to fit
+    (1, 2, 30, 35, 4, 5, 5, 2, 2, 1, 2),      # 5x5 stride 2, channel multiplier 2
+    (1, 2, 20, 21, 2, 3, 3, 1, 2, 2, 2),      # dilation 2
+    (1, 2, 9, 33, 2, 2, 4, (1, 2), (0, 1), (2, 1), 2),  # asymmetric everything, generic taps
+    (1, 2, 3, 5, 2, 1, 1, 1, 0, 1, 2),        # 1x1 depthwise, tiny plane
+]
+
+
+@pytest.mark.parametrize("tile", ["", "elementwise"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("config", DEPTHWISE_CONFIGS, ids=_ids)
+def test_depthwise_tiled_and_elementwise(emu, tile, dtype, config):
+    x, w, b, args = _random_problem(config, dtype)
+    if tile == "":
+        assert _plan(emu, "forward", config).startswith("depthwise_tiled")
+        assert _plan(emu, "backward_input", config).startswith("depthwise_tiled")
+    check_emulated(emu, x, w, b, **args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_depthwise_tiled_half_types(emu, dtype):
+    x, w, b, args = _random_problem((2, 4, 15, 17, 4, 3, 3, 2, 1, 1, 4), dtype)
+    check_emulated(emu, x, w, b, **args)
+
+
+def test_depthwise_falls_back_when_the_tile_cannot_fit(emu):
+    # A dilation this large makes the staged tile exceed shared memory.
+    config = (1, 2, 60, 60, 2, 3, 3, 1, 40, 40, 2)
+    assert _plan(emu, "forward", config).startswith("depthwise ")
+    assert _plan(emu, "backward_input", config).startswith("depthwise ")
+    x, w, b, args = _random_problem(config, torch.float64)
+    check_emulated(emu, x, w, b, **args)

@@ -34,6 +34,16 @@ inline at::Tensor in_memory_format(const at::Tensor& result, at::MemoryFormat fo
   return format == at::MemoryFormat::Contiguous ? result : result.contiguous(format);
 }
 
+// Calls f(Tile{}) with the GEMM tile type of a dense plan.
+template <typename F>
+void with_gemm_tile(KernelKind kind, F&& f) {
+  switch (kind) {
+    case KernelKind::kGemmHuge: f(HugeTile{}); break;
+    case KernelKind::kGemmLarge: f(LargeTile{}); break;
+    default: f(SmallTile{}); break;
+  }
+}
+
 // Launches the fixed-order sum of the split partials into `out`.
 template <typename scalar_t, typename Launcher>
 void launch_sum_splits(const Launcher& launch, const LaunchPlan& plan,
@@ -64,21 +74,31 @@ at::Tensor conv2d_forward_impl(const Launcher& launch, const at::Tensor& input,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "conv_ext_conv2d_forward_cuda", [&] {
         const scalar_t* bias_ptr = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
-        if (plan.kernel == KernelKind::kDepthwise) {
+        if (plan.kernel == KernelKind::kDepthwise ||
+            plan.kernel == KernelKind::kDepthwiseTiled) {
           const DepthwiseParams<scalar_t> params{
               x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_ptr, nullptr,
               output.mutable_data_ptr<scalar_t>(), nullptr, g, 1, 0, plan.narrow_index};
-          launch(conv2d_depthwise_forward_kernel<scalar_t>, dims_of(plan), params);
+          if (plan.kernel == KernelKind::kDepthwise) {
+            launch(conv2d_depthwise_forward_kernel<scalar_t>, dims_of(plan), params);
+          } else if (g.R == 3 && g.S == 3) {
+            launch(conv2d_depthwise_forward_tiled_kernel<scalar_t, 3>, dims_of(plan), params,
+                   plan.dw_tile);
+          } else if (g.R == 5 && g.S == 5) {
+            launch(conv2d_depthwise_forward_tiled_kernel<scalar_t, 5>, dims_of(plan), params,
+                   plan.dw_tile);
+          } else {
+            launch(conv2d_depthwise_forward_tiled_kernel<scalar_t, 0>, dims_of(plan), params,
+                   plan.dw_tile);
+          }
           return;
         }
         const ForwardParams<scalar_t> params{
             x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_ptr,
             output.mutable_data_ptr<scalar_t>(), g, plan.tiles_m, plan.tiles_n};
-        if (plan.kernel == KernelKind::kGemmLarge) {
-          launch(conv2d_forward_gemm_kernel<scalar_t, LargeTile>, dims_of(plan), params);
-        } else {
-          launch(conv2d_forward_gemm_kernel<scalar_t, SmallTile>, dims_of(plan), params);
-        }
+        with_gemm_tile(plan.kernel, [&](auto tile) {
+          launch(conv2d_forward_gemm_kernel<scalar_t, decltype(tile)>, dims_of(plan), params);
+        });
       });
   return in_memory_format(output, format);
 }
@@ -100,22 +120,32 @@ at::Tensor conv2d_backward_input_impl(const Launcher& launch, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_output.scalar_type(),
       "conv_ext_conv2d_backward_input_cuda", [&] {
-        if (plan.kernel == KernelKind::kDepthwise) {
+        if (plan.kernel == KernelKind::kDepthwise ||
+            plan.kernel == KernelKind::kDepthwiseTiled) {
           const DepthwiseParams<scalar_t> params{
               nullptr, w.const_data_ptr<scalar_t>(), nullptr, gy.const_data_ptr<scalar_t>(),
               grad_input.mutable_data_ptr<scalar_t>(), nullptr, g, 1, 0, plan.narrow_index};
-          launch(conv2d_depthwise_backward_input_kernel<scalar_t>, dims_of(plan), params);
+          if (plan.kernel == KernelKind::kDepthwise) {
+            launch(conv2d_depthwise_backward_input_kernel<scalar_t>, dims_of(plan), params);
+          } else if (g.R == 3 && g.S == 3) {
+            launch(conv2d_depthwise_backward_input_tiled_kernel<scalar_t, 3>, dims_of(plan),
+                   params, plan.dw_tile);
+          } else if (g.R == 5 && g.S == 5) {
+            launch(conv2d_depthwise_backward_input_tiled_kernel<scalar_t, 5>, dims_of(plan),
+                   params, plan.dw_tile);
+          } else {
+            launch(conv2d_depthwise_backward_input_tiled_kernel<scalar_t, 0>, dims_of(plan),
+                   params, plan.dw_tile);
+          }
           return;
         }
         const BackwardInputParams<scalar_t> params{
             gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
             grad_input.mutable_data_ptr<scalar_t>(), g, plan.phase_h_size,
             plan.phase_w_size, plan.tiles_m, plan.tiles_n};
-        if (plan.kernel == KernelKind::kGemmLarge) {
-          launch(conv2d_backward_input_gemm_kernel<scalar_t, LargeTile>, dims_of(plan), params);
-        } else {
-          launch(conv2d_backward_input_gemm_kernel<scalar_t, SmallTile>, dims_of(plan), params);
-        }
+        with_gemm_tile(plan.kernel, [&](auto tile) {
+          launch(conv2d_backward_input_gemm_kernel<scalar_t, decltype(tile)>, dims_of(plan), params);
+        });
       });
   return in_memory_format(grad_input, format);
 }
@@ -154,13 +184,9 @@ at::Tensor conv2d_backward_weight_impl(const Launcher& launch, const at::Tensor&
               gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
               workspace.mutable_data_ptr<acc_t>(), g, plan.tiles_m, plan.tiles_n,
               plan.splits, plan.chunk};
-          if (plan.kernel == KernelKind::kGemmLarge) {
-            launch(conv2d_backward_weight_gemm_kernel<scalar_t, LargeTile>, dims_of(plan),
-                   params);
-          } else {
-            launch(conv2d_backward_weight_gemm_kernel<scalar_t, SmallTile>, dims_of(plan),
-                   params);
-          }
+          with_gemm_tile(plan.kernel, [&](auto tile) {
+            launch(conv2d_backward_weight_gemm_kernel<scalar_t, decltype(tile)>, dims_of(plan), params);
+          });
         }
         launch_sum_splits<scalar_t>(launch, plan, workspace, grad_weight.numel(),
                                     grad_weight.mutable_data_ptr<scalar_t>());

@@ -18,13 +18,15 @@
 namespace conv_ext {
 namespace cuda {
 
-enum class KernelKind { kGemmSmall, kGemmLarge, kDepthwise };
+enum class KernelKind { kGemmSmall, kGemmLarge, kGemmHuge, kDepthwise, kDepthwiseTiled };
 
 inline const char* kernel_kind_name(KernelKind kind) {
   switch (kind) {
     case KernelKind::kGemmSmall: return "gemm_small";
     case KernelKind::kGemmLarge: return "gemm_large";
+    case KernelKind::kGemmHuge: return "gemm_huge";
     case KernelKind::kDepthwise: return "depthwise";
+    case KernelKind::kDepthwiseTiled: return "depthwise_tiled";
   }
   return "?";
 }
@@ -54,6 +56,8 @@ struct LaunchPlan {
   uint32_t reduce_grid = 1;
   // grad-input phases: the largest phase's extent (ceil(H / sh), ceil(W / sw)).
   int64_t phase_h_size = 0, phase_w_size = 0;
+  // Tiled depthwise forward: the tile (kernel kDepthwiseTiled only).
+  DepthwiseTile dw_tile{};
   // Depthwise kernels: their flat element index fits in int32, so they
   // decode it with 32-bit multiply-shifts instead of 64-bit division.
   bool narrow_index = true;
@@ -66,8 +70,9 @@ struct LaunchPlan {
   }
 };
 
-// Test hook: force a tile ("small" or "large") for every dense plan, so the
-// emulated tests can run each tile on small shapes with ragged edges.
+// Test hook: force a tile ("small", "large" or "huge") for every dense plan, so the
+// emulated tests can run each tile on small shapes with ragged edges;
+// "elementwise" forces the untiled depthwise forward and grad-input.
 // Empty: choose by shape. Never set by the library itself.
 inline std::string& forced_tile() {
   static std::string tile;
@@ -106,25 +111,42 @@ inline void check_reduction_fits_int32(int64_t length, const char* what) {
               ") exceeds 2^31 - 1, which the CUDA kernels do not support");
 }
 
-// Picks the tile of a dense GEMM with M x N outputs per group: the large one
-// when both dimensions fill it and it still yields `min_blocks` blocks.
+// Picks the tile of a dense GEMM with M x N outputs per group: the biggest
+// one that both dimensions fill and that still yields `min_blocks` blocks.
 inline KernelKind choose_tile(int64_t M, int64_t N, int64_t groups,
                               int64_t min_blocks = kMinLargeTileBlocks) {
   const std::string& forced = forced_tile();
   if (forced == "small") return KernelKind::kGemmSmall;
   if (forced == "large") return KernelKind::kGemmLarge;
-  const int64_t large_blocks =
-      ceil_div(M, LargeTile::BM) * ceil_div(N, LargeTile::BN) * groups;
-  return N >= LargeTile::BN && M >= LargeTile::BM && large_blocks >= min_blocks
-             ? KernelKind::kGemmLarge
-             : KernelKind::kGemmSmall;
+  if (forced == "huge") return KernelKind::kGemmHuge;
+  const auto fills = [&](int64_t bm, int64_t bn) {
+    return N >= bn && M >= bm && ceil_div(M, bm) * ceil_div(N, bn) * groups >= min_blocks;
+  };
+  if (fills(HugeTile::BM, HugeTile::BN)) return KernelKind::kGemmHuge;
+  if (fills(LargeTile::BM, LargeTile::BN)) return KernelKind::kGemmLarge;
+  return KernelKind::kGemmSmall;
+}
+
+struct TileDims {
+  int64_t BM, BN, BK, threads;
+};
+
+inline TileDims tile_dims(KernelKind kind) {
+  switch (kind) {
+    case KernelKind::kGemmHuge:
+      return {HugeTile::BM, HugeTile::BN, HugeTile::BK, HugeTile::kThreads};
+    case KernelKind::kGemmLarge:
+      return {LargeTile::BM, LargeTile::BN, LargeTile::BK, LargeTile::kThreads};
+    default:
+      return {SmallTile::BM, SmallTile::BN, SmallTile::BK, SmallTile::kThreads};
+  }
 }
 
 inline void set_gemm_tiles(LaunchPlan& plan, int64_t M, int64_t N) {
-  const bool large = plan.kernel == KernelKind::kGemmLarge;
-  plan.tiles_m = ceil_div(M, large ? LargeTile::BM : SmallTile::BM);
-  plan.tiles_n = ceil_div(N, large ? LargeTile::BN : SmallTile::BN);
-  plan.block = large ? LargeTile::kThreads : SmallTile::kThreads;
+  const TileDims t = tile_dims(plan.kernel);
+  plan.tiles_m = ceil_div(M, t.BM);
+  plan.tiles_n = ceil_div(N, t.BN);
+  plan.block = static_cast<uint32_t>(t.threads);
 }
 
 inline void set_elementwise_grid(LaunchPlan& plan, int64_t elements) {
@@ -134,11 +156,61 @@ inline void set_elementwise_grid(LaunchPlan& plan, int64_t elements) {
   plan.narrow_index = fits_narrow_index(elements);
 }
 
+inline int64_t next_pow2(int64_t v) {
+  int64_t p = 1;
+  while (p < v) p *= 2;
+  return p;
+}
+
+// The tile of the tiled depthwise forward for this shape, or false where the
+// staged input tile cannot fit shared memory (large dilations or kernels):
+// those use the element-wise kernel.
+inline bool plan_depthwise_tile(const Conv2dShape& s, DepthwiseTile& t) {
+  const int64_t threads = kDepthwiseThreads;
+  const int64_t tx = std::min<int64_t>(32, next_pow2(s.Q));
+  const int64_t ty_max = threads / tx;
+  const int64_t ty = std::min(ty_max, next_pow2(s.P));
+  const int64_t planes = threads / (tx * ty);
+  int64_t rows = ty == ty_max ? std::min<int64_t>(4, ceil_div(s.P, ty)) : 1;
+  const int64_t taps = s.R * s.S;
+  if (planes * taps > kDepthwiseTileTaps) return false;
+  for (; rows >= 1; --rows) {
+    const int64_t tile_h = ty * rows;
+    const int64_t in_h = (tile_h - 1) * s.stride_h + (s.R - 1) * s.dilation_h + 1;
+    const int64_t in_w = (tx - 1) * s.stride_w + (s.S - 1) * s.dilation_w + 1;
+    if (planes * in_h * in_w > kDepthwiseTileElements) continue;
+    t.tx = static_cast<int>(tx);
+    t.ty = static_cast<int>(ty);
+    t.rows_per_thread = static_cast<int>(rows);
+    t.planes = static_cast<int>(planes);
+    t.tile_h = static_cast<int>(tile_h);
+    t.tile_w = static_cast<int>(tx);
+    t.tiles_w = static_cast<int>(ceil_div(s.Q, tx));
+    t.in_h = static_cast<int>(in_h);
+    t.in_w = static_cast<int>(in_w);
+    return true;
+  }
+  return false;
+}
+
 // Forward: M = N*P*Q pixels x N = Kg channels per group (grid y walks
-// group x channel tile), reduction Cg*R*S; depthwise: one output per thread.
+// group x channel tile), reduction Cg*R*S; depthwise: tiled through shared
+// memory where the tile fits, else one output per thread.
 inline LaunchPlan plan_conv2d_forward(const Conv2dShape& s) {
   LaunchPlan plan;
   if (is_depthwise(s)) {
+    DepthwiseTile t{};
+    if (forced_tile() != "elementwise" && plan_depthwise_tile(s, t)) {
+      const int64_t tiles = ceil_div(s.P, t.tile_h) * t.tiles_w;
+      if (tiles <= kMaxGridX) {
+        plan.kernel = KernelKind::kDepthwiseTiled;
+        plan.dw_tile = t;
+        plan.block = kDepthwiseThreads;
+        plan.grid[0] = grid_dim(tiles, kMaxGridX);
+        plan.grid[1] = grid_dim(ceil_div(s.N * s.K, t.planes), kMaxGridYZ);
+        return plan;
+      }
+    }
     set_elementwise_grid(plan, s.N * s.K * s.P * s.Q);
     return plan;
   }
@@ -151,12 +223,55 @@ inline LaunchPlan plan_conv2d_forward(const Conv2dShape& s) {
   return plan;
 }
 
+// The tile of the tiled depthwise grad-input (over input planes), or false
+// where its grad_output tile cannot fit shared memory.
+inline bool plan_depthwise_backward_input_tile(const Conv2dShape& s, DepthwiseTile& t) {
+  const int64_t threads = kDepthwiseThreads;
+  const int64_t tx = std::min<int64_t>(32, next_pow2(s.W));
+  const int64_t ty_max = threads / tx;
+  const int64_t ty = std::min(ty_max, next_pow2(s.H));
+  const int64_t planes = threads / (tx * ty);
+  int64_t rows = ty == ty_max ? std::min<int64_t>(4, ceil_div(s.H, ty)) : 1;
+  if (planes * s.R * s.S > kDepthwiseTileTaps) return false;
+  for (; rows >= 1; --rows) {
+    const int64_t tile_h = ty * rows;
+    // grad_output rows an input tile of tile_h rows receives from, at most.
+    const int64_t in_h = (tile_h - 1 + (s.R - 1) * s.dilation_h) / s.stride_h + 2;
+    const int64_t in_w = (tx - 1 + (s.S - 1) * s.dilation_w) / s.stride_w + 2;
+    if (planes * in_h * in_w > kDepthwiseTileElements) continue;
+    t.tx = static_cast<int>(tx);
+    t.ty = static_cast<int>(ty);
+    t.rows_per_thread = static_cast<int>(rows);
+    t.planes = static_cast<int>(planes);
+    t.tile_h = static_cast<int>(tile_h);
+    t.tile_w = static_cast<int>(tx);
+    t.tiles_w = static_cast<int>(ceil_div(s.W, tx));
+    t.in_h = static_cast<int>(in_h);
+    t.in_w = static_cast<int>(in_w);
+    return true;
+  }
+  return false;
+}
+
 // grad-input: per phase M = N * ceil(H/sh) * ceil(W/sw) pixels x N = Cg
 // channels (grid y walks group x phase x channel tile), reduction Kg x the
-// phase's taps; depthwise: one input element per thread.
+// phase's taps; depthwise: tiled where the tile fits, else one input
+// element per thread.
 inline LaunchPlan plan_conv2d_backward_input(const Conv2dShape& s) {
   LaunchPlan plan;
   if (is_depthwise(s)) {
+    DepthwiseTile t{};
+    if (forced_tile() != "elementwise" && plan_depthwise_backward_input_tile(s, t)) {
+      const int64_t tiles = ceil_div(s.H, t.tile_h) * t.tiles_w;
+      if (tiles <= kMaxGridX) {
+        plan.kernel = KernelKind::kDepthwiseTiled;
+        plan.dw_tile = t;
+        plan.block = kDepthwiseThreads;
+        plan.grid[0] = grid_dim(tiles, kMaxGridX);
+        plan.grid[1] = grid_dim(ceil_div(s.N * s.C, t.planes), kMaxGridYZ);
+        return plan;
+      }
+    }
     set_elementwise_grid(plan, s.N * s.C * s.H * s.W);
     return plan;
   }
@@ -208,7 +323,7 @@ inline LaunchPlan plan_conv2d_backward_weight(const Conv2dShape& s) {
   // Split chunks supply the parallelism here, so block count is no concern.
   plan.kernel = choose_tile(columns, s.K_per_group, s.groups, 1);
   set_gemm_tiles(plan, columns, s.K_per_group);
-  const int64_t bk = plan.kernel == KernelKind::kGemmLarge ? LargeTile::BK : SmallTile::BK;
+  const int64_t bk = tile_dims(plan.kernel).BK;
   set_splits(plan, reduction, plan.tiles_m * plan.tiles_n * s.groups, weight_elements,
              32 * bk, bk);
   plan.grid[0] = grid_dim(plan.tiles_m, kMaxGridX);

@@ -64,7 +64,9 @@ std::string describe_plan(const std::string& op, std::vector<int64_t> input_size
 }
 
 void force_tile(const std::string& tile) {
-  TORCH_CHECK(tile.empty() || tile == "small" || tile == "large", "unknown tile ", tile);
+  TORCH_CHECK(tile.empty() || tile == "small" || tile == "large" || tile == "huge" ||
+                  tile == "elementwise",
+              "unknown tile ", tile);
   cuda::forced_tile() = tile;
 }
 
@@ -77,6 +79,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv2d_backward_input", &backward_input);
   m.def("conv2d_backward_weight", &backward_weight);
   m.def("describe_plan", &describe_plan);
-  m.def("force_tile", &force_tile, "'small', 'large' or '' (choose by shape)");
+  m.def("force_tile", &force_tile,
+        "'small', 'large', 'huge', 'elementwise' (untiled depthwise) or '' (by shape)");
   m.def("force_wide_index", &force_wide_index, "depthwise kernels: 64-bit index decoding");
 }

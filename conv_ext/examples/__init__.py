@@ -1,0 +1,1 @@
+"""Runnable examples: python -m conv_ext.examples.<name> --help"""
