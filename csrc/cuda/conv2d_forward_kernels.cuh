@@ -98,8 +98,16 @@ struct ForwardWeightOperand {
   }
 };
 
+// Resident blocks per SM asked of ptxas for float accumulators: 16 warps,
+// i.e. at most 128 registers a thread, which both tiles fit without spills
+// (the large one takes 167 uncapped: one block, 8 warps, to hide latency).
+// With double accumulators the cap spills, so there is none.
 template <typename scalar_t, typename Tile>
-__global__ void __launch_bounds__(Tile::kThreads)
+constexpr int kForwardMinBlocks =
+    sizeof(at::opmath_type<scalar_t>) == 4 ? 512 / Tile::kThreads : 1;
+
+template <typename scalar_t, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads, (kForwardMinBlocks<scalar_t, Tile>))
     conv2d_forward_gemm_kernel(ForwardParams<scalar_t> p) {
   using acc_t = at::opmath_type<scalar_t>;
   auto* As = reinterpret_cast<acc_t(*)[Tile::BM]>(shared_array<acc_t, Tile::BK * Tile::BM, 0>());
