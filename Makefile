@@ -16,7 +16,7 @@ endif
 DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy matplotlib
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build install clean test-sanitized
+.PHONY: test bench build install clean test-emulation-asan test-sanitized
 
 $(VENV)/.installed:
 	python3 -m venv $(VENV)
@@ -34,6 +34,11 @@ test: build
 # build is left alone); fails on any sanitizer report. Slow: a separate build.
 test-sanitized: $(SETUP)
 	PYTHON=$(PYTHON) sh tests/run_sanitized.sh $(SANITIZE_ARGS)
+
+# The emulated CUDA kernel tests again, with the emulation built under
+# AddressSanitizer (out-of-bounds global/shared accesses abort the run).
+test-emulation-asan: build
+	PYTHON=$(PYTHON) tests/run_emulation_asan.sh $(PYTEST_ARGS)
 
 bench: build
 	$(PYTHON) -m conv_ext.bench $(BENCH_ARGS)

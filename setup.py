@@ -84,11 +84,13 @@ def _extension():
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     debug = os.environ.get("CONV_EXT_DEBUG") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-fopenmp"]
+    # C++20 explicitly: torch 2.14's headers need it, and an older torch's
+    # BuildExtension would default to C++17 (it adds -std only when absent).
+    cxx += ["-fopenmp", "-std=c++20"]
     march = os.environ.get("CONV_EXT_MARCH", "native")
     if march and march != "none":
         cxx.append(f"-march={march}")
-    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-std=c++20"]
     ldflags = ["-fopenmp"]
     sanitize = os.environ.get("CONV_EXT_SANITIZE")
     if sanitize:

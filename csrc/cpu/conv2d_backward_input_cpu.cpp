@@ -1,10 +1,16 @@
-// conv2d_backward_input on the CPU: the transpose of the forward loop nest.
-// One grad_input plane (n, c) per task, so every element is accumulated by
-// one thread in a fixed (k, r, s, p, q) order: no atomics, identical results
-// run to run and across thread counts.
+// conv2d_backward_input on the CPU. float and double: dense grad-input as a
+// direct convolution of grad_output with the flipped filter, one unit-stride
+// problem per stride phase, on the forward's register-blocked kernel
+// (pointwise NCHW: the transposed GEMM); depthwise: per plane, vectorized
+// along the width. Other dtypes and grouped convolutions: the generic kernel
+// below, the transpose of the forward loop nest, one grad_input plane (n, c)
+// per task. Every element is accumulated by one thread in a fixed order on
+// all paths: no atomics, identical results run to run and across thread
+// counts.
 #include <torch/library.h>
 
 #include "conv2d_cpu_common.h"
+#include "conv2d_direct_cpu.h"
 
 namespace conv_ext {
 namespace cpu {
@@ -56,6 +62,52 @@ void conv2d_backward_input_planes(const scalar_t* grad_output,
   });
 }
 
+template <typename T>
+at::Tensor depthwise_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
+                                        const Conv2dShape& p, at::MemoryFormat format) {
+  auto grad_input = at::empty(p.input_sizes(), grad_output.options());
+  const at::Tensor w = weight.contiguous();
+  const DepthwisePlane d = depthwise_plane(p, simd::Vec<T>::size);
+  const std::vector<int64_t> tap_offset = depthwise_tap_offsets(d);
+  const int64_t taps = p.R * p.S;
+  const at::Tensor gy_rows = grad_output.stride(3) == 1 ? grad_output : grad_output.contiguous();
+  const T* gyp = gy_rows.const_data_ptr<T>();
+  const int64_t gsn = gy_rows.stride(0), gsc = gy_rows.stride(1), gsh = gy_rows.stride(2);
+  const T* wp = w.const_data_ptr<T>();
+  T* gx = grad_input.mutable_data_ptr<T>();
+  at::parallel_for(0, p.N * p.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(d.Hp * d.stride_w * d.row_len);
+    std::vector<typename simd::Vec<T>::type> tap_weight(taps);
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / p.C, c = nc % p.C;
+      for (int64_t t = 0; t < taps; ++t) tap_weight[t] = simd::Vec<T>::broadcast(wp[c * taps + t]);
+      depthwise_plane_backward_input(gyp + n * gsn + c * gsc, gsh, tap_offset.data(),
+                                     tap_weight.data(), buf.data(), gx + nc * p.H * p.W, p.W, d);
+    }
+  });
+  return in_memory_format(grad_input, format);
+}
+
+template <typename T>
+at::Tensor dense_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
+                                    const Conv2dShape& p, at::MemoryFormat format) {
+  if (p.R == 1 && p.S == 1 && p.pad_h == 0 && p.pad_w == 0 && p.stride_h == 1 &&
+      p.stride_w == 1 && format == at::MemoryFormat::Contiguous) {
+    // grad_input[C][HW] = W^T[C][K] grad_output[K][HW] per image.
+    return pointwise_nchw<T>(grad_output, weight.view({p.K, p.C}).t(), at::Tensor(), 1, 1, p.H,
+                             p.W);
+  }
+  const auto options = grad_output.options().memory_format(at::MemoryFormat::ChannelsLast);
+  // (at::zeros would ignore the memory format in options)
+  auto gx = at::empty(p.input_sizes(), options);
+  if (backward_input_has_empty_phase(p)) gx.zero_();
+  dense_backward_input<T>(grad_output, weight, gx.mutable_data_ptr<T>(), p);
+  if (format == at::MemoryFormat::ChannelsLast) return gx;
+  auto out = at::empty(p.input_sizes(), grad_output.options());
+  nhwc_to_nchw<T>(gx.const_data_ptr<T>(), out.mutable_data_ptr<T>(), p.N, p.C, p.H * p.W);
+  return out;
+}
+
 at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output,
                                      const at::Tensor& weight,
                                      at::IntArrayRef input_size,
@@ -67,6 +119,17 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output,
   const auto format = conv2d_memory_format(grad_output, weight);
   auto grad_input = at::empty(p.input_sizes(), grad_output.options());
   if (grad_input.numel() == 0) return in_memory_format(grad_input, format);
+  const bool fast_dtype = grad_output.scalar_type() == at::kFloat ||
+                          grad_output.scalar_type() == at::kDouble;
+  if (fast_dtype && p.P * p.Q > 0 && p.K_per_group > 0 &&
+      (is_depthwise(p) || p.groups == 1)) {
+    at::Tensor result;
+    AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv2d_backward_input_cpu_direct", [&] {
+      result = is_depthwise(p) ? depthwise_backward_input_cpu<scalar_t>(grad_output, weight, p, format)
+                               : dense_backward_input_cpu<scalar_t>(grad_output, weight, p, format);
+    });
+    return result;
+  }
   const auto gy = grad_output.contiguous();
   const auto w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(

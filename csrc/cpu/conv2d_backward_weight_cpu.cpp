@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "conv2d_cpu_common.h"
+#include "conv2d_direct_cpu.h"
 
 namespace conv_ext {
 namespace cpu {
@@ -71,6 +72,56 @@ void conv2d_backward_weight_slices(const scalar_t* grad_output,
   });
 }
 
+// Depthwise: one channel per task, images summed in order (vector partial
+// sums, lanes reduced in a fixed order at the end).
+template <typename T>
+void depthwise_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                   T* gw, const Conv2dShape& p) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  const DepthwisePlane d = depthwise_plane(p, L);
+  const std::vector<int64_t> tap_offset = depthwise_tap_offsets(d);
+  const int64_t taps = p.R * p.S;
+  const at::Tensor gy_rows = grad_output.stride(3) == 1 ? grad_output : grad_output.contiguous();
+  const T* gy = gy_rows.const_data_ptr<T>();
+  const int64_t gsn = gy_rows.stride(0), gsc = gy_rows.stride(1), gsh = gy_rows.stride(2);
+  const T* x = input.const_data_ptr<T>();
+  const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
+                sw = input.stride(3);
+  at::parallel_for(0, p.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(d.Hp * d.stride_w * d.row_len, T(0));  // padding stays zero
+    std::vector<typename V::type> acc(taps);
+    for (int64_t c = begin; c < end; ++c) {
+      std::fill(acc.begin(), acc.end(), V::zero());
+      for (int64_t n = 0; n < p.N; ++n) {
+        fill_phase_split(x + n * sn + c * sc, sh, sw, d, buf.data());
+        depthwise_plane_backward_weight(buf.data(), gy + n * gsn + c * gsc, gsh,
+                                        tap_offset.data(), acc.data(), d);
+      }
+      for (int64_t t = 0; t < taps; ++t) {
+        T sum = 0;
+        for (int l = 0; l < L; ++l) sum += acc[t][l];
+        gw[c * taps + t] = sum;
+      }
+    }
+  });
+}
+
+template <typename T>
+at::Tensor dense_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                     const Conv2dShape& p) {
+  constexpr int L = simd::Vec<T>::size;
+  const int64_t Kb = (p.K + L - 1) / L;
+  const at::Tensor x = padded_nhwc<T>(input, p.pad_h, p.pad_w);
+  const at::Tensor gy = padded_nhwc<T>(grad_output, 0, 0, Kb * L);
+  auto packed = at::empty({Kb, p.R, p.S, p.C, L}, input.options());
+  dense_backward_weight<T>(x.const_data_ptr<T>(), gy.const_data_ptr<T>(),
+                           packed.mutable_data_ptr<T>(), p, p.H + 2 * p.pad_h, p.W + 2 * p.pad_w);
+  // [Kb][R][S][C][L] -> [K][C][R][S]
+  return packed.permute({0, 4, 3, 1, 2}).reshape({Kb * L, p.C, p.R, p.S}).narrow(0, 0, p.K)
+      .contiguous();
+}
+
 at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output,
                                       const at::Tensor& input,
                                       at::IntArrayRef weight_size,
@@ -83,6 +134,20 @@ at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output,
   const auto format = conv2d_memory_format(grad_output, input);
   auto grad_weight = at::empty(p.weight_sizes(), grad_output.options());
   if (grad_weight.numel() == 0) return in_memory_format(grad_weight, format);
+  const bool fast_dtype = grad_output.scalar_type() == at::kFloat ||
+                          grad_output.scalar_type() == at::kDouble;
+  if (fast_dtype && p.N * p.P * p.Q > 0 && (is_depthwise(p) || p.groups == 1)) {
+    AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv2d_backward_weight_cpu_direct", [&] {
+      if (is_depthwise(p)) {
+        auto gw = at::empty(p.weight_sizes(), grad_output.options());
+        depthwise_backward_weight_cpu<scalar_t>(grad_output, input, gw.mutable_data_ptr<scalar_t>(), p);
+        grad_weight = gw;
+      } else {
+        grad_weight = dense_backward_weight_cpu<scalar_t>(grad_output, input, p);
+      }
+    });
+    return in_memory_format(grad_weight, format);
+  }
   const auto gy = grad_output.contiguous();
   const auto x = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -1,9 +1,13 @@
-// conv2d_forward on the CPU: direct convolution, one output plane (n, k) per
-// task. Each output element is summed over (c, r, s) in a fixed order by one
-// thread, so results are identical run to run and across thread counts.
+// conv2d_forward on the CPU. float and double run on the fast direct kernels
+// of conv2d_direct_cpu.h (dense register-blocked, pointwise, first layer,
+// depthwise); other dtypes and grouped (non-depthwise) convolutions run on
+// the generic kernel below: one output plane (n, k) per task. Every output
+// element is summed over (c, r, s) in a fixed order by one thread, so
+// results are identical run to run and across thread counts on all paths.
 #include <torch/library.h>
 
 #include "conv2d_cpu_common.h"
+#include "conv2d_direct_cpu.h"
 
 namespace conv_ext {
 namespace cpu {
@@ -55,6 +59,66 @@ void conv2d_forward_planes(const scalar_t* input, const scalar_t* weight,
   });
 }
 
+// Dense, pointwise and first-layer paths: padded NHWC copy + packed weights
+// + the register-blocked kernel, output written channels_last.
+template <typename T>
+at::Tensor dense_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
+                             const at::Tensor& bias, const Conv2dShape& p,
+                             ForwardPath path, at::MemoryFormat format) {
+  constexpr int L = simd::Vec<T>::size;
+  const bool use_input_as_is =
+      path == ForwardPath::kPointwise && input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = use_input_as_is ? input : padded_nhwc<T>(input, p.pad_h, p.pad_w);
+  const at::Tensor w = pack_weights<T>(weight);
+  const int64_t Kb = (p.K + L - 1) / L;
+  at::Tensor b;
+  if (bias.defined()) {
+    b = at::zeros({Kb * L}, weight.options());
+    b.narrow(0, 0, p.K).copy_(bias);
+  }
+  auto out = at::empty(p.output_sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const DenseProblem d{p.N, p.C, p.H + 2 * p.pad_h, p.W + 2 * p.pad_w, p.K, p.R, p.S, p.P, p.Q,
+                       p.stride_h, p.stride_w, p.dilation_h, p.dilation_w,
+                       p.P * p.Q * p.K, p.Q * p.K, p.K};
+  dense_forward<T>(x.const_data_ptr<T>(), w.const_data_ptr<T>(),
+                   b.defined() ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(), d);
+  if (format == at::MemoryFormat::ChannelsLast) return out;
+  auto out_nchw = at::empty(p.output_sizes(), input.options());
+  nhwc_to_nchw<T>(out.const_data_ptr<T>(), out_nchw.mutable_data_ptr<T>(), p.N, p.K, p.P * p.Q);
+  return out_nchw;
+}
+
+// Depthwise: one (n, c) plane per task through a padded, phase-split copy.
+template <typename T>
+at::Tensor depthwise_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                 const at::Tensor& bias, const Conv2dShape& p,
+                                 at::MemoryFormat format) {
+  auto out = at::empty(p.output_sizes(), input.options());
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor b = bias.defined() ? bias.contiguous() : bias;
+  const DepthwisePlane d = depthwise_plane(p, simd::Vec<T>::size);
+  const T* x = input.const_data_ptr<T>();
+  const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
+                sw = input.stride(3);
+  const T* wp = w.const_data_ptr<T>();
+  const T* bp = b.defined() ? b.const_data_ptr<T>() : nullptr;
+  T* o = out.mutable_data_ptr<T>();
+  const std::vector<int64_t> tap_offset = depthwise_tap_offsets(d);
+  const int64_t taps = p.R * p.S;
+  at::parallel_for(0, p.N * p.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(d.Hp * d.stride_w * d.row_len, T(0));  // padding stays zero
+    std::vector<typename simd::Vec<T>::type> tap_weight(taps);
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / p.C, c = nc % p.C;
+      for (int64_t t = 0; t < taps; ++t) tap_weight[t] = simd::Vec<T>::broadcast(wp[c * taps + t]);
+      fill_phase_split(x + n * sn + c * sc, sh, sw, d, buf.data());
+      depthwise_plane_forward(buf.data(), tap_offset.data(), tap_weight.data(),
+                              bp != nullptr ? bp[c] : T(0), o + nc * p.P * p.Q, p.Q, d);
+    }
+  });
+  return in_memory_format(out, format);
+}
+
 at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias,
                               at::IntArrayRef stride, at::IntArrayRef padding,
@@ -64,6 +128,23 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   const auto format = conv2d_memory_format(input, weight);
   auto output = at::empty(p.output_sizes(), input.options());
   if (output.numel() == 0) return in_memory_format(output, format);
+  const bool with_bias = bias.has_value() && bias->defined();
+  const at::Tensor bias_or_undefined = with_bias ? *bias : at::Tensor();
+  const ForwardPath path = select_forward_path(p, input.scalar_type());
+  if (path != ForwardPath::kGeneric) {
+    at::Tensor result;
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv2d_forward_cpu_direct", [&] {
+      if (path == ForwardPath::kDepthwise) {
+        result = depthwise_forward_cpu<scalar_t>(input, weight, bias_or_undefined, p, format);
+      } else if (path == ForwardPath::kPointwise && format == at::MemoryFormat::Contiguous) {
+        result = pointwise_nchw<scalar_t>(input, weight.view({p.K, p.C}), bias_or_undefined,
+                                          p.stride_h, p.stride_w, p.P, p.Q);
+      } else {  // channels_last pointwise runs as a dense problem: NHWC in, NHWC out
+        result = dense_forward_cpu<scalar_t>(input, weight, bias_or_undefined, p, path, format);
+      }
+    });
+    return result;
+  }
   const auto x = input.contiguous();
   const auto w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
@@ -78,10 +159,24 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   return in_memory_format(output, format);
 }
 
+// Name of the kernel conv2d_forward would run for these arguments on the CPU.
+std::string cpu_forward_path(const at::Tensor& input, const at::Tensor& weight,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups) {
+  const Conv2dShape p = check_conv2d_forward(input, weight, std::nullopt, stride, padding,
+                                             dilation, groups);
+  return path_name(select_forward_path(p, input.scalar_type()));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(conv_ext, CPU, m) {
   m.impl("conv2d_forward", &conv2d_forward_cpu);
+}
+
+TORCH_LIBRARY_FRAGMENT(conv_ext, m) {
+  m.def("cpu_forward_path(Tensor input, Tensor weight, int[] stride, int[] padding, "
+        "int[] dilation, int groups) -> str", &cpu_forward_path);
 }
 
 }  // namespace cpu

@@ -1,0 +1,81 @@
+// Python bindings of the emulated CUDA ops: the host code of the real CUDA
+// ops (csrc/cuda/conv2d_cuda_ops.h: checks, plans, workspaces, dispatch) with
+// a launcher that runs the kernels on the CPU (cuda_emulation.h). Built by
+// tests/test_cuda_emulation.py with torch.utils.cpp_extension.load.
+#include "cuda_emulation.h"  // must precede the kernel headers
+
+#include <torch/extension.h>
+
+#include "../../csrc/cuda/conv2d_cuda_ops.h"
+
+namespace {
+
+namespace cuda = conv_ext::cuda;
+
+struct EmulatedLauncher {
+  template <typename... KernelArgs, typename... Args>
+  void operator()(void (*kernel)(KernelArgs...), const cuda::LaunchDims& dims,
+                  const Args&... args) const {
+    // No zero-size launches, as on the GPU (where they are an error).
+    TORCH_CHECK(dims.grid[0] > 0 && dims.grid[1] > 0 && dims.grid[2] > 0 && dims.block > 0,
+                "emulated launch with an empty grid or block");
+    TORCH_CHECK(dims.grid[1] <= 65535 && dims.grid[2] <= 65535 && dims.block <= 1024,
+                "emulated launch exceeds CUDA's grid/block limits");
+    cuda_emulation::emulate_launch(kernel, dims.grid, dims.block, args...);
+  }
+};
+
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& bias, std::vector<int64_t> stride,
+                   std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                   int64_t groups) {
+  return cuda::conv2d_forward_impl(EmulatedLauncher{}, input, weight, bias, stride, padding,
+                                   dilation, groups);
+}
+
+at::Tensor backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                          std::vector<int64_t> input_size, std::vector<int64_t> stride,
+                          std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                          int64_t groups) {
+  return cuda::conv2d_backward_input_impl(EmulatedLauncher{}, grad_output, weight, input_size,
+                                          stride, padding, dilation, groups);
+}
+
+at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                           std::vector<int64_t> weight_size, std::vector<int64_t> stride,
+                           std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                           int64_t groups) {
+  return cuda::conv2d_backward_weight_impl(EmulatedLauncher{}, grad_output, input,
+                                           weight_size, stride, padding, dilation, groups);
+}
+
+// The plan each op would use for a problem, as text: lets the tests assert
+// which kernel a shape selects.
+std::string describe_plan(const std::string& op, std::vector<int64_t> input_size,
+                          std::vector<int64_t> weight_size, std::vector<int64_t> stride,
+                          std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                          int64_t groups) {
+  const auto shape = conv_ext::make_conv2d_shape(input_size, weight_size, std::nullopt, stride,
+                                                 padding, dilation, groups);
+  if (op == "forward") return cuda::plan_conv2d_forward(shape).describe();
+  if (op == "backward_input") return cuda::plan_conv2d_backward_input(shape).describe();
+  if (op == "backward_weight") return cuda::plan_conv2d_backward_weight(shape).describe();
+  TORCH_CHECK(false, "unknown op ", op);
+}
+
+void force_tile(const std::string& tile) {
+  TORCH_CHECK(tile.empty() || tile == "small" || tile == "large" || tile == "huge" ||
+                  tile == "elementwise",
+              "unknown tile ", tile);
+  cuda::forced_tile() = tile;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("conv2d_forward", &forward);
+  m.def("conv2d_backward_input", &backward_input);
+  m.def("conv2d_backward_weight", &backward_weight);
+  m.def("describe_plan", &describe_plan);
+  m.def("force_tile", &force_tile, "'small', 'large', 'huge', 'elementwise' (untiled depthwise forward) or '' (by shape)");
+}

@@ -1,0 +1,130 @@
+"""The fast CPU kernels, path by path, against F.conv2d (output and every
+gradient) on shapes chosen to hit each path's special cases: channel tails
+(K or C not a multiple of the SIMD width), odd widths, tiles spanning rows
+and images, N=1, strides, dilation, the C split of large filters,
+channels_last. Plus which path a shape takes, and bitwise reproducibility."""
+import pytest
+import torch
+
+import conv_ext
+from helpers import compare_with_torch
+
+ops = torch.ops.conv_ext
+
+
+def _pair(v):
+    return list(v) if isinstance(v, tuple) else [v]
+
+
+def path_of(x, w, stride=1, padding=0, dilation=1, groups=1):
+    return ops.cpu_forward_path(x, w, _pair(stride), _pair(padding), _pair(dilation), groups)
+
+
+# (name, N, C, H, W, K, R, S, stride, padding, dilation, groups, expected path)
+CASES = [
+    ("pointwise", 2, 16, 8, 8, 24, 1, 1, 1, 0, 1, 1, "pointwise"),
+    ("pointwise_pixel_tail", 1, 5, 7, 9, 13, 1, 1, 1, 0, 1, 1, "pointwise"),
+    ("pointwise_stride2", 2, 12, 9, 11, 10, 1, 1, 2, 0, 1, 1, "pointwise"),
+    ("pointwise_stride_asym", 1, 9, 10, 7, 7, 1, 1, (3, 2), 0, 1, 1, "pointwise"),
+    ("pointwise_padded", 1, 8, 6, 6, 9, 1, 1, 1, 1, 1, 1, "dense"),
+    ("first_layer_7x7_s2", 2, 3, 23, 21, 20, 7, 7, 2, 3, 1, 1, "first_layer"),
+    ("first_layer_c1", 1, 1, 12, 13, 5, 5, 5, 1, 2, 1, 1, "first_layer"),
+    ("dense_3x3", 2, 16, 9, 11, 32, 3, 3, 1, 1, 1, 1, "dense"),
+    ("dense_k_c_tails", 1, 19, 7, 7, 21, 3, 3, 1, 1, 1, 1, "dense"),
+    ("dense_stride2", 2, 12, 11, 10, 17, 3, 3, 2, 1, 1, 1, "dense"),
+    ("dense_dilated", 1, 10, 12, 12, 9, 3, 3, 1, 2, 2, 1, "dense"),
+    ("dense_dilated_w_only", 2, 8, 9, 13, 8, 3, 3, (2, 1), (1, 0), (1, 2), 1, "dense"),
+    ("dense_even_kernel_no_pad", 1, 11, 8, 9, 6, 2, 4, 1, 0, 1, 1, "dense"),
+    ("dense_c_split", 1, 700, 5, 4, 9, 3, 3, 1, 1, 1, 1, "dense"),
+    ("depthwise_s1", 2, 12, 11, 13, 12, 3, 3, 1, 1, 1, 12, "depthwise"),
+    ("depthwise_s2", 2, 10, 12, 41, 10, 3, 3, 2, 1, 1, 10, "depthwise"),
+    ("depthwise_wide_rows", 1, 3, 5, 70, 3, 3, 3, 1, 1, 1, 3, "depthwise"),
+    ("depthwise_tiny_plane", 1, 9, 7, 7, 9, 3, 3, 1, 1, 1, 9, "depthwise"),
+    ("depthwise_5x5_dilated_s2", 2, 6, 13, 12, 6, 5, 5, 2, 2, 2, 6, "depthwise"),
+    ("depthwise_asym", 1, 5, 10, 9, 5, 3, 2, (1, 3), (0, 2), (2, 1), 5, "depthwise"),
+    ("grouped_generic", 1, 8, 6, 6, 8, 3, 3, 1, 1, 1, 2, "generic"),
+    ("depthwise_multiplier_generic", 1, 4, 6, 6, 8, 3, 3, 1, 1, 1, 4, "generic"),
+]
+
+
+def _case_id(case):
+    return case[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_path_selection(case):
+    _, N, C, H, W, K, R, S, stride, padding, dilation, groups, expected = case
+    x = torch.randn(N, C, H, W)
+    w = torch.randn(K, C // groups, R, S)
+    assert path_of(x, w, stride, padding, dilation, groups) == expected
+    assert path_of(x.to(torch.bfloat16), w.to(torch.bfloat16), stride, padding, dilation,
+                   groups) == "generic"
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_fast_path_matches_torch(case, dtype, layout):
+    _, N, C, H, W, K, R, S, stride, padding, dilation, groups, _ = case
+    x = torch.randn(N, C, H, W, dtype=dtype)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype)
+    b = torch.randn(K, dtype=dtype)
+    compare_with_torch(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                       layout=layout)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_fast_paths_on_strided_views(layout):
+    # A non-contiguous input (every other column of a wider tensor) on every path.
+    for case in CASES:
+        _, N, C, H, W, K, R, S, stride, padding, dilation, groups, _ = case
+        x = torch.randn(N, C, H, W)
+        w = torch.randn(K, C // groups, R, S)
+        compare_with_torch(x, w, None, stride=stride, padding=padding, dilation=dilation,
+                           groups=groups, layout=layout, check_grads=False)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
+    "pointwise_stride2", "first_layer_c1", "dense_k_c_tails", "dense_dilated_w_only",
+    "depthwise_s2", "depthwise_asym")], ids=_case_id)
+def test_gradcheck_float64(case):
+    _, N, C, H, W, K, R, S, stride, padding, dilation, groups, _ = case
+    # Small spatial sizes keep the numerical Jacobian cheap.
+    H, W = min(H, 7), min(W, 8)
+    N = 1
+    x = torch.randn(N, C, H, W, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(K, C // groups, R, S, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(K, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        return conv_ext.conv2d(x, w, b, stride, padding, dilation, groups)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b), fast_mode=True)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
+    "pointwise", "first_layer_7x7_s2", "dense_3x3", "dense_c_split", "depthwise_s1")],
+    ids=_case_id)
+def test_bitwise_reproducible_across_runs_and_threads(case):
+    _, N, C, H, W, K, R, S, stride, padding, dilation, groups, _ = case
+    x = torch.randn(N, C, H, W)
+    w = torch.randn(K, C // groups, R, S)
+    args = (_pair(stride), _pair(padding), _pair(dilation), groups)
+    gy = torch.randn_like(ops.conv2d_forward(x, w, None, *args))
+    saved = torch.get_num_threads()
+
+    def run():
+        return (ops.conv2d_forward(x, w, None, *args),
+                ops.conv2d_backward_input(gy, w, list(x.shape), *args),
+                ops.conv2d_backward_weight(gy, x, list(w.shape), *args))
+
+    try:
+        first = run()
+        again = run()
+        torch.set_num_threads(1)
+        single = run()
+    finally:
+        torch.set_num_threads(saved)
+    for a, b, c in zip(first, again, single):
+        assert torch.equal(a, b)
+        assert torch.equal(a, c)
