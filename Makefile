@@ -28,22 +28,23 @@ $(VENV)/.installed:
 build: $(SETUP)
 	$(PYTHON) setup.py build_ext --inplace
 
-# Everything CI runs: the whole suite, then the emulated CUDA kernels under
-# AddressSanitizer, then the CPU suite against an ASan+UBSan build.
-test: test-suite test-emulation-asan test-sanitized
+# Everything CI runs: the whole suite, then the sanitizer runs: the CPU
+# suite against an ASan+UBSan build, and the emulated CUDA kernels under ASan.
+test: test-suite test-sanitized
 
 test-suite: build
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-# The emulated CUDA kernel tests again, with the emulation built under
-# AddressSanitizer (out-of-bounds global/shared accesses abort the run).
-test-emulation-asan: test-suite
-	PYTHON=$(PYTHON) tests/run_emulation_asan.sh $(EMULATION_ASAN_ARGS)
-
 # The CPU tests against an ASan+UBSan build in build/sanitized (the in-place
-# build is left alone); fails on any sanitizer report. Slow: a separate build.
-test-sanitized: test-emulation-asan
+# build is left alone), then tests/run_emulation_asan.sh; fails on any
+# sanitizer report. Slow: a separate build.
+test-sanitized: test-suite
 	PYTHON=$(PYTHON) sh tests/run_sanitized.sh $(SANITIZE_ARGS)
+
+# The emulated CUDA kernel tests alone, with the emulation built under
+# AddressSanitizer (out-of-bounds global/shared accesses abort the run).
+test-emulation-asan: build
+	PYTHON=$(PYTHON) sh tests/run_emulation_asan.sh $(EMULATION_ASAN_ARGS)
 
 bench: build
 	$(PYTHON) -m conv_ext.bench $(BENCH_ARGS)

@@ -206,14 +206,21 @@ def test_memory_flat_over_10000_forward_backward_calls():
         out = conv_ext.conv2d(x, w, b, 1, 1, 1, 2)
         torch.autograd.grad(out, (x, w, b), torch.ones_like(out))
 
-    for _ in range(500):     # warm-up: allocator caches, thread pools
-        step()
-    gc.collect()
-    before = rss_bytes()
-    for _ in range(10_000):
-        step()
-    gc.collect()
-    growth = rss_bytes() - before
+    # One thread: this measures leaks, and 10,000 tiny parallel regions are
+    # slow on a loaded machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(500):     # warm-up: allocator caches
+            step()
+        gc.collect()
+        before = rss_bytes()
+        for _ in range(10_000):
+            step()
+        gc.collect()
+        growth = rss_bytes() - before
+    finally:
+        torch.set_num_threads(threads)
     assert growth < 16 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 10,000 calls"
 
 
