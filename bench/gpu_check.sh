@@ -7,6 +7,7 @@
 #   bash bench/gpu_check.sh                 # everything
 #   BENCH_SECONDS=120 bash bench/gpu_check.sh
 #   SKIP_TESTS=1 / SKIP_BENCH=1             # one half only
+#   BENCH_ARGS="--suite mobilenet"          # more gpu_bench.py flags
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -49,7 +50,7 @@ fi
 
 if [ -z "${SKIP_BENCH:-}" ]; then
   say "GPU benchmark"
-  $PY bench/gpu_bench.py --suite all --batch ${BENCH_BATCH:-32} --max-seconds ${BENCH_SECONDS:-200} \
+  $PY bench/gpu_bench.py --suite all --batch ${BENCH_BATCH:-32} --max-seconds ${BENCH_SECONDS:-200} ${BENCH_ARGS:-} \
       --out "$RESULTS" 2>&1 | tee "$RESULTS/gpu_bench.log" | tail -n 40 | tee -a "$LOG"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
