@@ -47,7 +47,7 @@ test-emulation-asan: build
 	PYTHON=$(PYTHON) sh tests/run_emulation_asan.sh $(EMULATION_ASAN_ARGS)
 
 bench: build
-	$(PYTHON) -m conv_ext.bench $(BENCH_ARGS)
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 # The runs whose figures docs/benchmark.md quotes, written to bench/results
 # (about 15 minutes on 2 cores).

@@ -333,7 +333,9 @@ def parse_args(argv=None):
                              "stride, padding, groups, dilation")
     parser.add_argument("--only", default=None,
                         help="comma-separated substrings: keep layers whose name contains one")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                        help="default: cuda where a GPU is visible and conv_ext has CUDA "
+                             "kernels, else cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--pass", dest="pass_", default="forward", choices=PASSES,
                         help="forward; backward = grad-input + grad-weight; train = all three")
@@ -363,6 +365,9 @@ def main(argv=None):
         layers = [layer for layer in layers if any(k in layer.name for k in keys)]
     if not layers:
         sys.exit("no layers selected")
+    if args.device is None:
+        from . import built_with_cuda
+        args.device = "cuda" if torch.cuda.is_available() and built_with_cuda() else "cpu"
     if args.device == "cuda":
         if not torch.cuda.is_available():
             sys.exit("--device cuda: no CUDA device visible")

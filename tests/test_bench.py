@@ -10,7 +10,7 @@ from conv_ext.layers import parse_layer
 
 
 def test_bench_writes_table_json_and_chart(tmp_path, capsys):
-    status = bench.main(["--suite", "none", "--layer", "5,9,7,3,2,1", "--layer", "6,8,6,3,1,1,6",
+    status = bench.main(["--device", "cpu", "--suite", "none", "--layer", "5,9,7,3,2,1", "--layer", "6,8,6,3,1,1,6",
                          "--batch", "2", "--rounds", "1", "--min-time", "0.001",
                          "--out", str(tmp_path), "--tag", "smoke"])
     assert status == 0
