@@ -12,8 +12,11 @@ from . import ops  # noqa: F401  (fake kernels)
 from .autograd import Conv2dFunction
 from .functional import conv2d
 from .modules import Conv2d, convert
+from .fused import FusedConv2d, conv2d_fused
+from .fusion import fuse
 
-__all__ = ["Conv2d", "Conv2dFunction", "built_with_cuda", "conv2d", "convert"]
+__all__ = ["Conv2d", "Conv2dFunction", "FusedConv2d", "built_with_cuda", "conv2d",
+           "conv2d_fused", "convert", "fuse"]
 __version__ = "0.1.0"
 
 

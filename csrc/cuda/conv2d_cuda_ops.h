@@ -10,11 +10,13 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
+#include "../conv2d_fused_params.h"
 #include "../conv2d_params.h"
 #include "conv2d_backward_input_kernels.cuh"
 #include "conv2d_backward_weight_kernels.cuh"
 #include "conv2d_cuda_plan.h"
 #include "conv2d_depthwise_kernels.cuh"
+#include "conv2d_epilogue_kernels.cuh"
 #include "conv2d_forward_kernels.cuh"
 
 namespace conv_ext {
@@ -192,6 +194,41 @@ at::Tensor conv2d_backward_weight_impl(const Launcher& launch, const at::Tensor&
                                     grad_weight.mutable_data_ptr<scalar_t>());
       });
   return in_memory_format(grad_weight, format);
+}
+
+// conv2d_fused: the forward, then its epilogue in one elementwise pass over
+// the output in the output's layout.
+template <typename Launcher>
+at::Tensor conv2d_fused_impl(const Launcher& launch, const at::Tensor& input,
+                             const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& scale,
+                             const std::optional<at::Tensor>& shift,
+                             const std::optional<at::Tensor>& residual,
+                             c10::string_view activation, bool residual_before_activation,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups) {
+  const Conv2dShape shape =
+      check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
+  check_conv2d_epilogue(input, shape, scale, shift, residual);
+  const auto format = conv2d_memory_format(input, weight);
+  const EpilogueTensors e = prepare_epilogue(scale, shift, residual, activation,
+                                             residual_before_activation, format);
+  at::Tensor output =
+      conv2d_forward_impl(launch, input, weight, bias, stride, padding, dilation, groups);
+  if (output.numel() == 0) return output;
+  output = output.contiguous(format);  // a no-op: the forward returns this layout
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "conv_ext_conv2d_fused_cuda", [&] {
+        const Epilogue<scalar_t> ep = e.view<scalar_t>();
+        if (ep.is_identity()) return;
+        const int64_t count = output.numel();
+        launch(conv2d_epilogue_kernel<scalar_t>,
+               LaunchDims{{grid_dim(ceil_div(count, kEpilogueThreads), kMaxElementwiseBlocks), 1, 1},
+                          static_cast<uint32_t>(kEpilogueThreads)},
+               output.mutable_data_ptr<scalar_t>(), ep, count, shape.K, shape.P * shape.Q,
+               format == at::MemoryFormat::ChannelsLast);
+      });
+  return output;
 }
 
 }  // namespace cuda
