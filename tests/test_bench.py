@@ -90,7 +90,7 @@ def test_model_mode_training_step(monkeypatch):
     torch.set_num_threads(1)
     try:
         row = models.run_model("resnet18", batch=2, device="cpu", dtype=torch.float32,
-                               pass_="train", rounds=1, min_time=0.001, image_size=32)
+                               pass_="train", rounds=1, min_time=0.001, image_size=64)
     finally:
         torch.set_num_threads(threads)
     assert row["correct"], row["max_rel_error"]
