@@ -121,8 +121,9 @@ def _meta(args, device, threads, peak=None, peak_how=None):
     if device == "cpu":
         meta["isa"] = timing.cpu_isa()
     else:
+        from . import gpu_info
         meta.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                    calls_per_graph=args.calls)
+                    calls_per_graph=args.calls, kernel_registers=gpu_info.register_counts())
     if peak is not None:
         meta.update(peak_gflops=peak, peak_method=peak_how)
     return meta

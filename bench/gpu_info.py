@@ -20,7 +20,7 @@ def kernel_names(fn):
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
-    except RuntimeError:
+    except Exception:  # noqa: BLE001  (no CUPTI, profiler busy: the row just lacks names)
         return []
     names = [event.name for event in prof.events()
              if str(getattr(event, "device_type", "")).endswith("CUDA")]

@@ -119,7 +119,11 @@ def _time_cuda_graphs(functions, calls, rounds):
             for _ in range(calls):
                 fn()
         graphs.append(graph)
-    return _best_of_rounds([graph.replay for graph in graphs], rounds, calls)
+    try:
+        return _best_of_rounds([graph.replay for graph in graphs], rounds, calls)
+    finally:
+        for graph in graphs:  # free each graph's memory pool now, not at garbage collection
+            graph.reset()
 
 
 def _time_cuda_events(functions, calls, rounds):
