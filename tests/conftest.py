@@ -16,6 +16,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _exact_float32():
+    # torch runs float32 convolutions on TF32 by default, and conv_ext's CUDA
+    # ops follow the same flag; tests compare float32 exactly unless they
+    # turn TF32 on themselves.
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.fixture(autouse=True)
 def _fresh_seed(request):
     # A different but reproducible seed per test: fresh random inputs that a
     # failure report can reproduce (the seed is the test id's hash).

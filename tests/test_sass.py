@@ -114,7 +114,8 @@ def test_fp32_simt_main_loop_is_mostly_ffma(kernels, op, tile):
 
 @pytest.mark.parametrize(
     "op,dtype",
-    [_xfail_if(KNOWN_NO_HMMA, (op, dtype), "no tensor-core kernel for this pass yet")
+    [_xfail_if(KNOWN_NO_HMMA, (op, dtype), "no tensor-core kernel of this pass yet (grad-input at "
+               "stride 1 runs on the forward's)")
      for op in PASSES for dtype in ["Half", "BFloat16", "tf32"]])
 def test_tensor_core_kernel_per_pass(kernels, op, dtype):
     # TF32 runs float inputs on a tensor-core kernel (HMMA on tf32 operands).
