@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import conv_ext  # noqa: F401  (registers the ops before any test runs)
+from helpers import set_cudnn_allow_tf32
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,9 +22,9 @@ def _exact_float32():
     # ops follow the same flag; tests compare float32 exactly unless they
     # turn TF32 on themselves.
     before = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+    set_cudnn_allow_tf32(False)
     yield
-    torch.backends.cudnn.allow_tf32 = before
+    set_cudnn_allow_tf32(before)
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from cuda_emulation.build import load
-from helpers import make_layout
-from test_conv2d import _ids
+from helpers import make_layout, set_cudnn_allow_tf32
+from cases import config_id as _ids
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +120,9 @@ def _tf32(x):
 
 @pytest.fixture
 def tf32():
-    torch.backends.cudnn.allow_tf32 = True
+    set_cudnn_allow_tf32(True)
     yield
-    torch.backends.cudnn.allow_tf32 = False
+    set_cudnn_allow_tf32(False)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -143,20 +143,22 @@ def test_tf32_forward_when_torch_allows_it(emu, tf32, config, layout):
 
 def test_tf32_flag_is_read_per_call(emu):
     x, w, b, args = _problem((1, 16, 6, 7, 24, 3, 3, 1, 1, 1, 1), torch.float32)
-    torch.backends.cudnn.allow_tf32 = True
+    set_cudnn_allow_tf32(True)
     try:
         emu.conv2d_forward(x, w, b, *args)
         assert emu.last_dense_path("forward") == "mma"
         if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
             # The newer per-op setting wins for convolutions.
-            torch.backends.cudnn.conv.fp32_precision = "ieee"
+            with getattr(torch.backends, "__allow_nonbracketed_mutation")():
+                torch.backends.cudnn.conv.fp32_precision = "ieee"
             emu.conv2d_forward(x, w, b, *args)
             assert emu.last_dense_path("forward") == "simt"
-            torch.backends.cudnn.conv.fp32_precision = "tf32"
+            with getattr(torch.backends, "__allow_nonbracketed_mutation")():
+                torch.backends.cudnn.conv.fp32_precision = "tf32"
             emu.conv2d_forward(x, w, b, *args)
             assert emu.last_dense_path("forward") == "mma"
     finally:
-        torch.backends.cudnn.allow_tf32 = False
+        set_cudnn_allow_tf32(False)
     emu.conv2d_forward(x, w, b, *args)
     assert emu.last_dense_path("forward") == "simt"
 
