@@ -24,7 +24,8 @@ DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy
 OPTIONAL_DEPS := torchvision
 export MAX_JOBS ?= 2
 
-.PHONY: test test-suite bench bench-results build install clean test-emulation-asan test-sanitized sass
+.PHONY: test test-suite bench bench-results bench-suites bench-models build install clean \
+        test-emulation-asan test-sanitized sass
 
 $(VENV)/.installed:
 	python3 -m venv $(VENV)
@@ -74,6 +75,15 @@ bench-results: build
 	$(PYTHON) -m bench --suite resnet50 --pass train --batch 8 --out bench/results
 	$(PYTHON) -m bench --suite resnet50 --pass forward --batch 1 --out bench/results
 	$(PYTHON) -m bench --suite mobilenet --pass train --batch 8 --out bench/results
+
+# Every layer suite, forward, at N=8 and N=1 (issue 10's broad benchmark; an
+# hour or more on 2 cores), and the whole-model training steps (torchvision).
+bench-suites: build
+	$(PYTHON) -m bench --suite all --pass forward --batch 8 --no-plot --out bench/results
+	$(PYTHON) -m bench --suite all --pass forward --batch 1 --no-plot --out bench/results
+
+bench-models: build
+	$(PYTHON) -m bench --model all --pass train --batch 8 --out bench/results
 
 # For users: an editable install into the current environment, built
 # against the torch already installed there (hence no build isolation).
