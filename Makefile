@@ -13,8 +13,9 @@ SETUP := $(VENV)/.installed
 else
 SETUP :=
 endif
-# scikit-learn: only for the LeNet example's test (its bundled digits data).
-DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy matplotlib scikit-learn
+# scikit-learn: only for the LeNet example's test (its bundled digits data); torchvision:
+# the feature-extraction test of a converted ResNet (skipped without it).
+DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy matplotlib scikit-learn torchvision
 export MAX_JOBS ?= 2
 
 .PHONY: test test-suite bench bench-results build install clean test-emulation-asan test-sanitized
