@@ -9,4 +9,5 @@ conv_ext.bench`, `python bench/run.py` or `make bench`).
     report.py     per-suite summaries, table, JSON, PNG, progress line
     cli.py        the command line
     run.py        `make bench`'s entry; gpu_check.sh: build, GPU tests, GPU benchmark
+    conv_variants.py  transposed (U-Net decoder) and 1-D (depthwise causal) suites
 """

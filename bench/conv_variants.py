@@ -1,8 +1,8 @@
 """Benchmark of conv_ext's transposed and 1-D convolutions against torch.
 
-    python bench/conv_variants.py                       # both suites, forward
-    python bench/conv_variants.py --suite conv1d --pass train --threads 2
-    python bench/conv_variants.py --json out.json
+    python -m bench.conv_variants                       # both suites, forward
+    python -m bench.conv_variants --suite conv1d --pass train --threads 2
+    python -m bench.conv_variants --json out.json
 
 Suites:
   transposed  U-Net / pix2pix decoder layers: ConvTranspose2d 2x2 and 4x4,
@@ -14,7 +14,8 @@ Suites:
 conv_ext and torch are timed interleaved, round by round (best round of
 each), so a loaded machine slows both alike; the ratio column is
 torch time / conv_ext time (above 1: conv_ext is faster). Each result is
-checked against torch's.
+checked against torch's. (Standalone beside the conv2d harness of
+bench/cli.py, whose layers are conv2d-only; its timing rule is the same.)
 """
 import argparse
 import json

@@ -295,3 +295,12 @@ def test_errors_match_torch(name, fn, args, kwargs):
     assert type(ours.value) is type(theirs.value)
     # torch's message, first line (its C++ errors append a source location).
     assert str(ours.value).split("\n")[0] == str(theirs.value).split("\n")[0]
+
+
+def test_variants_benchmark_runs_and_checks():
+    # bench/conv_variants.py (the transposed and 1-D suites) on one tiny layer.
+    from bench import conv_variants
+    layer = conv_variants.Layer("tiny_up", "conv_transpose2d", 4, 2, 5, 2, 2)
+    row = conv_variants.run_layer(layer, "train", torch.float32, rounds=1, min_time=0.0)
+    assert row["correct"] and row["ratio"] > 0
+    assert {l.kind for l in conv_variants.SUITES["all"]} == {"conv_transpose2d", "conv1d"}
