@@ -108,8 +108,8 @@ def conv2d_fused(input, weight, bias=None, scale=None, shift=None, residual=None
         _autocast(t) for t in (input, weight, bias, scale, shift, residual))
     return torch.ops.conv_ext.conv2d_fused(
         input, weight, bias, scale, shift, residual, activation, bool(residual_before_activation),
-        _int_list(stride, "stride"), _int_list(padding, "padding"),
-        _int_list(dilation, "dilation"), groups)
+        _int_list(stride, "stride", "conv2d_fused"), _int_list(padding, "padding", "conv2d_fused"),
+        _int_list(dilation, "dilation", "conv2d_fused"), groups)
 
 
 class FusedConv2d(nn.Module):
