@@ -54,8 +54,9 @@ inline const char* path_name(ForwardPath path) {
   }
 }
 
+// groups == C, any channel multiplier K / C (depthwise_kernels_cpu.h).
 inline bool is_depthwise(const Conv2dShape& p) {
-  return p.groups > 1 && p.C_per_group == 1 && p.K_per_group == 1;
+  return p.groups > 1 && p.C_per_group == 1;
 }
 
 inline ForwardPath select_forward_path(const Conv2dShape& p, at::ScalarType dtype) {
