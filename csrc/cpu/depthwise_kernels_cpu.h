@@ -47,6 +47,10 @@ namespace depthwise {
 
 inline constexpr int kMaxTileVectors = 8;
 
+// One vector of zeros: what a tap outside the image reads.
+template <typename T>
+alignas(64) inline constexpr T kZeroVector[simd::Vec<T>::size] = {};
+
 // Grain of at::parallel_for for items of `work` multiply-adds: a thread gets
 // at least ~32K of work.
 inline int64_t grain(int64_t work_per_item) {
@@ -59,6 +63,10 @@ inline int64_t grain(int64_t work_per_item) {
 struct PlaneGeometry {
   int64_t H, W, P, Q, R, S, stride_h, stride_w, dilation_h, dilation_w, top, left;
   int64_t Hh = 0, row_len = 0;  // rows per phase, elements per phase row
+  // Input rows that land in the buffer: [h0, h1), row h at row_start[h - h0]
+  // (precomputed: a division per row costs more than a small plane's copy).
+  int64_t h0 = 0, h1 = 0;
+  std::vector<int64_t> row_start;
   int64_t phase_elems() const { return Hh * row_len; }
   int64_t buffer_elems(int L) const { return stride_h * stride_w * phase_elems() + 2 * L; }
 };
@@ -69,6 +77,12 @@ inline PlaneGeometry plane_geometry(int64_t H, int64_t W, int64_t P, int64_t Q, 
   PlaneGeometry g{H, W, P, Q, R, S, sh, sw, dh, dw, top, left};
   g.Hh = P + ((R - 1) * dh) / sh;
   g.row_len = Q + ((S - 1) * dw) / sw;
+  g.h0 = std::min(H, std::max<int64_t>(0, -top));
+  g.h1 = g.h0;
+  for (int64_t h = g.h0; h < H && (h + top) / sh < g.Hh; ++h, ++g.h1) {
+    const int64_t hp = h + top;
+    g.row_start.push_back((hp % sh) * sw * g.phase_elems() + (hp / sh) * g.row_len);
+  }
   return g;
 }
 
@@ -105,17 +119,13 @@ template <typename T>
 void fill_plane(const T* x, int64_t xh, int64_t xw, const PlaneGeometry& g, T* buf) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
-  for (int64_t h = 0; h < g.H; ++h) {
-    const int64_t hp = h + g.top;
-    if (hp < 0) continue;
-    const int64_t i = hp / g.stride_h;
-    if (i >= g.Hh) break;
+  // input columns [w0, w1) land inside the rows
+  const int64_t w0 = std::max<int64_t>(0, -g.left);
+  const int64_t w1 = std::min<int64_t>(g.W, g.row_len * g.stride_w - g.left);
+  if (w0 >= w1) return;
+  for (int64_t h = g.h0; h < g.h1; ++h) {
     const T* src = x + h * xh;
-    T* rows = buf + (hp % g.stride_h) * g.stride_w * g.phase_elems() + i * g.row_len;
-    // input columns [w0, w1) land inside the rows
-    const int64_t w0 = std::max<int64_t>(0, -g.left);
-    const int64_t w1 = std::min<int64_t>(g.W, g.row_len * g.stride_w - g.left);
-    if (w0 >= w1) continue;
+    T* rows = buf + g.row_start[h - g.h0];
     if (g.stride_w == 1) {
       T* dst = rows + w0 + g.left;
       if (xw == 1) {
@@ -581,7 +591,7 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
   const int64_t q_lo = std::min(p.Q, (p.pad_w + p.stride_w - 1) / p.stride_w);
   const int64_t last_ok = p.W - 1 - (p.S - 1) * p.dilation_w + p.pad_w;  // ow*sw <= last_ok
   const int64_t q_hi = std::max(q_lo, std::min(p.Q, last_ok < 0 ? 0 : last_ok / p.stride_w + 1));
-  alignas(64) static constexpr T zeros[L] = {};  // taps outside the image
+  const T* zeros = kZeroVector<T>;  // taps outside the image
   at::parallel_for(0, p.N * p.P, grain(p.Q * C * p.R * p.S), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / p.P, oh = item % p.P;
