@@ -11,6 +11,7 @@
 
 #include "conv2d_cpu_common.h"
 #include "conv2d_direct_cpu.h"
+#include "conv2d_grouped_cpu.h"
 #include "depthwise_kernels_cpu.h"
 
 namespace conv_ext {
@@ -119,11 +120,19 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output,
   if (grad_input.numel() == 0) return in_memory_format(grad_input, format);
   const bool fast_dtype = grad_output.scalar_type() == at::kFloat ||
                           grad_output.scalar_type() == at::kDouble;
-  if (fast_dtype && p.P * p.Q > 0 && p.K_per_group > 0 &&
-      (is_depthwise(p) || p.groups == 1)) {
+  const bool fast_shape = p.P * p.Q > 0 && p.K_per_group > 0 &&
+                          (is_depthwise(p) || p.groups == 1 || is_grouped_fast(p));
+  if (fast_shape && is_reduced_float(grad_output.scalar_type())) {
+    return conv2d_backward_input_cpu(to_float(grad_output), to_float(weight), input_size, stride,
+                                     padding, dilation, groups)
+        .to(grad_output.scalar_type());
+  }
+  if (fast_dtype && fast_shape) {
     at::Tensor result;
     AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv2d_backward_input_cpu_direct", [&] {
-      result = is_depthwise(p) ? depthwise_backward_input_cpu<scalar_t>(grad_output, weight, p, format)
+      result = is_grouped_fast(p)
+                   ? grouped::backward_input_op<scalar_t>(grad_output, weight, p, format)
+               : is_depthwise(p) ? depthwise_backward_input_cpu<scalar_t>(grad_output, weight, p, format)
                                : dense_backward_input_cpu<scalar_t>(grad_output, weight, p, format);
     });
     return result;

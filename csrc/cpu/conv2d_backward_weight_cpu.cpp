@@ -6,6 +6,7 @@
 
 #include "conv2d_cpu_common.h"
 #include "conv2d_direct_cpu.h"
+#include "conv2d_grouped_cpu.h"
 #include "depthwise_kernels_cpu.h"
 
 namespace conv_ext {
@@ -116,9 +117,18 @@ at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output,
   if (grad_weight.numel() == 0) return in_memory_format(grad_weight, format);
   const bool fast_dtype = grad_output.scalar_type() == at::kFloat ||
                           grad_output.scalar_type() == at::kDouble;
-  if (fast_dtype && p.N * p.P * p.Q > 0 && (is_depthwise(p) || p.groups == 1)) {
+  const bool fast_shape =
+      p.N * p.P * p.Q > 0 && (is_depthwise(p) || p.groups == 1 || is_grouped_fast(p));
+  if (fast_shape && is_reduced_float(grad_output.scalar_type())) {
+    return conv2d_backward_weight_cpu(to_float(grad_output), to_float(input), weight_size,
+                                      stride, padding, dilation, groups)
+        .to(grad_output.scalar_type());
+  }
+  if (fast_dtype && fast_shape) {
     AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv2d_backward_weight_cpu_direct", [&] {
-      if (is_depthwise(p)) {
+      if (is_grouped_fast(p)) {
+        grad_weight = grouped::backward_weight_op<scalar_t>(grad_output, input, p);
+      } else if (is_depthwise(p)) {
         auto gw = at::empty(p.weight_sizes(), grad_output.options());
         depthwise_backward_weight_cpu<scalar_t>(grad_output, input, gw.mutable_data_ptr<scalar_t>(), p);
         grad_weight = gw;

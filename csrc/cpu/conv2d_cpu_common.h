@@ -64,5 +64,10 @@ inline at::Tensor in_memory_format(const at::Tensor& result,
              : result.contiguous(format);
 }
 
+// A bfloat16/float16 tensor as float32 (memory format kept), or undefined.
+inline at::Tensor to_float(const at::Tensor& t) {
+  return t.defined() ? t.to(at::kFloat) : t;
+}
+
 }  // namespace cpu
 }  // namespace conv_ext

@@ -42,7 +42,7 @@ inline int64_t grain_for(int64_t work_per_item) {
 }
 
 // Which kernel a problem runs on (exposed for tests via conv_ext::cpu_forward_path).
-enum class ForwardPath { kGeneric, kPointwise, kFirstLayer, kDense, kDepthwise };
+enum class ForwardPath { kGeneric, kPointwise, kFirstLayer, kDense, kDepthwise, kGrouped };
 
 inline const char* path_name(ForwardPath path) {
   switch (path) {
@@ -50,6 +50,7 @@ inline const char* path_name(ForwardPath path) {
     case ForwardPath::kFirstLayer: return "first_layer";
     case ForwardPath::kDense: return "dense";
     case ForwardPath::kDepthwise: return "depthwise";
+    case ForwardPath::kGrouped: return "grouped";
     default: return "generic";
   }
 }
@@ -59,11 +60,20 @@ inline bool is_depthwise(const Conv2dShape& p) {
   return p.groups > 1 && p.C_per_group == 1;
 }
 
+// bfloat16 and float16 run on the float32 kernels: converted on the way in,
+// float32 accumulation, rounded once at the end (see run_in_float).
+inline bool is_reduced_float(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 || dtype == at::kHalf;
+}
+
 inline ForwardPath select_forward_path(const Conv2dShape& p, at::ScalarType dtype) {
-  if (dtype != at::kFloat && dtype != at::kDouble) return ForwardPath::kGeneric;
+  if (dtype != at::kFloat && dtype != at::kDouble && !is_reduced_float(dtype)) {
+    return ForwardPath::kGeneric;
+  }
   if (p.C_per_group == 0) return ForwardPath::kGeneric;  // output = bias: nothing to reduce
   if (is_depthwise(p)) return ForwardPath::kDepthwise;
-  if (p.groups != 1) return ForwardPath::kGeneric;
+  // Grouped with >= 2 input channels per group: conv2d_grouped_cpu.h.
+  if (p.groups != 1) return p.C_per_group >= 2 ? ForwardPath::kGrouped : ForwardPath::kGeneric;
   if (p.R == 1 && p.S == 1 && p.pad_h == 0 && p.pad_w == 0) return ForwardPath::kPointwise;
   if (p.C < 8) return ForwardPath::kFirstLayer;
   return ForwardPath::kDense;

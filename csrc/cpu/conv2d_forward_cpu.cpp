@@ -8,6 +8,7 @@
 
 #include "conv2d_cpu_common.h"
 #include "conv2d_direct_cpu.h"
+#include "conv2d_grouped_cpu.h"
 #include "depthwise_kernels_cpu.h"
 
 namespace conv_ext {
@@ -123,10 +124,19 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   const bool with_bias = bias.has_value() && bias->defined();
   const at::Tensor bias_or_undefined = with_bias ? *bias : at::Tensor();
   const ForwardPath path = select_forward_path(p, input.scalar_type());
+  if (path != ForwardPath::kGeneric && is_reduced_float(input.scalar_type())) {
+    // The float32 kernels, one rounding at the end (as the generic kernel's
+    // float accumulator): packing in float costs one pass over the data.
+    return conv2d_forward_cpu(to_float(input), to_float(weight), to_float(bias_or_undefined),
+                              stride, padding, dilation, groups)
+        .to(input.scalar_type());
+  }
   if (path != ForwardPath::kGeneric) {
     at::Tensor result;
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv2d_forward_cpu_direct", [&] {
-      if (path == ForwardPath::kDepthwise) {
+      if (path == ForwardPath::kGrouped) {
+        result = grouped::forward_op<scalar_t>(input, weight, bias_or_undefined, p, format);
+      } else if (path == ForwardPath::kDepthwise) {
         result = depthwise_forward_cpu<scalar_t>(input, weight, bias_or_undefined, p, format);
       } else if (path == ForwardPath::kPointwise && format == at::MemoryFormat::Contiguous) {
         result = pointwise_nchw<scalar_t>(input, weight.view({p.K, p.C}), bias_or_undefined,
