@@ -206,6 +206,7 @@ struct PlanePlan {
   std::vector<int64_t> src, dst;
   std::vector<int> lanes;
   bool flat = false;     // vectors run over the flattened plane, junk columns included
+  bool row_blocks = false;  // row plan at unit vertical stride and dilation: row_block_tile
   bool direct = false;   // results go straight to a contiguous P x Q plane; else to
                          // scratch [P][row_len] (dst == src), whose rows are then copied
   int64_t scratch_elems(int L) const { return direct ? 0 : g.P * g.row_len + L; }
@@ -221,6 +222,7 @@ inline PlanePlan plan_plane(const PlaneGeometry& g, int L, bool allow_direct) {
   const int64_t flat_vectors = (flat_count + L - 1) / L;
   plan.flat = flat_vectors < row_vectors;
   plan.direct = allow_direct && !plan.flat;
+  plan.row_blocks = !plan.flat && g.stride_h == 1 && g.dilation_h == 1 && g.R > 1;
   if (plan.flat) {
     for (int64_t m = 0; m < flat_count; m += L) {
       plan.src.push_back(m);
@@ -239,6 +241,97 @@ inline PlanePlan plan_plane(const PlaneGeometry& g, int L, bool allow_direct) {
   return plan;
 }
 
+// Row reuse at unit vertical stride and dilation: RB output rows x UV
+// vectors of one column range. Output row j at kernel row r reads input row
+// i = j + r, so each input row's vectors are loaded once per kernel column
+// and feed every output row of the block that uses them (up to RB FMAs per
+// load instead of one). Each output still sums its taps in (r, s) order:
+// results are identical to plane_tile's. base: input row of output row 0 at
+// the block's first column; col_off[s]: offset of kernel column s;
+// out: output row 0 (rows out_row apart); the last vector has last_lanes.
+inline constexpr int kRowBlockRows = simd::kVectorBytes == 64 ? 4 : 2;
+inline constexpr int kRowBlockVectors = 4;
+
+template <typename T, int RB, int UV>
+inline void row_block_tile(const T* base, int64_t row_len, const int64_t* col_off, int64_t R,
+                           int64_t S, const T* w, T bias, T* out, int64_t out_row, int last_lanes,
+                           bool accumulate) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  typename V::type acc[RB][UV];
+  for (int j = 0; j < RB; ++j) {
+    for (int u = 0; u < UV; ++u) {
+      T* o = out + j * out_row + u * L;
+      const int lanes = u == UV - 1 ? last_lanes : L;
+      acc[j][u] = !accumulate  ? V::broadcast(bias)
+                  : lanes == L ? V::load(o)
+                               : V::load_partial(o, lanes);
+    }
+  }
+  for (int64_t i = 0; i < R + RB - 1; ++i) {
+    const T* row = base + i * row_len;
+    const bool all_rows = i >= RB - 1 && i < R;  // every output row j uses kernel row i - j
+    for (int64_t s = 0; s < S; ++s) {
+      typename V::type x[UV];
+      for (int u = 0; u < UV; ++u) x[u] = V::load(row + col_off[s] + u * L);
+      for (int j = 0; j < RB; ++j) {
+        const int64_t r = i - j;
+        if (!all_rows && (r < 0 || r >= R)) continue;
+        const typename V::type wv = V::broadcast(w[r * S + s]);
+        for (int u = 0; u < UV; ++u) acc[j][u] = simd::fmadd(x[u], wv, acc[j][u]);
+      }
+    }
+  }
+  for (int j = 0; j < RB; ++j) {
+    for (int u = 0; u < UV; ++u) {
+      T* o = out + j * out_row + u * L;
+      if (u < UV - 1 || last_lanes == L) {
+        V::store(o, acc[j][u]);
+      } else {
+        V::store_partial(o, acc[j][u], last_lanes);
+      }
+    }
+  }
+}
+
+// f.template operator()<N>() for N = n (1..4).
+template <typename F>
+inline void with_small_size(int n, F&& f) {
+  switch (n) {
+    case 4: f.template operator()<4>(); break;
+    case 3: f.template operator()<3>(); break;
+    case 2: f.template operator()<2>(); break;
+    default: f.template operator()<1>(); break;
+  }
+}
+
+template <typename T>
+void plane_forward_row_blocks(const PlanePlan& plan, const T* buf, const T* w, T bias, T* base,
+                              bool accumulate) {
+  constexpr int L = simd::Vec<T>::size;
+  const PlaneGeometry& g = plan.g;
+  const int64_t out_row = plan.direct ? g.Q : g.row_len;
+  const int64_t* col_off = plan.tap_off.data();  // kernel row 0: the column offsets
+  for (int64_t oh = 0; oh < g.P; oh += kRowBlockRows) {
+    const int rb = static_cast<int>(std::min<int64_t>(kRowBlockRows, g.P - oh));
+    for (int64_t q = 0; q < g.Q; q += kRowBlockVectors * L) {
+      const int64_t left = g.Q - q;
+      const int uv = static_cast<int>(std::min<int64_t>(kRowBlockVectors, (left + L - 1) / L));
+      const int last = static_cast<int>(left - (uv - 1) * L >= L ? L : left - (uv - 1) * L);
+      const T* b = buf + oh * g.row_len + q;
+      T* o = base + oh * out_row + q;
+      with_small_size(rb, [&]<int RB>() {
+        with_small_size(uv, [&]<int UV>() {
+          if constexpr (RB <= kRowBlockRows) {
+            row_block_tile<T, RB, UV>(b, g.row_len, col_off, g.R, g.S, w, bias, o, out_row, last,
+                                      accumulate);
+          }
+        });
+      });
+    }
+  }
+}
+
 // Output plane of the plane in `buf`, written to out[oh * out_row + ow *
 // out_col] (direct plans: out_row == Q, out_col == 1). Tiles of 8 vectors
 // (spanning rows) while they last, then one tile of the rest. accumulate:
@@ -251,7 +344,10 @@ void plane_forward(const PlanePlan& plan, const T* buf, const T* w, T bias, T* o
   const int64_t nv = static_cast<int64_t>(plan.src.size());
   const int64_t taps = plan.g.R * plan.g.S;
   T* base = plan.direct ? out : scratch;
-  for (int64_t v = 0; v < nv;) {
+  if (plan.row_blocks) {
+    plane_forward_row_blocks(plan, buf, w, bias, base, accumulate);
+  }
+  for (int64_t v = plan.row_blocks ? nv : 0; v < nv;) {
     const int n = static_cast<int>(std::min<int64_t>(kMaxTileVectors, nv - v));
     T* outs[kMaxTileVectors];
     for (int u = 0; u < n; ++u) outs[u] = base + plan.dst[v + u];
