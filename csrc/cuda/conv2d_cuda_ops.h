@@ -25,6 +25,15 @@ struct LaunchDims {
   uint32_t block;
 };
 
+}  // namespace cuda
+}  // namespace conv_ext
+
+// Needs LaunchDims.
+#include "conv2d_forward_mma.h"
+
+namespace conv_ext {
+namespace cuda {
+
 inline LaunchDims dims_of(const LaunchPlan& plan) {
   return LaunchDims{{plan.grid[0], plan.grid[1], plan.grid[2]}, plan.block};
 }
@@ -65,10 +74,16 @@ at::Tensor conv2d_forward_impl(const Launcher& launch, const at::Tensor& input,
   const auto format = conv2d_memory_format(input, weight);
   auto output = at::empty(shape.output_sizes(), input.options());
   if (output.numel() == 0) return in_memory_format(output, format);
-  const auto x = input.contiguous();
-  const auto w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const auto b = has_bias ? bias->contiguous() : at::Tensor();
+  // The tensor cores where they apply (conv2d_forward_mma.h).
+  if (try_conv2d_forward_mma(launch, shape, input, weight, b,
+                             input.scalar_type() == at::kFloat && torch_allows_tf32_conv(),
+                             output)) {
+    return output.contiguous(format);  // computed channels_last
+  }
+  const auto x = input.contiguous();
+  const auto w = weight.contiguous();
   const LaunchPlan plan = plan_conv2d_forward(shape);
   const ConvGeometry g = make_geometry(shape);
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -113,6 +128,12 @@ at::Tensor conv2d_backward_input_impl(const Launcher& launch, const at::Tensor& 
   const auto format = conv2d_memory_format(grad_output, weight);
   auto grad_input = at::empty(shape.input_sizes(), grad_output.options());
   if (grad_input.numel() == 0) return in_memory_format(grad_input, format);
+  // Stride 1: the tensor-core forward with the flipped filter (conv2d_forward_mma.h).
+  if (try_conv2d_backward_input_mma(
+          launch, shape, grad_output, weight,
+          grad_output.scalar_type() == at::kFloat && torch_allows_tf32_conv(), grad_input)) {
+    return grad_input.contiguous(format);  // computed channels_last
+  }
   const auto gy = grad_output.contiguous();
   const auto w = weight.contiguous();
   const LaunchPlan plan = plan_conv2d_backward_input(shape);
