@@ -7,6 +7,7 @@
 #include "conv2d_cpu_common.h"
 #include "conv2d_direct_cpu.h"
 #include "conv2d_grouped_cpu.h"
+#include "depthwise_kernels_cpu.h"
 
 namespace conv_ext {
 namespace cpu {
@@ -73,39 +74,18 @@ void conv2d_backward_weight_slices(const scalar_t* grad_output,
   });
 }
 
-// Depthwise: one channel per task, images summed in order (vector partial
-// sums, lanes reduced in a fixed order at the end).
+// Depthwise: one channel per task on the forward's phase-split planes
+// (depthwise_kernels_cpu.h).
 template <typename T>
 void depthwise_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                    T* gw, const Conv2dShape& p) {
-  using V = simd::Vec<T>;
-  constexpr int L = V::size;
-  const DepthwisePlane d = depthwise_plane(p, L);
-  const std::vector<int64_t> tap_offset = depthwise_tap_offsets(d);
-  const int64_t taps = p.R * p.S;
-  const at::Tensor gy_rows = grad_output.stride(3) == 1 ? grad_output : grad_output.contiguous();
-  const T* gy = gy_rows.const_data_ptr<T>();
-  const int64_t gsn = gy_rows.stride(0), gsc = gy_rows.stride(1), gsh = gy_rows.stride(2);
-  const T* x = input.const_data_ptr<T>();
-  const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
-                sw = input.stride(3);
-  at::parallel_for(0, p.C, grain_for(p.N * p.P * p.Q * p.R * p.S), [&](int64_t begin, int64_t end) {
-    std::vector<T> buf(d.Hp * d.stride_w * d.row_len, T(0));  // padding stays zero
-    std::vector<typename V::type> acc(taps);
-    for (int64_t c = begin; c < end; ++c) {
-      std::fill(acc.begin(), acc.end(), V::zero());
-      for (int64_t n = 0; n < p.N; ++n) {
-        fill_phase_split(x + n * sn + c * sc, sh, sw, d, buf.data());
-        depthwise_plane_backward_weight(buf.data(), gy + n * gsn + c * gsc, gsh,
-                                        tap_offset.data(), acc.data(), d);
-      }
-      for (int64_t t = 0; t < taps; ++t) {
-        T sum = 0;
-        for (int l = 0; l < L; ++l) sum += acc[t][l];
-        gw[c * taps + t] = sum;
-      }
-    }
-  });
+  if (p.K_per_group == 1 && input.stride(1) == 1 && input.stride(3) != 1) {  // channels_last input: vectors along C
+    depthwise::backward_weight_nhwc<T>(grad_output.contiguous(at::MemoryFormat::ChannelsLast),
+                                       input, gw, p);
+    return;
+  }
+  const at::Tensor gy = grad_output.stride(3) == 1 ? grad_output : grad_output.contiguous();
+  depthwise::backward_weight_planes<T>(gy, input, gw, p);
 }
 
 template <typename T>

@@ -55,8 +55,9 @@ inline const char* path_name(ForwardPath path) {
   }
 }
 
+// groups == C, any channel multiplier K / C (depthwise_kernels_cpu.h).
 inline bool is_depthwise(const Conv2dShape& p) {
-  return p.groups > 1 && p.C_per_group == 1 && p.K_per_group == 1;
+  return p.groups > 1 && p.C_per_group == 1;
 }
 
 // bfloat16 and float16 run on the float32 kernels: converted on the way in,
