@@ -26,7 +26,7 @@ OPTIONAL_DEPS := torchvision
 export MAX_JOBS ?= 2
 
 .PHONY: test test-suite bench bench-results bench-suites bench-models build install clean \
-        test-emulation-asan test-sanitized sass
+        test-emulation-asan test-sanitized sass torch-tests
 
 $(VENV)/.installed:
 	python3 -m venv $(VENV)
@@ -57,6 +57,13 @@ test-sanitized: test-suite
 # AddressSanitizer (out-of-bounds global/shared accesses abort the run).
 test-emulation-asan: build
 	PYTHON=$(PYTHON) sh tests/run_emulation_asan.sh $(EMULATION_ASAN_ARGS)
+
+# PyTorch's own convolution tests (test/nn/test_convolution.py, the conv
+# ModuleInfo tests of test/test_modules.py) with conv_ext in torch's place, on
+# the CPU; not in `test`: needs a PyTorch checkout's test/ directory
+# (docs/torch_suite.md). PYTORCH_TESTS=/path/to/pytorch/test
+torch-tests: build
+	$(PYTHON) tests/torch_suite/run.py --pytorch-tests "$(PYTORCH_TESTS)"
 
 # Without a GPU, the static table of the CUDA kernels (registers, spills,
 # main-loop math share, HMMA) comes first: the GPU-free view of their speed.
