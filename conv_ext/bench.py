@@ -77,10 +77,10 @@ def measure_peak(device, threads):
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            gflops = torch.ops.conv_ext.fma_peak_cpu(20_000_000, 3)
+            gflops = torch.ops.conv_ext_debug.fma_peak_cpu(20_000_000, 3)
         finally:
             torch.set_num_threads(previous)
-        return gflops, f"FMA loop, {torch.ops.conv_ext.simd_isa()} vectors, {threads} threads"
+        return gflops, f"FMA loop, {torch.ops.conv_ext_debug.simd_isa()} vectors, {threads} threads"
     n = 8192
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)

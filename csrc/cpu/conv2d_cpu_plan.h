@@ -1,0 +1,62 @@
+// Which CPU kernel runs a problem: the one place the CPU ops choose a path,
+// for all three passes.
+//
+//   depthwise    one input and one output channel per group (float, double):
+//                per (n, c) plane on a zero-padded, stride-phase-split copy
+//                (conv2d_depthwise_kernels.h)
+//   pointwise    1x1, no padding (float, double): forward a GEMM per image on
+//                NCHW data (conv2d_pointwise_kernels.h); grad-input the same
+//                with the transposed weight where the stride is 1
+//   first_layer  forward with few input channels (C < 8): the dense kernel,
+//                its (s, c) loops fused
+//   dense        groups == 1 (float, double): register-blocked direct
+//                convolution on padded NHWC copies (conv2d_dense_kernels.h);
+//                grad-input one such problem per stride phase
+//                (conv2d_backward_input_kernels.h), grad-weight
+//                conv2d_backward_weight_kernels.h
+//   generic      everything else (half, bfloat16, grouped): plain loops, one
+//                output plane per task (conv2d_generic_kernels.h)
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "../conv2d_shape.h"
+
+namespace conv_ext {
+namespace cpu {
+
+enum class CpuPath { kGeneric, kPointwise, kFirstLayer, kDense, kDepthwise };
+
+inline const char* path_name(CpuPath path) {
+  switch (path) {
+    case CpuPath::kPointwise: return "pointwise";
+    case CpuPath::kFirstLayer: return "first_layer";
+    case CpuPath::kDense: return "dense";
+    case CpuPath::kDepthwise: return "depthwise";
+    case CpuPath::kGeneric: break;
+  }
+  return "generic";
+}
+
+// Call with a checked, non-empty problem (the op front handles empty ones).
+inline CpuPath select_path(const Conv2dShape& p, Pass pass, at::ScalarType dtype) {
+  if (dtype != at::kFloat && dtype != at::kDouble) return CpuPath::kGeneric;
+  // The forward output of an empty reduction is the bias: nothing to compute.
+  if (p.C_per_group == 0) return CpuPath::kGeneric;
+  // The depthwise kernels take channel multiplier 1 only.
+  if (p.is_depthwise() && p.K_per_group == 1) return CpuPath::kDepthwise;
+  if (p.is_grouped()) return CpuPath::kGeneric;
+  switch (pass) {
+    case Pass::kForward:
+      if (p.is_pointwise()) return CpuPath::kPointwise;
+      return p.C < 8 ? CpuPath::kFirstLayer : CpuPath::kDense;
+    case Pass::kBackwardInput:
+      return p.is_pointwise() && p.is_unit_stride() ? CpuPath::kPointwise : CpuPath::kDense;
+    case Pass::kBackwardWeight:
+      break;
+  }
+  return CpuPath::kDense;
+}
+
+}  // namespace cpu
+}  // namespace conv_ext
