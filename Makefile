@@ -1,6 +1,8 @@
 # conv_ext: two commands on a fresh machine.
 #   make test    create .venv, install dependencies, build, run the whole test suite
 #   make bench   the same set-up, then the benchmark against torch on the default device
+#                (ResNet-50 + MobileNet layers; BENCH_ARGS="--suite all", "--model resnet50",
+#                ... for the rest: docs/benchmark.md)
 # Against an existing environment (no venv, no network), name its python:
 #   make test PYTHON=python3
 # Variables: BENCH_ARGS (extra benchmark flags), PYTEST_ARGS, MAX_JOBS (parallel compiles),
@@ -15,6 +17,9 @@ SETUP :=
 endif
 # scikit-learn: only for the LeNet example's test (its bundled digits data).
 DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy matplotlib scikit-learn
+# Optional: the benchmark's whole-model mode (torchvision architectures); pinned
+# to the torch just installed, and skipped (with the mode) where none matches.
+OPTIONAL_DEPS := torchvision
 export MAX_JOBS ?= 2
 
 .PHONY: test test-suite bench bench-results build install clean test-emulation-asan test-sanitized
@@ -22,6 +27,9 @@ export MAX_JOBS ?= 2
 $(VENV)/.installed:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install $(DEPS)
+	$(VENV)/bin/python -m pip install $(OPTIONAL_DEPS) \
+	  "torch==$$($(VENV)/bin/python -c 'import torch; print(torch.__version__.split("+")[0])')" \
+	  || echo "optional $(OPTIONAL_DEPS) not installed: the benchmark's --model mode will skip"
 	touch $@
 
 # In-place build (incremental: ninja keeps its objects under build/).
@@ -52,11 +60,11 @@ bench: build
 # The runs whose figures docs/benchmark.md quotes, written to bench/results
 # (about 15 minutes on 2 cores).
 bench-results: build
-	$(PYTHON) -m conv_ext.bench --suite resnet50 --pass forward --batch 8 --out bench/results
-	$(PYTHON) -m conv_ext.bench --suite mobilenet --pass forward --batch 8 --out bench/results
-	$(PYTHON) -m conv_ext.bench --suite resnet50 --pass train --batch 8 --out bench/results
-	$(PYTHON) -m conv_ext.bench --suite resnet50 --pass forward --batch 1 --out bench/results
-	$(PYTHON) -m conv_ext.bench --suite mobilenet --pass train --batch 8 --out bench/results
+	$(PYTHON) -m bench --suite resnet50 --pass forward --batch 8 --out bench/results
+	$(PYTHON) -m bench --suite mobilenet --pass forward --batch 8 --out bench/results
+	$(PYTHON) -m bench --suite resnet50 --pass train --batch 8 --out bench/results
+	$(PYTHON) -m bench --suite resnet50 --pass forward --batch 1 --out bench/results
+	$(PYTHON) -m bench --suite mobilenet --pass train --batch 8 --out bench/results
 
 # For users: an editable install into the current environment, built
 # against the torch already installed there (hence no build isolation).

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # One command for a machine with a CUDA GPU, torch, ninja and pytest (no
 # network needed): build conv_ext from source with that machine's python3,
-# run the CUDA tests, then the GPU benchmark against cuDNN. Results go to
-# bench/results/ (commit them) and, where $OUT is set, are copied there too.
+# run the CUDA tests, then the GPU benchmark against torch (cuDNN or torch's
+# own depthwise kernels; each row names which), one run per configuration
+# below. Results go to bench/results/gpu_*.json (commit them) and, where $OUT
+# is set, are copied there too.
 #
 #   bash bench/gpu_check.sh                 # everything
-#   BENCH_SECONDS=120 bash bench/gpu_check.sh
+#   BENCH_SECONDS=120 bash bench/gpu_check.sh   # total benchmark budget
 #   SKIP_TESTS=1 / SKIP_BENCH=1             # one half only
-#   BENCH_ARGS="--suite mobilenet"          # more gpu_bench.py flags
+#   BENCH_ARGS="--suite mobilenet"          # more `python -m bench` flags
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -50,9 +52,30 @@ fi
 
 if [ -z "${SKIP_BENCH:-}" ]; then
   say "GPU benchmark"
-  $PY bench/gpu_bench.py --suite all --batch ${BENCH_BATCH:-32} --max-seconds ${BENCH_SECONDS:-200} ${BENCH_ARGS:-} \
-      --out "$RESULTS" 2>&1 | tee "$RESULTS/gpu_bench.log" | tail -n 40 | tee -a "$LOG"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  # Configurations in priority order (the budget may cut the last ones):
+  # float32 rows carry TF32-off and TF32-on columns.
+  CONFIGS=(
+    "fp32_forward:--pass forward"
+    "fp32_grad_input:--pass grad_input"
+    "fp32_grad_weight:--pass grad_weight"
+    "bf16_forward:--pass forward --dtype bfloat16"
+    "fp32_cl_forward:--pass forward --channels-last"
+    "bf16_cl_forward:--pass forward --dtype bfloat16 --channels-last"
+  )
+  budget=${BENCH_SECONDS:-240}
+  t_bench=$(date +%s)
+  : > "$RESULTS/gpu_bench.log"
+  for config in "${CONFIGS[@]}"; do
+    name=${config%%:*}
+    left=$(( budget - ($(date +%s) - t_bench) ))
+    if [ "$left" -le 10 ]; then say "budget spent: $name and later skipped"; break; fi
+    say "bench $name (${left}s left)"
+    $PY -m bench --device cuda --suite ${BENCH_SUITES:-resnet50,mobilenet,efficientnet} \
+        --batch ${BENCH_BATCH:-32} --max-seconds "$left" --no-plot ${config#*:} ${BENCH_ARGS:-} \
+        --out "$RESULTS" --tag "gpu_${name}" 2>&1 | tee -a "$RESULTS/gpu_bench.log" \
+        | grep -A20 "^suite " | tee -a "$LOG"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  done
 fi
 
 say "done, status $status"

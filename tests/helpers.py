@@ -57,3 +57,18 @@ def compare_with_torch(x, w, b, *, stride=1, padding=0, dilation=1, groups=1, la
     for name, g, e in zip(("input", "weight", "bias"), got, want):
         torch.testing.assert_close(g, e, **tol, msg=lambda m: f"grad {name}: {m}")
     return out
+
+
+def compare_modules(reference, ours, x, dtype=torch.float32):
+    """nn.Conv2d `reference` and conv_ext.Conv2d `ours` (same state) on input
+    x: output, input gradient and every parameter's gradient agree."""
+    x_ref = x.detach().clone().requires_grad_()
+    x_ours = x.detach().clone().requires_grad_()
+    y_ref, y_ours = reference(x_ref), ours(x_ours)
+    torch.testing.assert_close(y_ours, y_ref, **TOLERANCES[dtype])
+    grad_output = torch.randn_like(y_ref)
+    y_ref.backward(grad_output)
+    y_ours.backward(grad_output)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, **TOLERANCES[dtype])
+    for (name, p_ours), p_ref in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p_ours.grad, p_ref.grad, **TOLERANCES[dtype], msg=name)

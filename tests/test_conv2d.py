@@ -1,43 +1,21 @@
 """conv_ext.conv2d against F.conv2d: outputs and all gradients over the
 parameter space (stride, padding, dilation, groups, kernel size, batch,
-layout, dtype), gradcheck/gradgradcheck in float64, opcheck on each op."""
+layout, dtype), gradcheck/gradgradcheck in float64 (opcheck: test_compile.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import conv_ext
+from cases import CONFIGS, GRADCHECK_CONFIGS, config_id
 from helpers import TOLERANCES, compare_with_torch
 
 DTYPES = [torch.float32, torch.float64]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
 
-# (N, C, H, W, K, R, S, stride, padding, dilation, groups)
-CONFIGS = [
-    (2, 3, 8, 8, 4, 3, 3, 1, 1, 1, 1),                 # plain 3x3, pad 1
-    (2, 4, 9, 7, 6, 3, 3, 2, 1, 1, 1),                 # stride 2, odd sizes
-    (1, 4, 10, 11, 5, 1, 1, 1, 0, 1, 1),               # 1x1
-    (2, 6, 9, 9, 6, 3, 3, 1, 1, 1, 6),                 # depthwise
-    (2, 6, 12, 12, 12, 5, 5, 2, 2, 1, 6),              # depthwise multiplier 2, stride 2
-    (2, 6, 8, 10, 4, 3, 3, 1, 1, 1, 2),                # groups 2
-    (1, 3, 16, 16, 4, 7, 7, 2, 3, 1, 1),               # first-layer 7x7 s2 p3
-    (1, 2, 13, 14, 3, 11, 11, 1, 5, 1, 1),             # 11x11
-    (1, 2, 12, 12, 3, 3, 3, 1, 2, 2, 1),               # dilation 2
-    (2, 4, 11, 9, 4, 3, 2, (2, 3), (1, 0), (1, 2), 2),  # everything asymmetric
-    (2, 3, 5, 5, 2, 5, 5, 1, 0, 1, 1),                 # kernel == input: 1x1 output
-    (1, 2, 4, 4, 3, 3, 3, 3, 2, 1, 1),                 # stride > kernel reach
-    (0, 3, 6, 6, 4, 3, 3, 1, 1, 1, 1),                 # empty batch
-    (2, 3, 6, 6, 4, 2, 4, 1, (1, 2), 1, 1),            # even kernel sizes
-    (1, 1, 7, 7, 1, 3, 3, 1, 1, 3, 1),                 # single channel, dilation 3
-]
-
-
-def _ids(config):
-    return "N{}C{}H{}W{}K{}R{}S{}-s{}-p{}-d{}-g{}".format(*config).replace(" ", "")
-
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_matches_torch(config, dtype, layout):
     N, C, H, W, K, R, S, stride, padding, dilation, groups = config
     x = torch.randn(N, C, H, W, dtype=dtype)
@@ -160,15 +138,6 @@ def test_deterministic_across_thread_counts():
 
 # gradcheck / gradgradcheck in float64: the analytical first and second
 # derivatives of the three autograd Functions against finite differences.
-GRADCHECK_CONFIGS = [
-    dict(stride=1, padding=1, dilation=1, groups=1),
-    dict(stride=2, padding=(1, 0), dilation=1, groups=2),
-    dict(stride=(1, 2), padding=2, dilation=(2, 1), groups=1),
-    dict(stride=1, padding=1, dilation=1, groups=4),     # depthwise
-    dict(stride=1, padding="same", dilation=1, groups=1),
-]
-
-
 @pytest.mark.parametrize("args", GRADCHECK_CONFIGS, ids=str)
 def test_gradcheck_and_gradgradcheck(args):
     groups = args["groups"]
@@ -199,31 +168,6 @@ def test_gradgradcheck_of_each_backward_function():
 
     assert torch.autograd.gradgradcheck(grad_input, (gy, w))
     assert torch.autograd.gradgradcheck(grad_weight, (gy, x))
-
-
-OPCHECK_CASES = [
-    dict(stride=[1], padding=[1], dilation=[1], groups=1, N=2, C=4, K=6, layout="contiguous"),
-    dict(stride=[2, 1], padding=[0, 1], dilation=[1, 2], groups=2, N=1, C=4, K=2,
-         layout="channels_last"),
-]
-
-
-@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
-def test_opcheck(case):
-    from helpers import make_layout
-    c = dict(case)
-    layout = c.pop("layout")
-    N, C, K, groups = c.pop("N"), c.pop("C"), c.pop("K"), c["groups"]
-    params = (c["stride"], c["padding"], c["dilation"], groups)
-    x = make_layout(torch.randn(N, C, 8, 7, dtype=torch.float64), layout).requires_grad_()
-    w = make_layout(torch.randn(K, C // groups, 3, 3, dtype=torch.float64), layout).requires_grad_()
-    b = torch.randn(K, dtype=torch.float64, requires_grad=True)
-    y = torch.ops.conv_ext.conv2d_forward(x, w, b, *params)
-    gy = torch.randn_like(y)
-    ops = torch.ops.conv_ext
-    torch.library.opcheck(ops.conv2d_forward, (x, w, b, *params))
-    torch.library.opcheck(ops.conv2d_backward_input, (gy, w, list(x.shape), *params))
-    torch.library.opcheck(ops.conv2d_backward_weight, (gy, x, list(w.shape), *params))
 
 
 def test_op_errors_on_wrong_grad_output_shape():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import conv_ext
 from helpers import TOLERANCES, make_layout
-from test_conv2d import CONFIGS, _ids
+from cases import CONFIGS, GRADCHECK_CONFIGS, config_id
 
 pytestmark = pytest.mark.cuda
 
@@ -85,14 +85,14 @@ def _run_and_compare(config, dtype, layout, check_grads=True):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_matches_torch_small(config, dtype, layout):
     _run_and_compare(config, dtype, layout)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("config", LARGE_CONFIGS, ids=_ids)
+@pytest.mark.parametrize("config", LARGE_CONFIGS, ids=config_id)
 def test_matches_torch_large(config, dtype, layout):
     _run_and_compare(config, dtype, layout)
 
@@ -121,15 +121,6 @@ def test_cpu_and_cuda_agree_float64():
     torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-12, atol=1e-12)
     for a, b_ in zip(torch.autograd.grad(y_cpu, cpu, gy), torch.autograd.grad(y_gpu, gpu, gy.cuda())):
         torch.testing.assert_close(b_.cpu(), a, rtol=1e-12, atol=1e-12)
-
-
-GRADCHECK_CONFIGS = [
-    dict(stride=1, padding=1, dilation=1, groups=1),
-    dict(stride=2, padding=(1, 0), dilation=1, groups=2),
-    dict(stride=(1, 2), padding=2, dilation=(2, 1), groups=1),
-    dict(stride=1, padding=1, dilation=1, groups=4),     # depthwise
-    dict(stride=2, padding=1, dilation=1, groups=4),     # depthwise, strided
-]
 
 
 @pytest.mark.parametrize("args", GRADCHECK_CONFIGS, ids=str)

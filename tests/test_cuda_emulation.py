@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cases import CONFIGS, config_id
 from cuda_emulation.build import load
 from helpers import TOLERANCES, make_layout
-from test_conv2d import CONFIGS, _ids
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +84,14 @@ def _random_problem(config, dtype):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_matches_torch(emu, config, dtype, layout):
     x, w, b, args = _random_problem(config, dtype)
     check_emulated(emu, x, w, b, **args, layout=layout)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_half_types_match_torch_in_float32(emu, config, dtype):
     x, w, b, args = _random_problem(config, dtype)
     check_emulated(emu, x, w, b, **args)
@@ -100,7 +100,7 @@ def test_half_types_match_torch_in_float32(emu, config, dtype):
 # Each dense tile on every config (the plan picks the small one for these
 # sizes on its own), so the large tile's edges are exercised too.
 @pytest.mark.parametrize("tile", ["small", "large", "huge"], indirect=True)
-@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_each_tile_matches_torch(emu, tile, config):
     x, w, b, args = _random_problem(config, torch.float64)
     check_emulated(emu, x, w, b, **args)
@@ -121,7 +121,7 @@ TAIL_CONFIGS = [
 
 
 @pytest.mark.parametrize("tile", ["small", "large", "huge"], indirect=True)
-@pytest.mark.parametrize("config", TAIL_CONFIGS, ids=_ids)
+@pytest.mark.parametrize("config", TAIL_CONFIGS, ids=config_id)
 def test_tile_tails(emu, tile, config):
     x, w, b, args = _random_problem(config, torch.float32)
     check_emulated(emu, x, w, b, **args)
@@ -130,7 +130,7 @@ def test_tile_tails(emu, tile, config):
 DEPTHWISE_FROM_CONFIGS = [c for c in CONFIGS if c[1] // c[10] == 1 and c[0] > 0]
 
 
-@pytest.mark.parametrize("config", DEPTHWISE_FROM_CONFIGS, ids=_ids)
+@pytest.mark.parametrize("config", DEPTHWISE_FROM_CONFIGS, ids=config_id)
 def test_depthwise_wide_index_path(emu, config):
     # The 64-bit index decoding that tensors of more than 2^31 elements take,
     # forced onto small problems (element-wise kernels, where it applies).
@@ -184,7 +184,7 @@ def test_grad_weight_splits_the_reduction(emu):
 
 
 @pytest.mark.parametrize("config", [(2, 6, 15, 13, 6, 3, 3, 1, 1, 1, 1),
-                                    (3, 4, 20, 20, 8, 3, 3, 1, 1, 1, 4)], ids=_ids)
+                                    (3, 4, 20, 20, 8, 3, 3, 1, 1, 1, 4)], ids=config_id)
 def test_grad_weight_is_bitwise_reproducible(emu, config):
     x, w, b, args = _random_problem(config, torch.float32)
     gy = torch.randn(F.conv2d(x, w, b, **args).shape)
@@ -261,7 +261,7 @@ DEPTHWISE_CONFIGS = [
 
 @pytest.mark.parametrize("tile", ["", "elementwise"], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("config", DEPTHWISE_CONFIGS, ids=_ids)
+@pytest.mark.parametrize("config", DEPTHWISE_CONFIGS, ids=config_id)
 def test_depthwise_tiled_and_elementwise(emu, tile, dtype, config):
     x, w, b, args = _random_problem(config, dtype)
     if tile == "":

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import conv_ext
-from helpers import TOLERANCES
+from helpers import TOLERANCES, compare_modules
 
 
 def _pair_of_modules(dtype=torch.float32, **kwargs):
@@ -17,26 +17,13 @@ def _pair_of_modules(dtype=torch.float32, **kwargs):
     return reference, ours
 
 
-def _check_same(reference, ours, x, dtype=torch.float32):
-    x_ref = x.clone().requires_grad_()
-    x_ours = x.clone().requires_grad_()
-    y_ref, y_ours = reference(x_ref), ours(x_ours)
-    torch.testing.assert_close(y_ours, y_ref, **TOLERANCES[dtype])
-    grad_output = torch.randn_like(y_ref)
-    y_ref.backward(grad_output)
-    y_ours.backward(grad_output)
-    torch.testing.assert_close(x_ours.grad, x_ref.grad, **TOLERANCES[dtype])
-    for (name, p_ours), p_ref in zip(ours.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(p_ours.grad, p_ref.grad, **TOLERANCES[dtype], msg=name)
-
-
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
 @pytest.mark.parametrize("padding", [1, (2, 1), "same", "valid"])
 def test_padding_modes(padding_mode, padding):
     reference, ours = _pair_of_modules(in_channels=4, out_channels=6, kernel_size=3, stride=1,
                                        padding=padding, padding_mode=padding_mode,
                                        dtype=torch.float64)
-    _check_same(reference, ours, torch.randn(2, 4, 9, 8, dtype=torch.float64), torch.float64)
+    compare_modules(reference, ours, torch.randn(2, 4, 9, 8, dtype=torch.float64), torch.float64)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -46,7 +33,7 @@ def test_padding_modes(padding_mode, padding):
 ], ids=str)
 def test_module_matches_nn_conv2d(kwargs):
     reference, ours = _pair_of_modules(**kwargs)
-    _check_same(reference, ours, torch.randn(2, kwargs["in_channels"], 11, 10))
+    compare_modules(reference, ours, torch.randn(2, kwargs["in_channels"], 11, 10))
 
 
 def test_is_an_nn_conv2d_with_same_repr_and_parameters():
@@ -125,7 +112,7 @@ def test_convert_small_cnn():
     for n, p in model.named_parameters():
         assert p is params_before[n]
     x = torch.randn(2, 3, 16, 16)
-    _check_same(reference, model, x)
+    compare_modules(reference, model, x)
 
 
 def test_convert_a_bare_conv_and_shared_modules():

@@ -13,7 +13,7 @@ from torch.testing._internal.common_methods_invocations import op_db  # noqa: E4
 from torch.testing._internal.common_modules import module_db  # noqa: E402
 
 import conv_ext
-from helpers import TOLERANCES
+from helpers import TOLERANCES, compare_modules
 
 CONV2D_OPINFO = next(op for op in op_db if op.name == "nn.functional.conv2d")
 CONV2D_MODULEINFO = next(m for m in module_db if m.module_cls is nn.Conv2d)
@@ -65,17 +65,7 @@ def test_moduleinfo_inputs(dtype):
         ours = conv_ext.Conv2d(*ctor.args, **ctor.kwargs, dtype=dtype)
         ours.load_state_dict(reference.state_dict())
         assert repr(ours) == repr(reference)
-        fwd = module_input.forward_input
-        x_ref = fwd.args[0].detach().clone().requires_grad_()
-        x_ours = fwd.args[0].detach().clone().requires_grad_()
-        y_ref, y_ours = reference(x_ref), ours(x_ours)
-        torch.testing.assert_close(y_ours, y_ref, **TOLERANCES[dtype])
-        grad_output = torch.randn_like(y_ref)
-        y_ref.backward(grad_output)
-        y_ours.backward(grad_output)
-        torch.testing.assert_close(x_ours.grad, x_ref.grad, **TOLERANCES[dtype])
-        for (name, p_ours), p_ref in zip(ours.named_parameters(), reference.parameters()):
-            torch.testing.assert_close(p_ours.grad, p_ref.grad, **TOLERANCES[dtype], msg=name)
+        compare_modules(reference, ours, module_input.forward_input.args[0], dtype)
 
 
 def test_error_regexes_are_torchs_own():
