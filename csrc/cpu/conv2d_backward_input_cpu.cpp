@@ -9,6 +9,7 @@
 #include "conv2d_cpu_plan.h"
 #include "conv2d_depthwise_kernels.h"
 #include "conv2d_generic_kernels.h"
+#include "conv2d_grouped_kernels.h"
 #include "conv2d_pointwise_kernels.h"
 
 namespace conv_ext {
@@ -77,9 +78,15 @@ at::Tensor backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& w
                               const Conv2dShape& p, at::MemoryFormat format) {
   const CpuPath path = select_path(p, Pass::kBackwardInput, grad_output.scalar_type());
   if (path == CpuPath::kGeneric) return generic_backward_input_cpu(grad_output, weight, p);
+  if (is_reduced_float(grad_output.scalar_type())) {
+    return backward_input_cpu(to_float(grad_output), to_float(weight), p, format)
+        .to(grad_output.scalar_type());
+  }
   at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv2d_backward_input_cpu", [&] {
-    if (path == CpuPath::kDepthwise) {
+    if (path == CpuPath::kGrouped) {
+      result = grouped::backward_input_op<scalar_t>(grad_output, weight, p, format);
+    } else if (path == CpuPath::kDepthwise) {
       result = depthwise_backward_input_cpu<scalar_t>(grad_output, weight, p);
     } else if (path == CpuPath::kPointwise && format == at::MemoryFormat::Contiguous) {
       // grad_input[C][HW] = W^T[C][K] grad_output[K][HW] per image.

@@ -9,6 +9,7 @@
 #include "conv2d_cpu_plan.h"
 #include "conv2d_depthwise_kernels.h"
 #include "conv2d_generic_kernels.h"
+#include "conv2d_grouped_kernels.h"
 
 namespace conv_ext {
 namespace cpu {
@@ -87,14 +88,22 @@ at::Tensor generic_backward_weight_cpu(const at::Tensor& grad_output, const at::
 }
 
 at::Tensor backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                               const Conv2dShape& p, at::MemoryFormat /*format*/) {
+                               const Conv2dShape& p, at::MemoryFormat format) {
   const CpuPath path = select_path(p, Pass::kBackwardWeight, grad_output.scalar_type());
   if (path == CpuPath::kGeneric) return generic_backward_weight_cpu(grad_output, input, p);
+  if (is_reduced_float(grad_output.scalar_type())) {
+    return backward_weight_cpu(to_float(grad_output), to_float(input), p, format)
+        .to(grad_output.scalar_type());
+  }
   at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv2d_backward_weight_cpu", [&] {
-    result = path == CpuPath::kDepthwise
-                 ? depthwise_backward_weight_cpu<scalar_t>(grad_output, input, p)
-                 : dense_backward_weight_cpu<scalar_t>(grad_output, input, p);
+    if (path == CpuPath::kGrouped) {
+      result = grouped::backward_weight_op<scalar_t>(grad_output, input, p);
+    } else if (path == CpuPath::kDepthwise) {
+      result = depthwise_backward_weight_cpu<scalar_t>(grad_output, input, p);
+    } else {
+      result = dense_backward_weight_cpu<scalar_t>(grad_output, input, p);
+    }
   });
   return result;
 }

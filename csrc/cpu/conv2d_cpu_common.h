@@ -158,5 +158,10 @@ at::Tensor nhwc_in_format(const at::Tensor& nhwc, at::MemoryFormat format) {
   return out;
 }
 
+// A bfloat16/float16 tensor as float32 (memory format kept), or undefined.
+inline at::Tensor to_float(const at::Tensor& t) {
+  return t.defined() ? t.to(at::kFloat) : t;
+}
+
 }  // namespace cpu
 }  // namespace conv_ext

@@ -14,8 +14,16 @@
 //                grad-input one such problem per stride phase
 //                (conv2d_backward_input_kernels.h), grad-weight
 //                conv2d_backward_weight_kernels.h
-//   generic      everything else (half, bfloat16, grouped): plain loops, one
-//                output plane per task (conv2d_generic_kernels.h)
+//   grouped      groups > 1 with 2+ input channels per group: register-blocked
+//                direct kernels with several groups per SIMD vector
+//                (conv2d_grouped_kernels.h)
+//   generic      everything else (other dtypes, channel multipliers > 1,
+//                empty reductions): plain loops, one output plane per task
+//                (conv2d_generic_kernels.h)
+//
+// bfloat16 and float16 take the float32 kernels of their path (converted on
+// the way in, float32 accumulation, one rounding at the end; see
+// is_reduced_float).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,7 +33,7 @@
 namespace conv_ext {
 namespace cpu {
 
-enum class CpuPath { kGeneric, kPointwise, kFirstLayer, kDense, kDepthwise };
+enum class CpuPath { kGeneric, kPointwise, kFirstLayer, kDense, kDepthwise, kGrouped };
 
 inline const char* path_name(CpuPath path) {
   switch (path) {
@@ -33,19 +41,28 @@ inline const char* path_name(CpuPath path) {
     case CpuPath::kFirstLayer: return "first_layer";
     case CpuPath::kDense: return "dense";
     case CpuPath::kDepthwise: return "depthwise";
+    case CpuPath::kGrouped: return "grouped";
     case CpuPath::kGeneric: break;
   }
   return "generic";
 }
 
+// bfloat16 and float16 run on the float32 kernels: converted on the way in,
+// float32 accumulation, rounded once at the end.
+inline bool is_reduced_float(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 || dtype == at::kHalf;
+}
+
 // Call with a checked, non-empty problem (the op front handles empty ones).
 inline CpuPath select_path(const Conv2dShape& p, Pass pass, at::ScalarType dtype) {
-  if (dtype != at::kFloat && dtype != at::kDouble) return CpuPath::kGeneric;
+  if (dtype != at::kFloat && dtype != at::kDouble && !is_reduced_float(dtype)) {
+    return CpuPath::kGeneric;
+  }
   // The forward output of an empty reduction is the bias: nothing to compute.
   if (p.C_per_group == 0) return CpuPath::kGeneric;
   // The depthwise kernels take channel multiplier 1 only.
   if (p.is_depthwise() && p.K_per_group == 1) return CpuPath::kDepthwise;
-  if (p.is_grouped()) return CpuPath::kGeneric;
+  if (p.is_grouped()) return p.C_per_group >= 2 ? CpuPath::kGrouped : CpuPath::kGeneric;
   switch (pass) {
     case Pass::kForward:
       if (p.is_pointwise()) return CpuPath::kPointwise;

@@ -9,6 +9,7 @@
 #include "conv2d_dense_kernels.h"
 #include "conv2d_depthwise_kernels.h"
 #include "conv2d_generic_kernels.h"
+#include "conv2d_grouped_kernels.h"
 #include "conv2d_pointwise_kernels.h"
 
 namespace conv_ext {
@@ -91,9 +92,17 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const 
                        const Conv2dShape& p, at::MemoryFormat format) {
   const CpuPath path = select_path(p, Pass::kForward, input.scalar_type());
   if (path == CpuPath::kGeneric) return generic_forward_cpu(input, weight, bias, p);
+  if (is_reduced_float(input.scalar_type())) {
+    // The float32 kernels, one rounding at the end (as the generic kernel's
+    // float accumulator): packing in float costs one pass over the data.
+    return forward_cpu(to_float(input), to_float(weight), to_float(bias), p, format)
+        .to(input.scalar_type());
+  }
   at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv2d_forward_cpu", [&] {
-    if (path == CpuPath::kDepthwise) {
+    if (path == CpuPath::kGrouped) {
+      result = grouped::forward_op<scalar_t>(input, weight, bias, p, format);
+    } else if (path == CpuPath::kDepthwise) {
       result = depthwise_forward_cpu<scalar_t>(input, weight, bias, p);
     } else if (path == CpuPath::kPointwise && format == at::MemoryFormat::Contiguous) {
       result = pointwise_nchw<scalar_t>(input, weight.view({p.K, p.C}), bias, p.stride_h,
