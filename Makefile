@@ -16,13 +16,16 @@ else
 SETUP :=
 endif
 # scikit-learn: only for the LeNet example's test (its bundled digits data).
-DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy matplotlib scikit-learn
+# nvidia-cuda-cuobjdump/nvdisasm: the static SASS checks (bench/sass_check.py, tests/test_sass.py).
+DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy matplotlib scikit-learn \
+	nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
 # Optional: the benchmark's whole-model mode (torchvision architectures); pinned
 # to the torch just installed, and skipped (with the mode) where none matches.
 OPTIONAL_DEPS := torchvision
 export MAX_JOBS ?= 2
 
-.PHONY: test test-suite bench bench-results build install clean test-emulation-asan test-sanitized
+.PHONY: test test-suite bench bench-results bench-suites bench-models build install clean \
+        test-emulation-asan test-sanitized sass
 
 $(VENV)/.installed:
 	python3 -m venv $(VENV)
@@ -54,8 +57,15 @@ test-sanitized: test-suite
 test-emulation-asan: build
 	PYTHON=$(PYTHON) sh tests/run_emulation_asan.sh $(EMULATION_ASAN_ARGS)
 
+# Without a GPU, the static table of the CUDA kernels (registers, spills,
+# main-loop math share, HMMA) comes first: the GPU-free view of their speed.
 bench: build
+	$(PYTHON) bench/sass_check.py --no-gpu-only
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+# The static SASS table of the CUDA kernels (bench/sass_check.py).
+sass: build
+	$(PYTHON) bench/sass_check.py
 
 # The runs whose figures docs/benchmark.md quotes, written to bench/results
 # (about 15 minutes on 2 cores).
@@ -65,6 +75,15 @@ bench-results: build
 	$(PYTHON) -m bench --suite resnet50 --pass train --batch 8 --out bench/results
 	$(PYTHON) -m bench --suite resnet50 --pass forward --batch 1 --out bench/results
 	$(PYTHON) -m bench --suite mobilenet --pass train --batch 8 --out bench/results
+
+# Every layer suite, forward, at N=8 and N=1 (issue 10's broad benchmark; an
+# hour or more on 2 cores), and the whole-model training steps (torchvision).
+bench-suites: build
+	$(PYTHON) -m bench --suite all --pass forward --batch 8 --no-plot --out bench/results
+	$(PYTHON) -m bench --suite all --pass forward --batch 1 --no-plot --out bench/results
+
+bench-models: build
+	$(PYTHON) -m bench --model all --pass train --batch 8 --out bench/results
 
 # For users: an editable install into the current environment, built
 # against the torch already installed there (hence no build isolation).

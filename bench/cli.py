@@ -94,6 +94,7 @@ def parse_args(argv=None):
     parser.add_argument("--tag", default=None, help="file name stem (default: derived from args)")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.pass_ == "inference":
         args.pass_ = "forward"
     return args
@@ -117,7 +118,7 @@ def _meta(args, device, threads, peak=None, peak_how=None):
                 torch=torch.__version__, device=device, device_name=device_name,
                 threads=threads, load_average=_load(), dtype=args.dtype, pass_=args.pass_,
                 batch=args.batch, channels_last=args.channels_last, rounds=args.rounds,
-                argv=list(sys.argv[1:]))
+                argv=args.argv)
     if device == "cpu":
         meta["isa"] = timing.cpu_isa()
     else:

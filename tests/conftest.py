@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import conv_ext  # noqa: F401  (registers the ops before any test runs)
+from helpers import set_cudnn_allow_tf32
 
 
 def pytest_collection_modifyitems(config, items):
@@ -13,6 +14,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _exact_float32():
+    # torch runs float32 convolutions on TF32 by default, and conv_ext's CUDA
+    # ops follow the same flag; tests compare float32 exactly unless they
+    # turn TF32 on themselves.
+    before = torch.backends.cudnn.allow_tf32
+    set_cudnn_allow_tf32(False)
+    yield
+    set_cudnn_allow_tf32(before)
 
 
 @pytest.fixture(autouse=True)

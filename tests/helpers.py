@@ -72,3 +72,11 @@ def compare_modules(reference, ours, x, dtype=torch.float32):
     torch.testing.assert_close(x_ours.grad, x_ref.grad, **TOLERANCES[dtype])
     for (name, p_ours), p_ref in zip(ours.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p_ours.grad, p_ref.grad, **TOLERANCES[dtype], msg=name)
+
+
+def set_cudnn_allow_tf32(value):
+    """Sets torch.backends.cudnn.allow_tf32 even after torch's test utilities
+    froze the global flags (torch.testing._internal calls
+    disable_global_flags on import)."""
+    with getattr(torch.backends, "__allow_nonbracketed_mutation")():
+        torch.backends.cudnn.allow_tf32 = value

@@ -20,4 +20,5 @@ fi
 CXX_LIB=$(${CC:-gcc} -print-file-name=libstdc++.so)
 CONV_EXT_EMU_SANITIZE=address LD_PRELOAD="$ASAN_LIB $CXX_LIB" \
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-  "$PYTHON" -m pytest tests/test_cuda_emulation.py -q --capture=sys "$@"
+  "$PYTHON" -m pytest tests/test_cuda_emulation.py tests/test_cuda_warp_primitives.py \
+  tests/test_cuda_mma_emulation.py -q --capture=sys "$@"

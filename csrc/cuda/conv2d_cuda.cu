@@ -23,6 +23,13 @@ struct CudaLauncher {
              c10::cuda::getCurrentCUDAStream()>>>(args...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  // mma.sync, ldmatrix and cp.async need sm_80 or newer.
+  bool has_mma() const {
+    int major = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                                          c10::cuda::current_device()));
+    return major >= 8;
+  }
 };
 
 at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,

@@ -27,6 +27,15 @@ struct LaunchDims {
   uint32_t block;
 };
 
+}  // namespace cuda
+}  // namespace conv_ext
+
+// Needs LaunchDims.
+#include "conv2d_forward_mma.h"
+
+namespace conv_ext {
+namespace cuda {
+
 inline LaunchDims dims_of(const LaunchPlan& plan) {
   return LaunchDims{{plan.grid[0], plan.grid[1], plan.grid[2]}, plan.block};
 }
@@ -52,15 +61,24 @@ void launch_sum_splits(const Launcher& launch, const LaunchPlan& plan,
 }
 
 // The backends behind the op fronts (conv2d_front.h): contiguous NCHW
-// operands, results in contiguous NCHW.
+// operands (channels_last for the tensor cores), results in contiguous NCHW
+// or `format`.
 template <typename Launcher>
 at::Tensor conv2d_forward_cuda_backend(const Launcher& launch, const at::Tensor& input,
                                        const at::Tensor& weight, const at::Tensor& bias,
-                                       const Conv2dShape& g) {
+                                       const Conv2dShape& g, at::MemoryFormat format) {
+  const auto b = bias.defined() ? bias.contiguous() : bias;
+  // The tensor cores where they apply (conv2d_forward_mma.h); computed
+  // channels_last.
+  at::Tensor mma_output;
+  if (try_conv2d_forward_mma(launch, g, input, weight, b,
+                             input.scalar_type() == at::kFloat && torch_allows_tf32_conv(),
+                             mma_output)) {
+    return mma_output.contiguous(format);
+  }
   auto output = at::empty(g.output_sizes(), input.options());
   const auto x = input.contiguous();
   const auto w = weight.contiguous();
-  const auto b = bias.defined() ? bias.contiguous() : bias;
   const LaunchPlan plan = plan_conv2d_forward(g, input.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "conv_ext_conv2d_forward_cuda", [&] {
@@ -93,7 +111,16 @@ at::Tensor conv2d_forward_cuda_backend(const Launcher& launch, const at::Tensor&
 template <typename Launcher>
 at::Tensor conv2d_backward_input_cuda_backend(const Launcher& launch,
                                               const at::Tensor& grad_output,
-                                              const at::Tensor& weight, const Conv2dShape& g) {
+                                              const at::Tensor& weight, const Conv2dShape& g,
+                                              at::MemoryFormat format) {
+  // Stride 1: the tensor-core forward with the flipped filter
+  // (conv2d_forward_mma.h); computed channels_last.
+  at::Tensor mma_grad_input;
+  if (try_conv2d_backward_input_mma(
+          launch, g, grad_output, weight,
+          grad_output.scalar_type() == at::kFloat && torch_allows_tf32_conv(), mma_grad_input)) {
+    return mma_grad_input.contiguous(format);
+  }
   auto grad_input = at::empty(g.input_sizes(), grad_output.options());
   const auto gy = grad_output.contiguous();
   const auto w = weight.contiguous();
@@ -172,7 +199,9 @@ at::Tensor conv2d_forward_impl(const Launcher& launch, const at::Tensor& input,
   return conv2d_forward_front(
       input, weight, bias, stride, padding, dilation, groups,
       [&](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const Conv2dShape& g,
-          at::MemoryFormat) { return conv2d_forward_cuda_backend(launch, x, w, b, g); });
+          at::MemoryFormat format) {
+        return conv2d_forward_cuda_backend(launch, x, w, b, g, format);
+      });
 }
 
 template <typename Launcher>
@@ -182,8 +211,9 @@ at::Tensor conv2d_backward_input_impl(const Launcher& launch, const at::Tensor& 
                                       at::IntArrayRef dilation, int64_t groups) {
   return conv2d_backward_input_front(
       grad_output, weight, input_size, stride, padding, dilation, groups,
-      [&](const at::Tensor& gy, const at::Tensor& w, const Conv2dShape& g, at::MemoryFormat) {
-        return conv2d_backward_input_cuda_backend(launch, gy, w, g);
+      [&](const at::Tensor& gy, const at::Tensor& w, const Conv2dShape& g,
+          at::MemoryFormat format) {
+        return conv2d_backward_input_cuda_backend(launch, gy, w, g, format);
       });
 }
 

@@ -35,7 +35,8 @@ def load():
     os.makedirs(build_dir, exist_ok=True)
     _module = _load(
         name=name,
-        sources=[os.path.join(HERE, "conv2d_emulation.cpp")],
+        sources=[os.path.join(HERE, "conv2d_emulation.cpp"),
+                 os.path.join(HERE, "warp_primitive_tests.cpp")],
         extra_cflags=flags,
         extra_ldflags=ldflags,
         extra_include_paths=[os.path.join(ROOT, "csrc")],

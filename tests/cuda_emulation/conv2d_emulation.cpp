@@ -23,6 +23,8 @@ struct EmulatedLauncher {
                 "emulated launch exceeds CUDA's grid/block limits");
     cuda_emulation::emulate_launch(kernel, dims.grid, dims.block, args...);
   }
+  // The emulation has every warp-level instruction the kernels use.
+  bool has_mma() const { return true; }
 };
 
 at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
@@ -64,7 +66,7 @@ std::string describe_plan(const std::string& op, std::vector<int64_t> input_size
 }
 
 void force_tile(const std::string& tile) {
-  TORCH_CHECK(tile.empty() || tile == "small" || tile == "large" || tile == "huge" ||
+  TORCH_CHECK(tile.empty() || tile == "small" || tile == "large" || tile == "huge" || tile == "mma" ||
                   tile == "elementwise",
               "unknown tile ", tile);
   cuda::forced_tile() = tile;
@@ -72,7 +74,16 @@ void force_tile(const std::string& tile) {
 
 void force_wide_index(bool wide) { cuda::forced_wide_index() = wide; }
 
+std::string last_dense_path(const std::string& op) {
+  if (op == "forward") return cuda::last_dense_forward_path();
+  TORCH_CHECK(op == "backward_input", "unknown op ", op);
+  return cuda::last_dense_backward_input_path();
+}
+
 }  // namespace
+
+// warp_primitive_tests.cpp: test kernels of the warp-level primitives.
+void register_warp_primitive_tests(pybind11::module& m);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv2d_forward", &forward);
@@ -82,4 +93,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("force_tile", &force_tile,
         "'small', 'large', 'huge', 'elementwise' (untiled depthwise) or '' (by shape)");
   m.def("force_wide_index", &force_wide_index, "depthwise kernels: 64-bit index decoding");
+  m.def("last_dense_path", &last_dense_path, "'mma' or 'simt': the last forward/backward_input");
+  register_warp_primitive_tests(m);
 }

@@ -19,6 +19,10 @@
 //                         __shared__ in a kernel fails to compile here.
 //   __syncthreads()       std::barrier across the block's threads
 //   __ldg(p)              *p
+//   warp-level and async  mma.sync, ldmatrix, shfl.sync, cp.async (+ commit/
+//   instructions          wait_group), cvt.rna.tf32 through the wrappers of
+//                         csrc/cuda/conv2d_warp_primitives.cuh, emulated in
+//                         warp_emulation.h (a rendezvous of the warp's lanes)
 //
 // emulate_launch runs a grid block by block; each block's threads are real
 // concurrent std::threads (created once per launch, looping over the
@@ -30,7 +34,9 @@
 
 #include <barrier>
 #include <cstdint>
+#include <stdexcept>
 #include <cstring>
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -59,6 +65,8 @@ template <typename T>
 inline T __ldg(const T* p) {
   return *p;
 }
+
+#include "warp_emulation.h"
 
 namespace cuda_emulation {
 
@@ -103,6 +111,12 @@ void emulate_launch(Kernel kernel, const uint32_t grid[3], uint32_t threads,
                     const Args&... args) {
   std::barrier<> barrier(threads);
   SharedMemory shared_memory;
+  LaunchErrors errors;
+  // Warp w: lanes 32w..32w+31 (the last one partial when threads % 32 != 0).
+  std::vector<std::unique_ptr<WarpRendezvous>> warps;
+  for (uint32_t first = 0; first < threads; first += 32) {
+    warps.push_back(std::make_unique<WarpRendezvous>(std::min<uint32_t>(32, threads - first)));
+  }
   std::vector<std::thread> pool;
   pool.reserve(threads);
   for (uint32_t t = 0; t < threads; ++t) {
@@ -112,20 +126,32 @@ void emulate_launch(Kernel kernel, const uint32_t grid[3], uint32_t threads,
       gridDim = dim3{grid[0], grid[1], grid[2]};
       block_barrier = &barrier;
       block_shared_memory = &shared_memory;
+      launch_errors = &errors;
+      warp = warps[t / 32].get();
+      warp_collectives = 0;
+      AsyncCopies copies;
+      async_copies = &copies;
       for (uint32_t z = 0; z < grid[2]; ++z) {
         for (uint32_t y = 0; y < grid[1]; ++y) {
           for (uint32_t x = 0; x < grid[0]; ++x) {
             blockIdx = dim3{x, y, z};
             kernel(args...);
+            // Copies never waited for land in a dead block's shared memory
+            // on the GPU; here they are dropped.
+            copies.pending.clear();
             barrier.arrive_and_wait();
           }
         }
       }
       block_barrier = nullptr;
       block_shared_memory = nullptr;
+      launch_errors = nullptr;
+      warp = nullptr;
+      async_copies = nullptr;
     });
   }
   for (auto& thread : pool) thread.join();
+  if (!errors.first.empty()) throw std::runtime_error("emulated kernel: " + errors.first);
 }
 
 }  // namespace cuda_emulation

@@ -1,0 +1,132 @@
+// Host side of the tensor-core forward (conv2d_forward_mma_kernels.cuh):
+// when it applies, its plan, and the launch. Called from
+// conv2d_forward_impl (conv2d_cuda_ops.h) before the SIMT kernels, with the
+// same Launcher, so the CPU emulation runs this path too.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <torch/version.h>
+
+#include <string>
+
+#include "../conv2d_params.h"
+#include "conv2d_cuda_plan.h"
+#include "conv2d_forward_mma_kernels.cuh"
+
+namespace conv_ext {
+namespace cuda {
+
+// Test hooks: the dense kernel family ("mma" or "simt") the last forward and
+// grad-input call used, so the emulated tests can tell which path a shape took.
+inline std::string& last_dense_forward_path() {
+  static std::string path;
+  return path;
+}
+inline std::string& last_dense_backward_input_path() {
+  static std::string path;
+  return path;
+}
+
+// Whether torch would run a float32 convolution on TF32 now: read per call,
+// so toggling torch.backends.cudnn.allow_tf32 (or, where torch has it,
+// torch.backends.cudnn.conv.fp32_precision) takes effect at once; the fake
+// kernels need not know (TF32 changes neither shape, dtype nor layout).
+inline bool torch_allows_tf32_conv() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+  return at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
+#else
+  return at::globalContext().allowTF32CuDNN();
+#endif
+}
+
+// Whether the tensor-core forward takes this problem: 16-bit inputs, or
+// float32 with TF32 allowed; channels per group a whole number of 16-byte
+// vectors; a device with mma.sync (sm_80+); not overridden by a forced SIMT
+// tile (tests). Pointers are checked for 16-byte alignment at launch.
+inline bool forward_mma_applies(const Conv2dShape& s, at::ScalarType dtype, bool allow_tf32,
+                                bool device_has_mma) {
+  if (!device_has_mma || s.C_per_group <= 1) return false;
+  const std::string& forced = forced_tile();
+  if (!forced.empty() && forced != "mma") return false;
+  int64_t vector = 0;
+  if (dtype == at::kHalf || dtype == at::kBFloat16) vector = 8;
+  if (dtype == at::kFloat && allow_tf32) vector = 4;
+  return vector > 0 && s.C_per_group % vector == 0;
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Runs the forward on the tensor cores into `output` (allocated here,
+// channels_last) if forward_mma_applies and the tensors are aligned;
+// returns false (nothing done) otherwise.
+template <typename Launcher>
+bool run_forward_mma(const Launcher& launch, const Conv2dShape& s, const at::Tensor& input,
+                     const at::Tensor& weight, const at::Tensor& bias, bool allow_tf32,
+                     at::Tensor& output) {
+  if (!forward_mma_applies(s, input.scalar_type(), allow_tf32, launch.has_mma())) return false;
+  const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const auto w = weight.contiguous(at::MemoryFormat::ChannelsLast);
+  if (!aligned16(x.const_data_ptr()) || !aligned16(w.const_data_ptr())) return false;
+  using Tile = MmaTile128x64;
+  output = at::empty(s.output_sizes(),
+                     input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const int64_t M = s.N * s.P * s.Q;
+  const int64_t tiles_m = ceil_div(M, Tile::BM), tiles_n = ceil_div(s.K_per_group, Tile::BN);
+  const LaunchDims dims{
+      {grid_dim(tiles_m, kMaxGridX), grid_dim(tiles_n * s.groups, kMaxGridYZ), 1},
+      static_cast<uint32_t>(Tile::kThreads)};
+  const auto run = [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const MmaForwardParams<scalar_t> params{
+        x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+        bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
+        output.mutable_data_ptr<scalar_t>(), s, tiles_m, tiles_n,
+        tiles_n * s.groups};
+    launch(conv2d_forward_mma_kernel<scalar_t, Tile>, dims, params);
+  };
+  switch (input.scalar_type()) {
+    case at::kHalf: run(c10::Half{}); break;
+    case at::kBFloat16: run(c10::BFloat16{}); break;
+    default: run(float{}); break;
+  }
+  return true;
+}
+
+template <typename Launcher>
+bool try_conv2d_forward_mma(const Launcher& launch, const Conv2dShape& s,
+                            const at::Tensor& input, const at::Tensor& weight,
+                            const at::Tensor& bias, bool allow_tf32, at::Tensor& output) {
+  const bool done = run_forward_mma(launch, s, input, weight, bias, allow_tf32, output);
+  last_dense_forward_path() = done ? "mma" : "simt";
+  return done;
+}
+
+// grad-input at stride 1 is a forward convolution of grad_output with the
+// filter flipped in (r, s) and its channel axes swapped per group, padded by
+// dilation * (R - 1) - pad (when that is >= 0): the same tensor-core kernel.
+// The flipped filter is a copy of the (small) weight; no im2col.
+template <typename Launcher>
+bool try_conv2d_backward_input_mma(const Launcher& launch, const Conv2dShape& s,
+                                   const at::Tensor& grad_output, const at::Tensor& weight,
+                                   bool allow_tf32, at::Tensor& grad_input) {
+  Conv2dShape t = s;  // the forward problem: grad_output in, grad_input out
+  t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C, t.P = s.H, t.Q = s.W;
+  t.C_per_group = s.K_per_group, t.K_per_group = s.C_per_group;
+  t.pad_h = s.dilation_h * (s.R - 1) - s.pad_h;
+  t.pad_w = s.dilation_w * (s.S - 1) - s.pad_w;
+  bool done = false;
+  if (s.stride_h == 1 && s.stride_w == 1 && t.pad_h >= 0 && t.pad_w >= 0 &&
+      forward_mma_applies(t, grad_output.scalar_type(), allow_tf32, launch.has_mma())) {
+    const auto flipped = weight.reshape({s.groups, s.K_per_group, s.C_per_group, s.R, s.S})
+                             .transpose(1, 2)
+                             .flip({3, 4})
+                             .reshape({s.C, s.K_per_group, s.R, s.S});
+    done = run_forward_mma(launch, t, grad_output, flipped, at::Tensor(), allow_tf32, grad_input);
+  }
+  last_dense_backward_input_path() = done ? "mma" : "simt";
+  return done;
+}
+
+}  // namespace cuda
+}  // namespace conv_ext

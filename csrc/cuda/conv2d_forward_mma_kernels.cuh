@@ -1,0 +1,269 @@
+// Dense forward on the tensor cores: an implicit GEMM over channels_last
+// tensors, M = N*P*Q output pixels x N = output channels of a group, reduced
+// over k = (r, s, c). Operands are gathered 16 bytes (8 bf16/fp16 or 4 fp32
+// channels) at a time with cp.async straight into a multi-stage shared-memory
+// ring (zero-fill for padding and ragged edges: no im2col buffer), loaded
+// into fragments with ldmatrix and multiplied with mma.sync: m16n8k16 for
+// bf16/fp16, m16n8k8 on tf32 (rounded with cvt.rna) for float32 when TF32 is
+// allowed. fp32 accumulators; deterministic (no atomics, fixed order).
+//
+// Layouts: input N x H x W x C, weight K x R x S x Cg, output N x P x Q x K
+// (all channels_last); Cg must be a multiple of the 16-byte vector (the plan
+// checks it), so a vector never straddles a pixel or a group.
+//
+// The reduction walks taps (r, s) and, per tap, channel chunks of one slab
+// (64 bytes of channels); the slab position advances by counters, and every
+// per-row quantity (image base, receptive-field origin, validity) is
+// computed once per tile: no division in the main loop.
+#pragma once
+
+#include <ATen/OpMathType.h>
+
+#include "conv2d_cuda_common.cuh"
+#include "conv2d_warp_primitives.cuh"
+
+namespace conv_ext {
+namespace cuda {
+
+// A block tile of BM x BN outputs, WarpsM x WarpsN warps, Stages slabs in
+// flight. A slab is 64 bytes of reduction per row; shared rows are padded to
+// 80 bytes so that the 8 rows an ldmatrix reads hit distinct banks.
+template <int BM_, int BN_, int WarpsM_, int WarpsN_, int Stages_>
+struct MmaTile {
+  static constexpr int BM = BM_, BN = BN_, kWarpsM = WarpsM_, kWarpsN = WarpsN_;
+  static constexpr int kStages = Stages_;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kWarpM = BM / kWarpsM, kWarpN = BN / kWarpsN;  // warp tile
+  static constexpr int kFragsM = kWarpM / 16, kFragsN = kWarpN / 8;   // mma tiles per warp
+  static constexpr int kSlabBytes = 64, kRowBytes = 80;
+  static constexpr int kVectorsPerRow = kSlabBytes / 16;
+  static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "warp tile of whole 16x16 fragments");
+  static_assert((BM * kVectorsPerRow) % kThreads == 0 && (BN * kVectorsPerRow) % kThreads == 0,
+                "whole vectors per thread");
+  // Bytes of one stage and of the ring.
+  static constexpr int kStageBytes = (BM + BN) * kRowBytes;
+  static constexpr int kSharedBytes = kStages * kStageBytes;
+};
+
+// 128 x 64 outputs, 4 warps of 64 x 32, 3 stages: 46 KB of shared memory.
+using MmaTile128x64 = MmaTile<128, 64, 2, 2, 3>;
+
+template <typename scalar_t>
+struct MmaForwardParams {
+  const scalar_t* input;   // N x H x W x C
+  const scalar_t* weight;  // K x R x S x Cg
+  const scalar_t* bias;    // K, or nullptr
+  scalar_t* output;        // N x P x Q x K
+  Conv2dShape g;
+  int64_t tiles_m, tiles_n;
+  int64_t tiles_y;  // tiles_n * groups, read from the parameter bank (a register spilled)
+};
+
+// One thread's share of a slab of one operand: Rows rows (kRowStride apart)
+// at a fixed 16-byte column of the slab.
+template <typename Tile, int Rows>
+struct SlabRows {
+  static constexpr int kRowStride = Tile::kThreads / Tile::kVectorsPerRow;
+  int row0, vector;  // first row, 16-byte column of the slab
+  __device__ __forceinline__ explicit SlabRows(int tid)
+      : row0(tid / Tile::kVectorsPerRow), vector(tid % Tile::kVectorsPerRow) {}
+  __device__ __forceinline__ int row(int i) const { return row0 + i * kRowStride; }
+  // Byte offset of this thread's vector of row i within a stage's operand.
+  __device__ __forceinline__ int smem_offset(int i) const {
+    return row(i) * Tile::kRowBytes + vector * 16;
+  }
+};
+
+template <typename scalar_t, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads)
+    conv2d_forward_mma_kernel(MmaForwardParams<scalar_t> p) {
+  using half_or_float = scalar_t;
+  constexpr bool kTf32 = std::is_same_v<scalar_t, float>;
+  constexpr int kElemBytes = sizeof(scalar_t);
+  constexpr int kVector = 16 / kElemBytes;                   // channels per cp.async
+  constexpr int kSlabChannels = Tile::kSlabBytes / kElemBytes;
+  constexpr int kStepBytes = 32;                             // k16 (16-bit) or k8 (tf32)
+  constexpr int kRowsA = Tile::BM * Tile::kVectorsPerRow / Tile::kThreads;
+  constexpr int kRowsB = Tile::BN * Tile::kVectorsPerRow / Tile::kThreads;
+  static_assert(kTf32 || sizeof(scalar_t) == 2, "bf16/fp16 or tf32");
+
+  auto* ring = reinterpret_cast<unsigned char*>(
+      shared_array<uint32_t, Tile::kSharedBytes / 4, 20>());
+  const Conv2dShape& g = p.g;
+  const int tid = threadIdx.x, lane = lane_id(), warp = tid / 32;
+  const int warp_m = warp % Tile::kWarpsM, warp_n = warp / Tile::kWarpsM;
+  const int64_t M = g.N * g.P * g.Q;
+  const int c_chunks = static_cast<int>((g.C_per_group + kSlabChannels - 1) / kSlabChannels);
+  const int slabs = static_cast<int>(g.R * g.S) * c_chunks;
+  const SlabRows<Tile, kRowsA> a_rows(tid);
+  const SlabRows<Tile, kRowsB> b_rows(tid);
+
+  for (int64_t tile_y = blockIdx.y; tile_y < p.tiles_y; tile_y += gridDim.y) {
+    const int64_t group = tile_y / p.tiles_n, n0 = (tile_y % p.tiles_n) * Tile::BN;
+    for (int64_t tile_x = blockIdx.x; tile_x < p.tiles_m; tile_x += gridDim.x) {
+      const int64_t m0 = tile_x * Tile::BM;
+      // Per-row state of the gather, once per tile.
+      const scalar_t* a_base[kRowsA];
+      int a_ih0[kRowsA], a_iw0[kRowsA];
+      bool a_valid[kRowsA];
+#pragma unroll
+      for (int i = 0; i < kRowsA; ++i) {
+        const int64_t m = m0 + a_rows.row(i);
+        a_valid[i] = m < M;
+        const int64_t mm = a_valid[i] ? m : 0;
+        const int64_t n = mm / (g.P * g.Q), pq = mm % (g.P * g.Q);
+        a_ih0[i] = static_cast<int>((pq / g.Q) * g.stride_h - g.pad_h);
+        a_iw0[i] = static_cast<int>((pq % g.Q) * g.stride_w - g.pad_w);
+        a_base[i] = p.input + n * g.H * g.W * g.C + group * g.C_per_group + a_rows.vector * kVector;
+      }
+      const scalar_t* b_base[kRowsB];
+      bool b_valid[kRowsB];
+#pragma unroll
+      for (int i = 0; i < kRowsB; ++i) {
+        const int64_t n = n0 + b_rows.row(i);
+        b_valid[i] = n < g.K_per_group;
+        b_base[i] = p.weight + (group * g.K_per_group + (b_valid[i] ? n : 0)) * g.R * g.S * g.C_per_group +
+                    b_rows.vector * kVector;
+      }
+
+      // The next slab to load: tap (r, s), channel chunk start c0.
+      int load_r = 0, load_s = 0, load_c0 = 0, loaded = 0;
+      const auto load_slab = [&](int stage) {
+        unsigned char* a_smem = ring + stage * Tile::kStageBytes;
+        unsigned char* b_smem = a_smem + Tile::BM * Tile::kRowBytes;
+        const int c = load_c0 + a_rows.vector * kVector;  // same column for A and B
+        const bool c_valid = c < g.C_per_group;
+        const int dh = load_r * static_cast<int>(g.dilation_h);
+        const int dw = load_s * static_cast<int>(g.dilation_w);
+#pragma unroll
+        for (int i = 0; i < kRowsA; ++i) {
+          const int ih = a_ih0[i] + dh, iw = a_iw0[i] + dw;
+          const bool valid = a_valid[i] && c_valid && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+          const scalar_t* src =
+              valid ? a_base[i] + (static_cast<int64_t>(ih) * g.W + iw) * g.C + load_c0 : p.input;
+          cp_async<16>(a_smem + a_rows.smem_offset(i), src, valid);
+        }
+        const int64_t tap = (static_cast<int64_t>(load_r) * g.S + load_s) * g.C_per_group + load_c0;
+#pragma unroll
+        for (int i = 0; i < kRowsB; ++i) {
+          const bool valid = b_valid[i] && c_valid;
+          cp_async<16>(b_smem + b_rows.smem_offset(i), valid ? b_base[i] + tap : p.weight, valid);
+        }
+        // Advance (c0, s, r) without division.
+        load_c0 += kSlabChannels;
+        if (load_c0 >= g.C_per_group) {
+          load_c0 = 0;
+          if (++load_s == g.S) {
+            load_s = 0;
+            ++load_r;
+          }
+        }
+        ++loaded;
+      };
+
+      float acc[Tile::kFragsM][Tile::kFragsN][4];
+#pragma unroll
+      for (int i = 0; i < Tile::kFragsM; ++i) {
+#pragma unroll
+        for (int j = 0; j < Tile::kFragsN; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+        }
+      }
+
+      // Prologue: Stages - 1 slabs in flight (empty groups past the end keep
+      // the group count, and so the waits, uniform).
+#pragma unroll
+      for (int stage = 0; stage < Tile::kStages - 1; ++stage) {
+        if (loaded < slabs) load_slab(stage);
+        cp_async_commit();
+      }
+      for (int t = 0; t < slabs; ++t) {
+        // Slab t has landed (this thread's copies), and after the barrier
+        // everyone's; everyone is also done computing on slab t - 1, whose
+        // stage the next load reuses.
+        cp_async_wait<Tile::kStages - 2>();
+        __syncthreads();
+        if (loaded < slabs) load_slab((t + Tile::kStages - 1) % Tile::kStages);
+        cp_async_commit();
+
+        const unsigned char* a_smem = ring + (t % Tile::kStages) * Tile::kStageBytes;
+        const unsigned char* b_smem = a_smem + Tile::BM * Tile::kRowBytes;
+#pragma unroll
+        for (int step = 0; step < Tile::kSlabBytes / kStepBytes; ++step) {
+          uint32_t a[Tile::kFragsM][4], b[Tile::kFragsN][2];
+#pragma unroll
+          for (int i = 0; i < Tile::kFragsM; ++i) {
+            // Lanes 0-15: rows 0-15 at the step's first 16 bytes; 16-31: the next 16.
+            const int row = warp_m * Tile::kWarpM + i * 16 + lane % 16;
+            ldmatrix<4>(a[i], a_smem + row * Tile::kRowBytes + step * kStepBytes + (lane / 16) * 16);
+          }
+#pragma unroll
+          for (int j = 0; j < Tile::kFragsN; j += 2) {
+            // Matrices: (n 0-7, k lo), (n 0-7, k hi), (n 8-15, k lo), (n 8-15, k hi).
+            const int quad = lane / 8;
+            const int row = warp_n * Tile::kWarpN + j * 8 + (quad / 2) * 8 + lane % 8;
+            uint32_t r[4];
+            ldmatrix<4>(r, b_smem + row * Tile::kRowBytes + step * kStepBytes + (quad % 2) * 16);
+            b[j][0] = r[0];
+            b[j][1] = r[1];
+            b[j + 1][0] = r[2];
+            b[j + 1][1] = r[3];
+          }
+          if constexpr (kTf32) {
+#pragma unroll
+            for (int i = 0; i < Tile::kFragsM; ++i) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) a[i][e] = cvt_rna_tf32(bits_as_float(a[i][e]));
+            }
+#pragma unroll
+            for (int j = 0; j < Tile::kFragsN; ++j) {
+#pragma unroll
+              for (int e = 0; e < 2; ++e) b[j][e] = cvt_rna_tf32(bits_as_float(b[j][e]));
+            }
+          }
+#pragma unroll
+          for (int i = 0; i < Tile::kFragsM; ++i) {
+#pragma unroll
+            for (int j = 0; j < Tile::kFragsN; ++j) {
+              if constexpr (kTf32) {
+                mma_m16n8k8_tf32(acc[i][j], a[i], b[j]);
+              } else {
+                mma_m16n8k16<half_or_float>(acc[i][j], a[i], b[j]);
+              }
+            }
+          }
+        }
+      }
+      // Nothing may still write the ring when the next tile starts loading.
+      cp_async_wait<0>();
+      __syncthreads();
+
+      // Epilogue: accumulator (i, j, e) is D[row g (+8)][column 2t (+1)].
+      const int gid = lane / 4, tig = lane % 4;
+#pragma unroll
+      for (int i = 0; i < Tile::kFragsM; ++i) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int64_t m = m0 + warp_m * Tile::kWarpM + i * 16 + gid + 8 * half;
+          if (m >= M) continue;
+          scalar_t* out = p.output + m * g.K + group * g.K_per_group;
+#pragma unroll
+          for (int j = 0; j < Tile::kFragsN; ++j) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int64_t n = n0 + warp_n * Tile::kWarpN + j * 8 + 2 * tig + e;
+              if (n >= g.K_per_group) continue;
+              const float bias =
+                  p.bias != nullptr ? load_as<float>(p.bias + group * g.K_per_group + n) : 0.f;
+              out[n] = static_cast<scalar_t>(acc[i][j][2 * half + e] + bias);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace conv_ext
