@@ -19,8 +19,9 @@ endif
 # nvidia-cuda-cuobjdump/nvdisasm: the static SASS checks (bench/sass_check.py, tests/test_sass.py).
 DEPS := torch ninja pybind11 setuptools wheel pytest expecttest hypothesis numpy matplotlib scikit-learn \
 	nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
-# Optional: the benchmark's whole-model mode (torchvision architectures); pinned
-# to the torch just installed, and skipped (with the mode) where none matches.
+# Optional: the benchmark's whole-model mode (torchvision architectures) and the
+# create_feature_extractor test of a converted ResNet; pinned to the torch just
+# installed, and skipped (with the mode and the test) where none matches.
 OPTIONAL_DEPS := torchvision
 export MAX_JOBS ?= 2
 

@@ -8,5 +8,7 @@ conv_ext.bench`, `python bench/run.py` or `make bench`).
     models.py     whole-model mode (torchvision architectures, random weights)
     report.py     per-suite summaries, table, JSON, PNG, progress line
     cli.py        the command line
+    sass_check.py the static SASS table of the CUDA kernels (no GPU needed; `make sass`)
     run.py        `make bench`'s entry; gpu_check.sh: build, GPU tests, GPU benchmark
+    conv_variants.py  transposed (U-Net decoder) and 1-D (depthwise causal) suites
 """

@@ -57,12 +57,17 @@ def tf32(enabled):
     """torch's TF32 use for cuDNN convolutions and cuBLAS matmuls (and what
     conv_ext reads to choose TF32 for float32)."""
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = enabled
-    torch.backends.cuda.matmul.allow_tf32 = enabled
+
+    def set_flags(cudnn, matmul):
+        # Allowed even after torch.testing's disable_global_flags() froze them.
+        with getattr(torch.backends, "__allow_nonbracketed_mutation")():
+            torch.backends.cudnn.allow_tf32 = cudnn
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+    set_flags(enabled, enabled)
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        set_flags(*saved)
 
 
 def time_interleaved(functions, *, device, threads=None, rounds=5, min_time=0.05, calls=20,

@@ -92,9 +92,12 @@ def test_weight_rank_mismatch():
 
 
 def test_dtype_mismatch_message():
-    with pytest.raises(RuntimeError, match=r"Input type \(double\) and weight type \(float\) "
-                                           r"should be the same"):
+    # torch's CPU message and order: the bias is checked before the weight.
+    with pytest.raises(RuntimeError, match=r"expected scalar type Double but found Float"):
         conv_ext.conv2d(x.double(), w)
+    with pytest.raises(RuntimeError, match=r"Input type \(double\) and bias type \(float\) "
+                                           r"should be the same"):
+        conv_ext.conv2d(x.double(), w, torch.randn(6))
 
 
 def test_integer_dtypes_are_refused_clearly():

@@ -42,7 +42,8 @@ def test_is_an_nn_conv2d_with_same_repr_and_parameters():
     torch.manual_seed(0)
     ours = conv_ext.Conv2d(3, 16, 3, stride=2, padding=1, bias=False, padding_mode="reflect")
     assert isinstance(ours, nn.Conv2d)
-    assert repr(ours) == repr(reference)
+    # The same repr, naming conv_ext's class so print(model) shows what was converted.
+    assert repr(ours) == "conv_ext." + repr(reference)
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in reference.named_parameters()]
     # Same initialisation from the same seed.
     assert torch.equal(ours.weight, reference.weight)
@@ -130,7 +131,8 @@ def test_convert_leaves_other_subclasses_alone():
         pass
 
     model = nn.Sequential(MyConv(2, 2, 3))
-    conv_ext.convert(model)
+    with pytest.warns(UserWarning, match=r"left these convolutions on torch.*0 \(.*MyConv\)"):
+        conv_ext.convert(model)
     assert type(model[0]) is MyConv
 
 
