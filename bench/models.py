@@ -3,9 +3,10 @@ downloaded), N x 3 x 224 x 224, an inference call or a training step, timed
 against torch eager in the same run, with the peak memory of each.
 
 Each variant is a function of a deep copy of the torch model returning the
-model to run; conv_ext.convert is the first. Hook for later work (fusion):
-add an entry to VARIANTS, e.g. "conv_ext_fused": lambda m: conv_ext.fuse(
-conv_ext.convert(m)), and select it with --variant.
+model to run: conv_ext (conv_ext.convert), conv_ext_fused (conv_ext.fuse of
+the converted eval model: inference only) and torch_compile (torch.compile
+of the original, default inductor settings; the first call compiles, outside
+the timing).
 """
 import copy
 import ctypes
@@ -27,7 +28,19 @@ def _conv_ext_convert(model):
     return conv_ext.convert(model)
 
 
-VARIANTS = {"conv_ext": _conv_ext_convert}
+def _conv_ext_fused(model):
+    import conv_ext
+    return conv_ext.fuse(conv_ext.convert(model.eval()), inplace=True)
+
+
+def _torch_compile(model):
+    return torch.compile(model)
+
+
+VARIANTS = {"conv_ext": _conv_ext_convert, "conv_ext_fused": _conv_ext_fused,
+            "torch_compile": _torch_compile}
+# Variants that only compute inference (fuse folds BatchNorm's running statistics).
+INFERENCE_ONLY = ("conv_ext_fused",)
 
 # Whole networks sum many layers' rounding differences: relative to the
 # largest |value| of torch's output (or of each parameter's gradient).
@@ -124,6 +137,10 @@ def run_model(name, *, batch, device, dtype, pass_, threads=None, rounds=3, min_
     if channels_last:
         reference = reference.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    if train and any(v in INFERENCE_ONLY for v in variants):
+        raise ValueError(f"variants {INFERENCE_ONLY} are inference only")
+    if not train:
+        reference.eval()
     models = {"torch": reference}
     models.update((v, VARIANTS[v](copy.deepcopy(reference))) for v in variants)
     for model in models.values():

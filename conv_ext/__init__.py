@@ -16,10 +16,13 @@ from .autograd import Conv2dFunction
 from .functional import conv1d, conv2d, conv_transpose1d, conv_transpose2d
 from .modules import (Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d, ConvertReport,
                       convert)
+from .fused import FusedConv2d, conv2d_fused
+from .fusion import fuse
 
 __all__ = [
     "Conv1d", "Conv2d", "Conv2dFunction", "ConvTranspose1d", "ConvTranspose2d", "ConvertReport",
-    "built_with_cuda", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "convert",
+    "FusedConv2d", "built_with_cuda", "conv1d", "conv2d", "conv2d_fused", "conv_transpose1d",
+    "conv_transpose2d", "convert", "fuse",
 ]
 __version__ = "0.1.0"
 

@@ -9,13 +9,16 @@
 //   backward_input(grad_output, weight, shape, format)
 //   backward_weight(grad_output, input, shape, format)
 // each called only for a non-empty result (and, for grad-weight, a non-empty
-// reduction).
+// reduction). conv2d_fused takes the backend's conv2d_forward op and an
+//   apply_epilogue(output, epilogue_tensors, shape, format)
+// called on the non-empty output, in place, in the output's layout.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <optional>
 
+#include "conv2d_fused_params.h"
 #include "conv2d_params.h"
 
 namespace conv_ext {
@@ -74,6 +77,29 @@ at::Tensor conv2d_backward_weight_front(const at::Tensor& grad_output, const at:
   // An empty reduction (N = 0): the gradient is zero, no kernel.
   if (shape.N * shape.P * shape.Q == 0) return in_memory_format(empty().zero_(), format);
   return in_memory_format(backend(grad_output, input, shape, format), format);
+}
+
+template <typename Forward, typename ApplyEpilogue>
+at::Tensor conv2d_fused_front(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias,
+                              const std::optional<at::Tensor>& scale,
+                              const std::optional<at::Tensor>& shift,
+                              const std::optional<at::Tensor>& residual,
+                              c10::string_view activation, bool residual_before_activation,
+                              at::IntArrayRef stride, at::IntArrayRef padding,
+                              at::IntArrayRef dilation, int64_t groups, const Forward& forward,
+                              const ApplyEpilogue& apply_epilogue) {
+  const Conv2dShape shape =
+      check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
+  check_conv2d_epilogue(input, shape, scale, shift, residual);
+  const auto format = conv2d_memory_format(input, weight);
+  const EpilogueTensors e = prepare_epilogue(scale, shift, residual, activation,
+                                             residual_before_activation, format);
+  at::Tensor output = forward(input, weight, bias, stride, padding, dilation, groups);
+  if (output.numel() == 0) return output;
+  output = output.contiguous(format);  // a no-op: the forward returns this layout
+  apply_epilogue(output, e, shape, format);
+  return output;
 }
 
 }  // namespace conv_ext

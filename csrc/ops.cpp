@@ -21,6 +21,15 @@ TORCH_LIBRARY(conv_ext, m) {
       "conv2d_backward_weight(Tensor grad_output, Tensor input, "
       "SymInt[] weight_size, int[] stride, int[] padding, int[] dilation, "
       "int groups) -> Tensor");
+  // The forward with an epilogue (conv2d_epilogue.h): bias, then
+  // output * scale + shift per channel, then the activation, with residual
+  // added before or after it. activation: none, relu, relu6, silu, gelu,
+  // gelu_tanh, hardswish.
+  m.def(
+      "conv2d_fused(Tensor input, Tensor weight, Tensor? bias, Tensor? scale, "
+      "Tensor? shift, Tensor? residual, str activation, "
+      "bool residual_before_activation, int[] stride, int[] padding, "
+      "int[] dilation, int groups) -> Tensor");
 }
 
 #ifndef CONV_EXT_WITH_CUDA
@@ -46,8 +55,18 @@ static at::Tensor backward_without_cuda(const at::Tensor&, const at::Tensor&,
                                         int64_t) {
   fail_not_built_with_cuda();
 }
+static at::Tensor fused_without_cuda(const at::Tensor&, const at::Tensor&,
+                                     const std::optional<at::Tensor>&,
+                                     const std::optional<at::Tensor>&,
+                                     const std::optional<at::Tensor>&,
+                                     const std::optional<at::Tensor>&, c10::string_view,
+                                     bool, at::IntArrayRef, at::IntArrayRef,
+                                     at::IntArrayRef, int64_t) {
+  fail_not_built_with_cuda();
+}
 TORCH_LIBRARY_IMPL(conv_ext, CUDA, m) {
   m.impl("conv2d_forward", &forward_without_cuda);
+  m.impl("conv2d_fused", &fused_without_cuda);
   m.impl("conv2d_backward_input", &backward_without_cuda);
   m.impl("conv2d_backward_weight", &backward_without_cuda);
 }

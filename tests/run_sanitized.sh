@@ -14,8 +14,11 @@
 #
 # Default test selection: the tests that drive the kernels over the
 # parameter space (comparisons with F.conv2d, gradcheck, bad input,
-# hypothesis, threads, transforms); compile/DDP/ResNet/example tests run the
-# same kernels more slowly and are left out (pass test paths to override).
+# hypothesis, threads, transforms, the depthwise/grouped/fused/transposed
+# kernels); compile/DDP/ResNet/example/torchvision tests run the same kernels
+# more slowly, the emulated CUDA tests have their own ASan run, and the
+# benchmark smoke test needs bench/ (not copied): those are left out (pass
+# test paths to override).
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
@@ -47,7 +50,9 @@ echo "run_sanitized.sh: building with -fsanitize=$SANITIZE in $WORK"
 if [ $# -eq 0 ]; then
   set -- tests/test_conv2d.py tests/test_errors.py tests/test_opinfo.py tests/test_module.py \
     tests/test_transforms.py tests/test_autocast.py tests/test_hostile.py \
-    -k "not memory_flat"
+    tests/test_cpu_fast_paths.py tests/test_cpu_depthwise.py tests/test_cpu_grouped_reduced.py \
+    tests/test_fusion.py tests/test_transposed_1d.py tests/test_parity.py \
+    -k "not memory_flat and not variants_benchmark and not emulat and not torchvision and not compile"
 fi
 
 LOG="$WORK/pytest.log"

@@ -97,3 +97,20 @@ def test_model_mode_training_step(monkeypatch):
     assert row["ratio"] == row["torch_s"] / row["conv_ext_s"]
     # The step's activations raise the allocator's peak above what it started with.
     assert row["conv_ext_peak_bytes"]["allocator"] > 0 and row["torch_peak_bytes"]["allocator"] > 0
+
+
+def test_model_mode_fused_inference():
+    pytest.importorskip("torchvision")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        row = models.run_model("resnet18", batch=2, device="cpu", dtype=torch.float32,
+                               pass_="inference", rounds=1, min_time=0.001, image_size=64,
+                               variants=("conv_ext_fused",))
+    finally:
+        torch.set_num_threads(threads)
+    assert row["correct"], row["max_rel_error"]
+    assert row["ratio"] == row["torch_s"] / row["conv_ext_fused_s"]
+    with pytest.raises(ValueError, match="inference only"):
+        models.run_model("resnet18", batch=2, device="cpu", dtype=torch.float32, pass_="train",
+                         variants=("conv_ext_fused",))

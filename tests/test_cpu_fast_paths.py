@@ -45,7 +45,7 @@ CASES = [
     ("depthwise_5x5_dilated_s2", 2, 6, 13, 12, 6, 5, 5, 2, 2, 2, 6, "depthwise"),
     ("depthwise_asym", 1, 5, 10, 9, 5, 3, 2, (1, 3), (0, 2), (2, 1), 5, "depthwise"),
     ("grouped", 1, 8, 6, 6, 8, 3, 3, 1, 1, 1, 2, "grouped"),
-    ("depthwise_multiplier_generic", 1, 4, 6, 6, 8, 3, 3, 1, 1, 1, 4, "generic"),
+    ("depthwise_multiplier", 1, 4, 6, 6, 8, 3, 3, 1, 1, 1, 4, "depthwise"),
 ]
 
 

@@ -16,31 +16,27 @@ namespace conv_ext {
 namespace cpu {
 namespace {
 
-// Depthwise: per (n, c) plane, vectorized along the width.
+// Depthwise: per plane and stride phase, a forward problem on the
+// grad_output plane with the rotated sub-filter (conv2d_depthwise_kernels.h).
 template <typename T>
 at::Tensor depthwise_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
-                                        const Conv2dShape& p) {
+                                        const Conv2dShape& p, at::MemoryFormat format) {
+  if (format == at::MemoryFormat::ChannelsLast && depthwise::nhwc_input_grad_as_forward(p)) {
+    // The channels_last forward kernel with the rotated filter, as [R][S][C].
+    const at::Tensor gy = grad_output.stride(1) == 1
+                              ? grad_output
+                              : grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor wt = weight.flip({2, 3}).reshape({p.C, p.taps()}).t().contiguous();
+    auto gx = at::empty(p.input_sizes(),
+                        grad_output.options().memory_format(at::MemoryFormat::ChannelsLast));
+    depthwise::forward_nhwc<T>(gy, wt.const_data_ptr<T>(), nullptr, gx.mutable_data_ptr<T>(),
+                               depthwise::input_grad_forward_shape(p));
+    return gx;
+  }
   auto grad_input = at::empty(p.input_sizes(), grad_output.options());
   const at::Tensor w = weight.contiguous();
-  const DepthwisePlane d = depthwise_plane(p, simd::Vec<T>::size);
-  const std::vector<int64_t> tap_offset = depthwise_tap_offsets(p, d);
-  const int64_t taps = p.taps();
-  const at::Tensor gy_rows = grad_output.stride(3) == 1 ? grad_output : grad_output.contiguous();
-  const T* gyp = gy_rows.const_data_ptr<T>();
-  const int64_t gsn = gy_rows.stride(0), gsc = gy_rows.stride(1), gsh = gy_rows.stride(2);
-  const T* wp = w.const_data_ptr<T>();
-  T* gx = grad_input.mutable_data_ptr<T>();
-  at::parallel_for(0, p.N * p.C, grain_for(p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
-    std::vector<T> buf(d.Hp * p.stride_w * d.row_len);
-    std::vector<typename simd::Vec<T>::type> tap_weight(taps);
-    for (int64_t nc = begin; nc < end; ++nc) {
-      const int64_t n = nc / p.C, c = nc % p.C;
-      for (int64_t t = 0; t < taps; ++t) tap_weight[t] = simd::Vec<T>::broadcast(wp[c * taps + t]);
-      depthwise_plane_backward_input(gyp + n * gsn + c * gsc, gsh, tap_offset.data(),
-                                     tap_weight.data(), buf.data(), gx + nc * p.H * p.W, p.W, p,
-                                     d);
-    }
-  });
+  const at::Tensor gy = grad_output.stride(3) == 1 ? grad_output : grad_output.contiguous();
+  depthwise::backward_input_planes<T>(gy, w.const_data_ptr<T>(), grad_input.mutable_data_ptr<T>(), p);
   return grad_input;
 }
 
@@ -87,7 +83,7 @@ at::Tensor backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& w
     if (path == CpuPath::kGrouped) {
       result = grouped::backward_input_op<scalar_t>(grad_output, weight, p, format);
     } else if (path == CpuPath::kDepthwise) {
-      result = depthwise_backward_input_cpu<scalar_t>(grad_output, weight, p);
+      result = depthwise_backward_input_cpu<scalar_t>(grad_output, weight, p, format);
     } else if (path == CpuPath::kPointwise && format == at::MemoryFormat::Contiguous) {
       // grad_input[C][HW] = W^T[C][K] grad_output[K][HW] per image.
       result = pointwise_nchw<scalar_t>(grad_output, weight.view({p.K, p.C}).t(), at::Tensor(),

@@ -15,41 +15,20 @@ namespace conv_ext {
 namespace cpu {
 namespace {
 
-// Depthwise: one channel per task, images summed in order (vector partial
-// sums, lanes reduced in a fixed order at the end).
+// Depthwise: one channel per task on the forward's phase-split planes, or
+// vectors along the channels on channels_last (conv2d_depthwise_kernels.h).
 template <typename T>
 at::Tensor depthwise_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                          const Conv2dShape& p) {
-  using V = simd::Vec<T>;
-  constexpr int L = V::size;
   auto grad_weight = at::empty(p.weight_sizes(), grad_output.options());
   T* gw = grad_weight.mutable_data_ptr<T>();
-  const DepthwisePlane d = depthwise_plane(p, L);
-  const std::vector<int64_t> tap_offset = depthwise_tap_offsets(p, d);
-  const int64_t taps = p.taps();
-  const at::Tensor gy_rows = grad_output.stride(3) == 1 ? grad_output : grad_output.contiguous();
-  const T* gy = gy_rows.const_data_ptr<T>();
-  const int64_t gsn = gy_rows.stride(0), gsc = gy_rows.stride(1), gsh = gy_rows.stride(2);
-  const T* x = input.const_data_ptr<T>();
-  const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
-                sw = input.stride(3);
-  at::parallel_for(0, p.C, grain_for(p.N * p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
-    std::vector<T> buf(d.Hp * p.stride_w * d.row_len, T(0));  // padding stays zero
-    std::vector<typename V::type> acc(taps);
-    for (int64_t c = begin; c < end; ++c) {
-      std::fill(acc.begin(), acc.end(), V::zero());
-      for (int64_t n = 0; n < p.N; ++n) {
-        fill_phase_split(x + n * sn + c * sc, sh, sw, p, d, buf.data());
-        depthwise_plane_backward_weight(buf.data(), gy + n * gsn + c * gsc, gsh,
-                                        tap_offset.data(), acc.data(), p, d);
-      }
-      for (int64_t t = 0; t < taps; ++t) {
-        T sum = 0;
-        for (int l = 0; l < L; ++l) sum += acc[t][l];
-        gw[c * taps + t] = sum;
-      }
-    }
-  });
+  if (p.K_per_group == 1 && input.stride(1) == 1 && input.stride(3) != 1) {  // channels_last input
+    depthwise::backward_weight_nhwc<T>(grad_output.contiguous(at::MemoryFormat::ChannelsLast),
+                                       input, gw, p);
+    return grad_weight;
+  }
+  const at::Tensor gy = grad_output.stride(3) == 1 ? grad_output : grad_output.contiguous();
+  depthwise::backward_weight_planes<T>(gy, input, gw, p);
   return grad_weight;
 }
 

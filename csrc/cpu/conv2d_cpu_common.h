@@ -29,6 +29,29 @@ inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_item));
 }
 
+// The taps of one phase along one axis (phase_taps in conv2d_shape.h) as
+// lists: input index i*stride + a receives tap `tap[m]` from output index
+// i + offset[m]; taps ordered by increasing offset.
+struct PhaseTapList {
+  std::vector<int64_t> tap, offset;
+  int64_t count = 0;      // input positions in this phase
+  int64_t spacing = 1;    // offset difference between consecutive taps
+};
+
+inline PhaseTapList phase_tap_list(int64_t a, int64_t size, int64_t kernel, int64_t stride,
+                                   int64_t pad, int64_t dilation) {
+  const PhaseTaps taps = phase_taps(a, pad, stride, dilation, kernel);
+  PhaseTapList t;
+  t.count = phase_positions(a, size, stride);
+  for (int j = taps.count - 1; j >= 0; --j) {  // decreasing tap = increasing offset
+    const int64_t r = taps.first + int64_t{j} * taps.step;
+    t.tap.push_back(r);
+    t.offset.push_back(phase_tap_offset(a, pad, stride, dilation, r));
+  }
+  if (t.tap.size() > 1) t.spacing = t.offset[1] - t.offset[0];
+  return t;
+}
+
 // Smallest q with q * stride + offset >= 0, and one past the largest q with
 // q * stride + offset < size, clamped to [0, count]. offset = kernel tap
 // position minus padding; the interior [lo, hi) needs no bounds checks.

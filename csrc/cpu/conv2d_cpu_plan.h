@@ -1,9 +1,10 @@
 // Which CPU kernel runs a problem: the one place the CPU ops choose a path,
 // for all three passes.
 //
-//   depthwise    one input and one output channel per group (float, double):
-//                per (n, c) plane on a zero-padded, stride-phase-split copy
-//                (conv2d_depthwise_kernels.h)
+//   depthwise    groups > 1, one input channel per group, any channel
+//                multiplier (float, double): NCHW per plane on a zero-padded,
+//                stride-phase-split copy; channels_last natively, vectors
+//                along the channels (conv2d_depthwise_kernels.h)
 //   pointwise    1x1, no padding (float, double): forward a GEMM per image on
 //                NCHW data (conv2d_pointwise_kernels.h); grad-input the same
 //                with the transposed weight where the stride is 1
@@ -17,8 +18,8 @@
 //   grouped      groups > 1 with 2+ input channels per group: register-blocked
 //                direct kernels with several groups per SIMD vector
 //                (conv2d_grouped_kernels.h)
-//   generic      everything else (other dtypes, channel multipliers > 1,
-//                empty reductions): plain loops, one output plane per task
+//   generic      everything else (other dtypes, empty reductions): plain
+//                loops, one output plane per task
 //                (conv2d_generic_kernels.h)
 //
 // bfloat16 and float16 take the float32 kernels of their path (converted on
@@ -60,8 +61,9 @@ inline CpuPath select_path(const Conv2dShape& p, Pass pass, at::ScalarType dtype
   }
   // The forward output of an empty reduction is the bias: nothing to compute.
   if (p.C_per_group == 0) return CpuPath::kGeneric;
-  // The depthwise kernels take channel multiplier 1 only.
-  if (p.is_depthwise() && p.K_per_group == 1) return CpuPath::kDepthwise;
+  // Depthwise with any channel multiplier; C = 1 without groups is a first
+  // layer (the dense kernel's fused (s, c) loops serve it better).
+  if (p.is_depthwise() && p.groups > 1) return CpuPath::kDepthwise;
   if (p.is_grouped()) return p.C_per_group >= 2 ? CpuPath::kGrouped : CpuPath::kGeneric;
   switch (pass) {
     case Pass::kForward:

@@ -1,186 +1,822 @@
-// Depthwise convolution on the CPU (one input and one output channel per
-// group, float and double): memory-bound, so one (n, c) plane at a time,
-// copied into a zero-padded buffer split into stride phases along the width
-// (column j*stride + phase at [phase][j]) so every tap reads a contiguous
-// vector of output columns, for any stride and dilation. Forward, grad-input
-// and grad-weight of one plane; conv2d_*_cpu.cpp run them over the planes.
+// Depthwise convolution kernels (groups == C, one filter per channel), NCHW
+// and channels_last, float and double, any stride/dilation/padding.
+//
+// NCHW: one (n, c) plane at a time. The plane is copied into a zero-padded
+// buffer split into stride phases along BOTH axes: padded position (hp, wp)
+// lives at [hp % sh][wp % sw][hp / sh][wp / sw], rows of row_len elements.
+// Then output (oh, ow) at tap (r, s) reads flat element
+//     tap_offset[r][s] + oh * row_len + ow
+// for every stride and dilation: consecutive outputs of a row are
+// consecutive elements, and so are outputs of consecutive rows once the
+// row_len - Q junk columns between them are counted. So a vector of output
+// positions can run along a row ("row" mode: vectors start at each row, the
+// last one per row is partial) or along the flattened plane ("flat" mode:
+// vectors cover rows and their junk columns alike, results go to a scratch
+// plane whose rows are then copied out). Flat mode fills vectors on small
+// planes (7x7: 4 vectors of 16 instead of 7 vectors 7/16 full); the plan
+// picks whichever needs fewer vectors. Tiles of up to 8 vectors, possibly
+// spanning rows, are in flight at once to cover FMA latency; each tap
+// broadcasts its weight from memory (a load, not a shuffle) and feeds every
+// vector of the tile with a memory-operand FMA.
+//
+// channels_last: vectors along the channels (no layout change at all);
+// a tile of up to 8 output pixels of one row x one channel vector; interior
+// pixels run without bounds checks, border pixels skip the taps outside the
+// image.
+//
+// Each output element is summed by one thread, taps in a fixed order: the
+// results do not depend on thread count or batch split.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-#include "conv2d_cpu_common.h"
+#include "../conv2d_params.h"
+#include "conv2d_cpu_common.h"  // valid_output_range, phase_tap_list
 #include "simd.h"
 
 namespace conv_ext {
 namespace cpu {
+namespace depthwise {
 
-// The phase-split buffer of one plane: Hp padded rows x stride_w phases x
-// row_len elements.
-struct DepthwisePlane {
-  int64_t Hp, row_len;
+inline constexpr int kMaxTileVectors = 8;
+
+// One vector of zeros: what a tap outside the image reads.
+template <typename T>
+alignas(64) inline constexpr T kZeroVector[simd::Vec<T>::size] = {};
+
+// Grain of at::parallel_for for items of `work` multiply-adds: a thread gets
+// at least ~32K of work.
+inline int64_t grain(int64_t work_per_item) {
+  constexpr int64_t kMinWork = int64_t{1} << 15;
+  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_item));
+}
+
+// One plane problem: an input plane of H x W placed at (top, left) in an
+// otherwise zero padded plane, P x Q outputs. Forward: top/left = padding.
+struct PlaneGeometry {
+  int64_t H, W, P, Q, R, S, stride_h, stride_w, dilation_h, dilation_w, top, left;
+  int64_t Hh = 0, row_len = 0;  // rows per phase, elements per phase row
+  // Input rows that land in the buffer: [h0, h1), row h at row_start[h - h0]
+  // (precomputed: a division per row costs more than a small plane's copy).
+  int64_t h0 = 0, h1 = 0;
+  std::vector<int64_t> row_start;
+  int64_t phase_elems() const { return Hh * row_len; }
+  int64_t buffer_elems(int L) const { return stride_h * stride_w * phase_elems() + 2 * L; }
 };
 
-inline DepthwisePlane depthwise_plane(const Conv2dShape& p, int vector_size) {
-  // Rows and columns reached by any tap of any output (padding included).
-  const int64_t Wp = input_span(p.Q, p.stride_w, p.S, p.dilation_w);
-  // Whole vectors may run past Q: room for one more vector per phase row.
-  return DepthwisePlane{input_span(p.P, p.stride_h, p.R, p.dilation_h),
-                        (Wp + p.stride_w - 1) / p.stride_w + vector_size};
+inline PlaneGeometry plane_geometry(int64_t H, int64_t W, int64_t P, int64_t Q, int64_t R,
+                                    int64_t S, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                                    int64_t top, int64_t left) {
+  PlaneGeometry g{H, W, P, Q, R, S, sh, sw, dh, dw, top, left};
+  g.Hh = P + ((R - 1) * dh) / sh;
+  g.row_len = Q + ((S - 1) * dw) / sw;
+  g.h0 = std::min(H, std::max<int64_t>(0, -top));
+  g.h1 = g.h0;
+  for (int64_t h = g.h0; h < H && (h + top) / sh < g.Hh; ++h, ++g.h1) {
+    const int64_t hp = h + top;
+    g.row_start.push_back((hp % sh) * sw * g.phase_elems() + (hp / sh) * g.row_len);
+  }
+  return g;
 }
 
-// Copies plane x (strides sh, sw) into buf as zero-padded, width-phase-split
-// rows. Only input positions are written: the padding cells are zeroed once
-// per buffer (zero_padding) and stay zero for every later plane.
+// Flat element offset of every tap (r, s) in the phase-split buffer.
+inline std::vector<int64_t> tap_offsets(const PlaneGeometry& g) {
+  std::vector<int64_t> off(g.R * g.S);
+  for (int64_t r = 0; r < g.R; ++r) {
+    const int64_t row = r * g.dilation_h;
+    for (int64_t s = 0; s < g.S; ++s) {
+      const int64_t col = s * g.dilation_w;
+      const int64_t phase = (row % g.stride_h) * g.stride_w + col % g.stride_w;
+      off[r * g.S + s] =
+          phase * g.phase_elems() + (row / g.stride_h) * g.row_len + col / g.stride_w;
+    }
+  }
+  return off;
+}
+
+// dst[0, n) = src[0, n) in vectors, the tail masked: rows of small planes
+// are a few elements long, where a memcpy call costs more than the copy.
 template <typename T>
-void fill_phase_split(const T* x, int64_t sh, int64_t sw, const Conv2dShape& p, const DepthwisePlane& d, T* buf) {
-  for (int64_t hp = 0; hp < d.Hp; ++hp) {
-    const int64_t h = hp - p.pad_h;
-    if (h < 0 || h >= p.H) continue;
-    const T* src = x + h * sh;
-    if (p.stride_w == 1) {
-      T* dst = buf + hp * d.row_len + p.pad_w;
-      const int64_t n = std::min(p.W, d.row_len - p.pad_w);
-      if (sw == 1) {
-        std::memcpy(dst, src, sizeof(T) * n);
+inline void copy_row(T* dst, const T* src, int64_t n) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) V::store(dst + i, V::load(src + i));
+  if (i < n) V::store_partial(dst + i, V::load_partial(src + i, static_cast<int>(n - i)), static_cast<int>(n - i));
+}
+
+// Copies plane x (row stride xh, column stride xw) into the phase-split
+// buffer. Only cells that hold input are written; the others are zeroed once
+// when the buffer is made and stay zero for every plane of the same geometry.
+template <typename T>
+void fill_plane(const T* x, int64_t xh, int64_t xw, const PlaneGeometry& g, T* buf) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  // input columns [w0, w1) land inside the rows
+  const int64_t w0 = std::max<int64_t>(0, -g.left);
+  const int64_t w1 = std::min<int64_t>(g.W, g.row_len * g.stride_w - g.left);
+  if (w0 >= w1) return;
+  for (int64_t h = g.h0; h < g.h1; ++h) {
+    const T* src = x + h * xh;
+    T* rows = buf + g.row_start[h - g.h0];
+    if (g.stride_w == 1) {
+      T* dst = rows + w0 + g.left;
+      if (xw == 1) {
+        copy_row(dst, src + w0, w1 - w0);
       } else {
-        for (int64_t w = 0; w < n; ++w) dst[w] = src[w * sw];
+        for (int64_t w = w0; w < w1; ++w) dst[w - w0] = src[w * xw];
       }
       continue;
     }
-    for (int64_t phase = 0; phase < p.stride_w; ++phase) {
-      T* dst = buf + (hp * p.stride_w + phase) * d.row_len;
-      // column j * stride_w + phase of the padded row is input column w:
-      int64_t j = 0;
-      int64_t w = phase - p.pad_w;
-      if (w < 0) {
-        j = (-w + p.stride_w - 1) / p.stride_w;
-        w += j * p.stride_w;
+    int64_t w = w0;
+    if (g.stride_w == 2 && xw == 1) {
+      // Pairs of vectors de-interleaved into even and odd padded columns.
+      using I = typename simd::IndexVec<T>::type;
+      const I even = simd::IndexVec<T>::even(), odd = even + 1;
+      T* ph[2] = {rows, rows + g.phase_elems()};
+      for (; w + 2 * L <= w1; w += 2 * L) {
+        const typename V::type a = V::load(src + w), b = V::load(src + w + L);
+        const int64_t wp = w + g.left;
+        V::store(ph[wp & 1] + wp / 2, __builtin_shuffle(a, b, even));
+        V::store(ph[(wp + 1) & 1] + (wp + 1) / 2, __builtin_shuffle(a, b, odd));
       }
-      for (; w < p.W && j < d.row_len; ++j, w += p.stride_w) dst[j] = src[w * sw];
+      if (w < w1) {  // the rest (< 2L elements) through masked loads and stores
+        const int rest = static_cast<int>(w1 - w);
+        const typename V::type a = V::load_partial(src + w, std::min(rest, L));
+        const typename V::type b =
+            rest > L ? V::load_partial(src + w + L, rest - L) : V::zero();
+        const int64_t wp = w + g.left;
+        V::store_partial(ph[wp & 1] + wp / 2, __builtin_shuffle(a, b, even), (rest + 1) / 2);
+        if (rest > 1) {
+          V::store_partial(ph[(wp + 1) & 1] + (wp + 1) / 2, __builtin_shuffle(a, b, odd), rest / 2);
+        }
+        w = w1;
+      }
+    }
+    for (; w < w1; ++w) {
+      const int64_t wp = w + g.left;
+      rows[(wp % g.stride_w) * g.phase_elems() + wp / g.stride_w] = src[w * xw];
     }
   }
 }
 
-// Element offset in the phase-split buffer of every tap (r, s), relative to
-// the first tap of an output row.
-inline std::vector<int64_t> depthwise_tap_offsets(const Conv2dShape& p, const DepthwisePlane& d) {
-  std::vector<int64_t> offsets(p.R * p.S);
-  for (int64_t r = 0; r < p.R; ++r) {
-    for (int64_t s = 0; s < p.S; ++s) {
-      const int64_t col = s * p.dilation_w;
-      offsets[r * p.S + s] =
-          (r * p.dilation_h * p.stride_w + col % p.stride_w) * d.row_len + col / p.stride_w;
-    }
-  }
-  return offsets;
-}
-
-// Output plane (row stride out_row, contiguous columns) from the phase-split
-// buffer. tap_weight: R*S broadcast weights of this channel.
-template <typename T>
-void depthwise_plane_forward(const T* buf, const int64_t* tap_offset,
-                             const typename simd::Vec<T>::type* tap_weight, T bias, T* out,
-                             int64_t out_row, const Conv2dShape& p, const DepthwisePlane& d) {
+// One tile of UV output vectors; vector u reads buf + vec_off[u] (+ tap
+// offset) and is written to out[u] (lanes[u] lanes: row ends are partial).
+// accumulate: start from out[u] instead of bias.
+template <typename T, int UV>
+inline void plane_tile(const T* buf, const int64_t* vec_off, T* const* out, const int* lanes,
+                       const int64_t* tap_off, const T* w, int64_t taps, T bias, bool accumulate) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
-  constexpr int UV = 4;  // independent vectors in flight (FMA latency)
-  const int64_t taps = p.R * p.S;
-  const typename V::type b = V::broadcast(bias);
-  for (int64_t oh = 0; oh < p.P; ++oh) {
-    const T* row = buf + oh * p.stride_h * p.stride_w * d.row_len;
-    T* o = out + oh * out_row;
-    int64_t q = 0;
-    for (; q + UV * L <= p.Q; q += UV * L) {
-      typename V::type acc[UV];
-      for (int u = 0; u < UV; ++u) acc[u] = b;
-      for (int64_t t = 0; t < taps; ++t) {
-        const T* src = row + tap_offset[t] + q;
-        for (int u = 0; u < UV; ++u) acc[u] = simd::fmadd(V::load(src + u * L), tap_weight[t], acc[u]);
-      }
-      for (int u = 0; u < UV; ++u) V::store(o + q + u * L, acc[u]);
+  typename V::type acc[UV];
+  for (int u = 0; u < UV; ++u) {
+    acc[u] = !accumulate     ? V::broadcast(bias)
+             : lanes[u] == L ? V::load(out[u])
+                             : V::load_partial(out[u], lanes[u]);
+  }
+  const T* src[UV];
+  for (int u = 0; u < UV; ++u) src[u] = buf + vec_off[u];
+  for (int64_t t = 0; t < taps; ++t) {
+    const typename V::type wv = V::broadcast(w[t]);
+    const int64_t o = tap_off[t];
+    for (int u = 0; u < UV; ++u) acc[u] = simd::fmadd(V::load(src[u] + o), wv, acc[u]);
+  }
+  for (int u = 0; u < UV; ++u) {
+    if (lanes[u] == L) {
+      V::store(out[u], acc[u]);
+    } else {
+      V::store_partial(out[u], acc[u], lanes[u]);
     }
-    for (; q < p.Q; q += L) {
-      typename V::type acc = b;
-      for (int64_t t = 0; t < taps; ++t) {
-        acc = simd::fmadd(V::load(row + tap_offset[t] + q), tap_weight[t], acc);
+  }
+}
+
+// The vectors of one plane (same for every plane of a call): source offset
+// in the buffer, destination offset (in the output plane, or in the scratch
+// plane in flat mode) and lanes.
+struct PlanePlan {
+  PlaneGeometry g;
+  std::vector<int64_t> tap_off;
+  std::vector<int64_t> src, dst;
+  std::vector<int> lanes;
+  bool flat = false;     // vectors run over the flattened plane, junk columns included
+  bool row_blocks = false;  // row plan at unit vertical stride and dilation: row_block_tile
+  bool direct = false;   // results go straight to a contiguous P x Q plane; else to
+                         // scratch [P][row_len] (dst == src), whose rows are then copied
+  int64_t scratch_elems(int L) const { return direct ? 0 : g.P * g.row_len + L; }
+};
+
+// allow_direct: the caller's output plane is contiguous P x Q.
+inline PlanePlan plan_plane(const PlaneGeometry& g, int L, bool allow_direct) {
+  PlanePlan plan;
+  plan.g = g;
+  plan.tap_off = tap_offsets(g);
+  const int64_t row_vectors = g.P * ((g.Q + L - 1) / L);
+  const int64_t flat_count = (g.P - 1) * g.row_len + g.Q;
+  const int64_t flat_vectors = (flat_count + L - 1) / L;
+  plan.flat = flat_vectors < row_vectors;
+  plan.direct = allow_direct && !plan.flat;
+  plan.row_blocks = !plan.flat && g.stride_h == 1 && g.dilation_h == 1 && g.R > 1;
+  if (plan.flat) {
+    for (int64_t m = 0; m < flat_count; m += L) {
+      plan.src.push_back(m);
+      plan.dst.push_back(m);
+      plan.lanes.push_back(L);  // the scratch plane has room for whole vectors
+    }
+  } else {
+    for (int64_t oh = 0; oh < g.P; ++oh) {
+      for (int64_t q = 0; q < g.Q; q += L) {
+        plan.src.push_back(oh * g.row_len + q);
+        plan.dst.push_back(plan.direct ? oh * g.Q + q : oh * g.row_len + q);
+        plan.lanes.push_back(static_cast<int>(std::min<int64_t>(L, g.Q - q)));
       }
-      const int64_t lanes = std::min<int64_t>(L, p.Q - q);
-      if (lanes == L) {
-        V::store(o + q, acc);
+    }
+  }
+  return plan;
+}
+
+// Row reuse at unit vertical stride and dilation: RB output rows x UV
+// vectors of one column range. Output row j at kernel row r reads input row
+// i = j + r, so each input row's vectors are loaded once per kernel column
+// and feed every output row of the block that uses them (up to RB FMAs per
+// load instead of one). Each output still sums its taps in (r, s) order:
+// results are identical to plane_tile's. base: input row of output row 0 at
+// the block's first column; col_off[s]: offset of kernel column s;
+// out: output row 0 (rows out_row apart); the last vector has last_lanes.
+inline constexpr int kRowBlockRows = simd::kVectorBytes == 64 ? 4 : 2;
+inline constexpr int kRowBlockVectors = 4;
+
+template <typename T, int RB, int UV>
+inline void row_block_tile(const T* base, int64_t row_len, const int64_t* col_off, int64_t R,
+                           int64_t S, const T* w, T bias, T* out, int64_t out_row, int last_lanes,
+                           bool accumulate) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  typename V::type acc[RB][UV];
+  for (int j = 0; j < RB; ++j) {
+    for (int u = 0; u < UV; ++u) {
+      T* o = out + j * out_row + u * L;
+      const int lanes = u == UV - 1 ? last_lanes : L;
+      acc[j][u] = !accumulate  ? V::broadcast(bias)
+                  : lanes == L ? V::load(o)
+                               : V::load_partial(o, lanes);
+    }
+  }
+  for (int64_t i = 0; i < R + RB - 1; ++i) {
+    const T* row = base + i * row_len;
+    const bool all_rows = i >= RB - 1 && i < R;  // every output row j uses kernel row i - j
+    for (int64_t s = 0; s < S; ++s) {
+      typename V::type x[UV];
+      for (int u = 0; u < UV; ++u) x[u] = V::load(row + col_off[s] + u * L);
+      for (int j = 0; j < RB; ++j) {
+        const int64_t r = i - j;
+        if (!all_rows && (r < 0 || r >= R)) continue;
+        const typename V::type wv = V::broadcast(w[r * S + s]);
+        for (int u = 0; u < UV; ++u) acc[j][u] = simd::fmadd(x[u], wv, acc[j][u]);
+      }
+    }
+  }
+  for (int j = 0; j < RB; ++j) {
+    for (int u = 0; u < UV; ++u) {
+      T* o = out + j * out_row + u * L;
+      if (u < UV - 1 || last_lanes == L) {
+        V::store(o, acc[j][u]);
       } else {
-        V::store_partial(o + q, acc, static_cast<int>(lanes));
+        V::store_partial(o, acc[j][u], last_lanes);
       }
     }
   }
 }
 
-// Depthwise grad-input of one plane: every tap adds w * gy[oh][ow..] into a
-// zeroed, padded, phase-split buffer (contiguous vectors for any stride),
-// then the input positions are read back out of it.
+// f.template operator()<N>() for N = n (1..4).
+template <typename F>
+inline void with_small_size(int n, F&& f) {
+  switch (n) {
+    case 4: f.template operator()<4>(); break;
+    case 3: f.template operator()<3>(); break;
+    case 2: f.template operator()<2>(); break;
+    default: f.template operator()<1>(); break;
+  }
+}
+
 template <typename T>
-void depthwise_plane_backward_input(const T* gy, int64_t gy_row, const int64_t* tap_offset,
-                                    const typename simd::Vec<T>::type* tap_weight, T* buf,
-                                    T* gx, int64_t gx_row, const Conv2dShape& p, const DepthwisePlane& d) {
+void plane_forward_row_blocks(const PlanePlan& plan, const T* buf, const T* w, T bias, T* base,
+                              bool accumulate) {
+  constexpr int L = simd::Vec<T>::size;
+  const PlaneGeometry& g = plan.g;
+  const int64_t out_row = plan.direct ? g.Q : g.row_len;
+  const int64_t* col_off = plan.tap_off.data();  // kernel row 0: the column offsets
+  for (int64_t oh = 0; oh < g.P; oh += kRowBlockRows) {
+    const int rb = static_cast<int>(std::min<int64_t>(kRowBlockRows, g.P - oh));
+    for (int64_t q = 0; q < g.Q; q += kRowBlockVectors * L) {
+      const int64_t left = g.Q - q;
+      const int uv = static_cast<int>(std::min<int64_t>(kRowBlockVectors, (left + L - 1) / L));
+      const int last = static_cast<int>(left - (uv - 1) * L >= L ? L : left - (uv - 1) * L);
+      const T* b = buf + oh * g.row_len + q;
+      T* o = base + oh * out_row + q;
+      with_small_size(rb, [&]<int RB>() {
+        with_small_size(uv, [&]<int UV>() {
+          if constexpr (RB <= kRowBlockRows) {
+            row_block_tile<T, RB, UV>(b, g.row_len, col_off, g.R, g.S, w, bias, o, out_row, last,
+                                      accumulate);
+          }
+        });
+      });
+    }
+  }
+}
+
+// Output plane of the plane in `buf`, written to out[oh * out_row + ow *
+// out_col] (direct plans: out_row == Q, out_col == 1). Tiles of 8 vectors
+// (spanning rows) while they last, then one tile of the rest. accumulate:
+// add to the previous call's result (same out and scratch); write_out: copy
+// the scratch plane out (the last call of a sum).
+template <typename T>
+void plane_forward(const PlanePlan& plan, const T* buf, const T* w, T bias, T* out,
+                   int64_t out_row, int64_t out_col, T* scratch, bool accumulate = false,
+                   bool write_out = true) {
+  const int64_t nv = static_cast<int64_t>(plan.src.size());
+  const int64_t taps = plan.g.R * plan.g.S;
+  T* base = plan.direct ? out : scratch;
+  if (plan.row_blocks) {
+    plane_forward_row_blocks(plan, buf, w, bias, base, accumulate);
+  }
+  for (int64_t v = plan.row_blocks ? nv : 0; v < nv;) {
+    const int n = static_cast<int>(std::min<int64_t>(kMaxTileVectors, nv - v));
+    T* outs[kMaxTileVectors];
+    for (int u = 0; u < n; ++u) outs[u] = base + plan.dst[v + u];
+    const int64_t* off = plan.src.data() + v;
+    const int* last = plan.lanes.data() + v;
+    const int64_t* to = plan.tap_off.data();
+    switch (n) {
+      case 8: plane_tile<T, 8>(buf, off, outs, last, to, w, taps, bias, accumulate); break;
+      case 7: plane_tile<T, 7>(buf, off, outs, last, to, w, taps, bias, accumulate); break;
+      case 6: plane_tile<T, 6>(buf, off, outs, last, to, w, taps, bias, accumulate); break;
+      case 5: plane_tile<T, 5>(buf, off, outs, last, to, w, taps, bias, accumulate); break;
+      case 4: plane_tile<T, 4>(buf, off, outs, last, to, w, taps, bias, accumulate); break;
+      case 3: plane_tile<T, 3>(buf, off, outs, last, to, w, taps, bias, accumulate); break;
+      case 2: plane_tile<T, 2>(buf, off, outs, last, to, w, taps, bias, accumulate); break;
+      default: plane_tile<T, 1>(buf, off, outs, last, to, w, taps, bias, accumulate); break;
+    }
+    v += n;
+  }
+  if (plan.direct || !write_out) return;
+  for (int64_t oh = 0; oh < plan.g.P; ++oh) {
+    const T* src = scratch + oh * plan.g.row_len;
+    T* dst = out + oh * out_row;
+    if (out_col == 1) {
+      copy_row(dst, src, plan.g.Q);
+    } else {
+      for (int64_t q = 0; q < plan.g.Q; ++q) dst[q * out_col] = src[q];
+    }
+  }
+}
+
+inline PlaneGeometry forward_geometry(const Conv2dShape& p) {
+  return plane_geometry(p.H, p.W, p.P, p.Q, p.R, p.S, p.stride_h, p.stride_w, p.dilation_h,
+                        p.dilation_w, p.pad_h, p.pad_w);
+}
+
+// Forward on NCHW-like tensors (any strides): out is contiguous N x K x P x Q.
+// groups == C with K = m * C (m = K_per_group): output channel k reads
+// input channel k / m.
+template <typename T>
+void forward_planes(const at::Tensor& input, const T* w, const T* bias, T* out,
+                    const Conv2dShape& p) {
+  constexpr int L = simd::Vec<T>::size;
+  const PlanePlan plan = plan_plane(forward_geometry(p), L, true);
+  const T* x = input.const_data_ptr<T>();
+  const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
+                sw = input.stride(3);
+  const int64_t taps = p.R * p.S;
+  const int64_t buf_elems = plan.g.buffer_elems(L);
+  const int64_t scratch_elems = plan.scratch_elems(L);
+  const int64_t m = p.K_per_group;
+  at::parallel_for(0, p.N * p.K, grain(p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(buf_elems, T(0));  // padding cells stay zero
+    std::vector<T> scratch(scratch_elems);
+    int64_t filled = -1;  // input plane n * C + c now in buf
+    for (int64_t nk = begin; nk < end; ++nk) {
+      const int64_t n = nk / p.K, k = nk % p.K, c = k / m;
+      if (filled != n * p.C + c) {
+        fill_plane(x + n * sn + c * sc, sh, sw, plan.g, buf.data());
+        filled = n * p.C + c;
+      }
+      plane_forward(plan, buf.data(), w + k * taps, bias != nullptr ? bias[k] : T(0),
+                    out + nk * p.P * p.Q, p.Q, 1, scratch.data());
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// NCHW backward.
+//
+// grad-input: input position h = i * stride + a (phase a) receives taps r
+// with (a + pad - r * dilation) divisible by the stride, evenly spaced, from
+// grad_output rows i + offset (phase_tap_list, conv2d_cpu_common.h). So each of
+// the stride_h x stride_w phases is a unit-stride forward problem on the
+// grad_output plane with its own sub-filter (rotated: taps by increasing
+// offset) and dilation (the tap spacing), written to every stride-th element
+// of grad_input; at stride 1 the one phase is the forward with the filter
+// rotated by 180 degrees. Phases no tap reaches are zero.
+
+struct InputGradPhase {
+  int64_t ah, aw;
+  PlanePlan plan;             // empty (no vectors) when no tap reaches the phase
+  std::vector<int64_t> taps;  // sub-filter: index r * S + s of each tap, in plan order
+};
+
+inline std::vector<InputGradPhase> input_grad_phases(const Conv2dShape& p, int L) {
+  std::vector<InputGradPhase> phases;
+  for (int64_t ah = 0; ah < p.stride_h; ++ah) {
+    const PhaseTapList rt = phase_tap_list(ah, p.H, p.R, p.stride_h, p.pad_h, p.dilation_h);
+    for (int64_t aw = 0; aw < p.stride_w; ++aw) {
+      const PhaseTapList ct = phase_tap_list(aw, p.W, p.S, p.stride_w, p.pad_w, p.dilation_w);
+      InputGradPhase ph{ah, aw, {}, {}};
+      if (rt.count == 0 || ct.count == 0) continue;  // no input positions in this phase
+      if (!rt.tap.empty() && !ct.tap.empty()) {
+        const int64_t Rt = static_cast<int64_t>(rt.tap.size()), St = static_cast<int64_t>(ct.tap.size());
+        ph.plan = plan_plane(plane_geometry(p.P, p.Q, rt.count, ct.count, Rt, St, 1, 1, rt.spacing,
+                                            ct.spacing, -rt.offset.front(), -ct.offset.front()),
+                             L, p.stride_h == 1 && p.stride_w == 1);
+        for (int64_t m = 0; m < Rt; ++m)
+          for (int64_t k = 0; k < St; ++k) ph.taps.push_back(rt.tap[m] * p.S + ct.tap[k]);
+      } else {
+        ph.plan.g = plane_geometry(p.P, p.Q, rt.count, ct.count, 1, 1, 1, 1, 1, 1, 0, 0);
+      }
+      phases.push_back(std::move(ph));
+    }
+  }
+  return phases;
+}
+
+// gy: any strides; w: contiguous K x R x S; gx: contiguous N x C x H x W.
+// With a channel multiplier m, grad-input channel c sums the m output
+// channels c * m + j in order j = 0, 1, ...
+template <typename T>
+void backward_input_planes(const at::Tensor& gy, const T* w, T* gx, const Conv2dShape& p) {
+  constexpr int L = simd::Vec<T>::size;
+  const std::vector<InputGradPhase> phases = input_grad_phases(p, L);
+  const int64_t taps = p.R * p.S;
+  // Sub-filters of every phase, per channel: [phase][C][taps of the phase].
+  std::vector<std::vector<T>> sub(phases.size());
+  int64_t buf_elems = 0, scratch_elems = 0;
+  for (size_t i = 0; i < phases.size(); ++i) {
+    const InputGradPhase& ph = phases[i];
+    const int64_t nt = static_cast<int64_t>(ph.taps.size());
+    sub[i].resize(p.K * nt);
+    for (int64_t k = 0; k < p.K; ++k)
+      for (int64_t t = 0; t < nt; ++t) sub[i][k * nt + t] = w[k * taps + ph.taps[t]];
+    if (nt > 0) {
+      buf_elems += ph.plan.g.buffer_elems(L);
+      scratch_elems = std::max(scratch_elems, ph.plan.scratch_elems(L));
+    }
+  }
+  const T* y = gy.const_data_ptr<T>();
+  const int64_t sn = gy.stride(0), sc = gy.stride(1), sh = gy.stride(2), sw = gy.stride(3);
+  const int64_t m = p.K_per_group;
+  at::parallel_for(0, p.N * p.C, grain(p.P * p.Q * taps * m), [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(buf_elems, T(0));  // one buffer per phase; padding stays zero
+    std::vector<T> scratch(scratch_elems);
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / p.C, c = nc % p.C;
+      T* out = gx + nc * p.H * p.W;
+      T* b = buf.data();
+      for (size_t i = 0; i < phases.size(); ++i) {
+        const InputGradPhase& ph = phases[i];
+        T* o = out + ph.ah * p.W + ph.aw;
+        const int64_t nt = static_cast<int64_t>(ph.taps.size());
+        if (nt == 0) {
+          for (int64_t r = 0; r < ph.plan.g.P; ++r)
+            for (int64_t q = 0; q < ph.plan.g.Q; ++q) o[r * p.stride_h * p.W + q * p.stride_w] = T(0);
+          continue;
+        }
+        for (int64_t j = 0; j < m; ++j) {
+          const int64_t k = c * m + j;
+          fill_plane(y + n * sn + k * sc, sh, sw, ph.plan.g, b);
+          plane_forward(ph.plan, b, sub[i].data() + k * nt, T(0), o, p.stride_h * p.W,
+                        p.stride_w, scratch.data(), j > 0, j == m - 1);
+        }
+        b += ph.plan.g.buffer_elems(L);
+      }
+    }
+  });
+}
+
+// grad-weight: gw[c][t] = sum over n and output positions of gy * x at tap
+// t: on the forward's phase-split buffer of x, every vector of the forward's
+// plan against the matching grad_output vector (copied into a zero-junk
+// scratch plane laid out like the plan's output). Taps in groups held in
+// registers; one channel per task, images in order, lanes summed in a fixed
+// order at the end: identical for any thread count.
+inline constexpr int kWeightGradTapGroup = simd::kVectorBytes == 64 ? 16 : 8;
+
+template <typename T, int G>
+inline void weight_grad_taps(const PlanePlan& plan, const T* buf, const T* gys, const int64_t* tap_off,
+                             typename simd::Vec<T>::type* acc) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
-  std::fill(buf, buf + d.Hp * p.stride_w * d.row_len, T(0));
-  const int64_t taps = p.R * p.S;
-  for (int64_t oh = 0; oh < p.P; ++oh) {
-    T* row = buf + oh * p.stride_h * p.stride_w * d.row_len;
-    const T* g = gy + oh * gy_row;
-    for (int64_t q = 0; q < p.Q; q += L) {
-      const int64_t lanes = std::min<int64_t>(L, p.Q - q);
-      const typename V::type gv =
-          lanes == L ? V::load(g + q) : V::load_partial(g + q, static_cast<int>(lanes));
-      for (int64_t t = 0; t < taps; ++t) {
-        T* dst = row + tap_offset[t] + q;
-        V::store(dst, simd::fmadd(gv, tap_weight[t], V::load(dst)));
-      }
-    }
+  typename V::type a[G];
+  for (int g = 0; g < G; ++g) a[g] = V::zero();
+  const int64_t nv = static_cast<int64_t>(plan.src.size());
+  for (int64_t v = 0; v < nv; ++v) {
+    const int64_t m = plan.src[v];
+    const typename V::type gv =
+        plan.lanes[v] == L ? V::load(gys + m) : V::load_partial(gys + m, plan.lanes[v]);
+    const T* x = buf + m;
+    for (int g = 0; g < G; ++g) a[g] = simd::fmadd(gv, V::load(x + tap_off[g]), a[g]);
   }
-  // Read back: input (h, w) is padded (h + pad_h, w + pad_w).
-  for (int64_t h = 0; h < p.H; ++h) {
-    const int64_t hp = h + p.pad_h;
-    T* out = gx + h * gx_row;
-    if (hp >= d.Hp) {
-      std::fill(out, out + p.W, T(0));
-      continue;
-    }
-    for (int64_t w = 0; w < p.W; ++w) {
-      const int64_t col = w + p.pad_w;
-      const int64_t j = col / p.stride_w;
-      out[w] = j < d.row_len ? buf[(hp * p.stride_w + col % p.stride_w) * d.row_len + j] : T(0);
-    }
-  }
+  for (int g = 0; g < G; ++g) acc[g] += a[g];
 }
 
-// Depthwise grad-weight of one plane pair, added to acc[taps] (vectors; the
-// caller reduces lanes at the end): acc[t] += gy[oh][ow..] * x(tap t).
+template <typename T, int G = kWeightGradTapGroup>
+inline void weight_grad_taps_n(int n, const PlanePlan& plan, const T* buf, const T* gys,
+                               const int64_t* tap_off, typename simd::Vec<T>::type* acc) {
+  if constexpr (G > 1) {
+    if (n < G) return weight_grad_taps_n<T, G - 1>(n, plan, buf, gys, tap_off, acc);
+  }
+  weight_grad_taps<T, G>(plan, buf, gys, tap_off, acc);
+}
+
+// gy, x: any strides; gw: K x taps (output channel k reads input channel k / m).
 template <typename T>
-void depthwise_plane_backward_weight(const T* buf, const T* gy, int64_t gy_row,
-                                     const int64_t* tap_offset, typename simd::Vec<T>::type* acc,
-                                     const Conv2dShape& p, const DepthwisePlane& d) {
+void backward_weight_planes(const at::Tensor& gy, const at::Tensor& input, T* gw,
+                            const Conv2dShape& p) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
+  const PlanePlan plan = plan_plane(forward_geometry(p), L, false);
   const int64_t taps = p.R * p.S;
-  for (int64_t oh = 0; oh < p.P; ++oh) {
-    const T* row = buf + oh * p.stride_h * p.stride_w * d.row_len;
-    const T* g = gy + oh * gy_row;
-    for (int64_t q = 0; q < p.Q; q += L) {
-      const int64_t lanes = std::min<int64_t>(L, p.Q - q);
-      const typename V::type gv =
-          lanes == L ? V::load(g + q) : V::load_partial(g + q, static_cast<int>(lanes));
-      for (int64_t t = 0; t < taps; ++t) {
-        acc[t] = simd::fmadd(gv, V::load(row + tap_offset[t] + q), acc[t]);
+  const T* x = input.const_data_ptr<T>();
+  const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
+                sw = input.stride(3);
+  const T* y = gy.const_data_ptr<T>();
+  const int64_t gsn = gy.stride(0), gsc = gy.stride(1), gsh = gy.stride(2), gsw = gy.stride(3);
+  const int64_t m = p.K_per_group;
+  at::parallel_for(0, p.K, grain(p.N * p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(plan.g.buffer_elems(L), T(0));
+    std::vector<T> gys(plan.scratch_elems(L), T(0));  // junk columns stay zero
+    std::vector<typename V::type> acc(taps);
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t c = k / m;
+      std::fill(acc.begin(), acc.end(), V::zero());
+      for (int64_t n = 0; n < p.N; ++n) {
+        fill_plane(x + n * sn + c * sc, sh, sw, plan.g, buf.data());
+        const T* g = y + n * gsn + k * gsc;
+        for (int64_t oh = 0; oh < p.P; ++oh) {
+          T* dst = gys.data() + oh * plan.g.row_len;
+          if (gsw == 1) {
+            std::memcpy(dst, g + oh * gsh, sizeof(T) * p.Q);
+          } else {
+            for (int64_t q = 0; q < p.Q; ++q) dst[q] = g[oh * gsh + q * gsw];
+          }
+        }
+        for (int64_t t0 = 0; t0 < taps; t0 += kWeightGradTapGroup) {
+          const int cnt = static_cast<int>(std::min<int64_t>(kWeightGradTapGroup, taps - t0));
+          weight_grad_taps_n<T>(cnt, plan, buf.data(), gys.data(), plan.tap_off.data() + t0,
+                                acc.data() + t0);
+        }
       }
+      for (int64_t t = 0; t < taps; ++t) {
+        T sum = 0;
+        for (int l = 0; l < L; ++l) sum += acc[t][l];
+        gw[k * taps + t] = sum;
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// channels_last.
+
+// UQ output pixels (input pixel pointers x[u], tap (0, 0)) x one vector of
+// channels; taps_r x taps_s taps starting at w (tap stride C), input tap
+// strides xr (rows) and xs (columns).
+template <typename T, int UQ, bool kPartial>
+inline void nhwc_tile(const T* const* x, const T* w, int64_t C, int64_t r0, int64_t r1,
+                      int64_t s0, int64_t s1, int64_t S, int64_t xr, int64_t xs,
+                      typename simd::Vec<T>::type bias, T* const* out, int lanes) {
+  using V = simd::Vec<T>;
+  typename V::type acc[UQ];
+  for (int u = 0; u < UQ; ++u) acc[u] = bias;
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const T* wp = w + (r * S + s) * C;
+      const typename V::type wv = kPartial ? V::load_partial(wp, lanes) : V::load(wp);
+      const int64_t o = r * xr + s * xs;
+      for (int u = 0; u < UQ; ++u) {
+        const typename V::type xv = kPartial ? V::load_partial(x[u] + o, lanes) : V::load(x[u] + o);
+        acc[u] = simd::fmadd(xv, wv, acc[u]);
+      }
+    }
+  }
+  for (int u = 0; u < UQ; ++u) {
+    if (kPartial) {
+      V::store_partial(out[u], acc[u], lanes);
+    } else {
+      V::store(out[u], acc[u]);
     }
   }
 }
 
+// The same for pixels near the left/right edge: a tap column outside the
+// image reads a zero vector instead. xrow: input row ih0 at column 0 and the
+// tile's first channel; pixel u's tap s is at column iw0 + u * stride_w + s * dw.
+template <typename T, int UQ, bool kPartial>
+inline void nhwc_border_tile(const T* xrow, int64_t iw0, int64_t stride_w, const T* w, int64_t C,
+                             int64_t r0, int64_t r1, int64_t S, int64_t xr, int64_t dw,
+                             int64_t sw, int64_t W, const T* zeros,
+                             typename simd::Vec<T>::type bias, T* const* out, int lanes) {
+  using V = simd::Vec<T>;
+  typename V::type acc[UQ];
+  for (int u = 0; u < UQ; ++u) acc[u] = bias;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* row = xrow + r * xr;
+    for (int64_t s = 0; s < S; ++s) {
+      const T* wp = w + (r * S + s) * C;
+      const typename V::type wv = kPartial ? V::load_partial(wp, lanes) : V::load(wp);
+      for (int u = 0; u < UQ; ++u) {
+        const int64_t iw = iw0 + u * stride_w + s * dw;
+        const T* ptr = iw >= 0 && iw < W ? row + iw * sw : zeros;
+        const typename V::type xv = kPartial ? V::load_partial(ptr, lanes) : V::load(ptr);
+        acc[u] = simd::fmadd(xv, wv, acc[u]);
+      }
+    }
+  }
+  for (int u = 0; u < UQ; ++u) {
+    if (kPartial) {
+      V::store_partial(out[u], acc[u], lanes);
+    } else {
+      V::store(out[u], acc[u]);
+    }
+  }
+}
+
+// f.template operator()<N>() for N = n (1..kMaxTileVectors).
+template <typename F>
+inline void with_tile_size(int n, F&& f) {
+  switch (n) {
+    case 8: f.template operator()<8>(); break;
+    case 7: f.template operator()<7>(); break;
+    case 6: f.template operator()<6>(); break;
+    case 5: f.template operator()<5>(); break;
+    case 4: f.template operator()<4>(); break;
+    case 3: f.template operator()<3>(); break;
+    case 2: f.template operator()<2>(); break;
+    default: f.template operator()<1>(); break;
+  }
+}
+
+// input: channels-contiguous (stride(1) == 1), any other strides;
+// wt: weights as [R][S][C]; bias: C values or null; out: NHWC contiguous.
+template <typename T>
+void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
+                  const Conv2dShape& p) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  const T* x = input.const_data_ptr<T>();
+  const int64_t sn = input.stride(0), sh = input.stride(2), sw = input.stride(3);
+  const int64_t C = p.C;
+  const int64_t xr = p.dilation_h * sh, xs = p.dilation_w * sw;
+  // Output columns whose every tap column is inside the image: [q_lo, q_hi).
+  const int64_t q_lo = std::min(p.Q, (p.pad_w + p.stride_w - 1) / p.stride_w);
+  const int64_t last_ok = p.W - 1 - (p.S - 1) * p.dilation_w + p.pad_w;  // ow*sw <= last_ok
+  const int64_t q_hi = std::max(q_lo, std::min(p.Q, last_ok < 0 ? 0 : last_ok / p.stride_w + 1));
+  const T* zeros = kZeroVector<T>;  // taps outside the image
+  at::parallel_for(0, p.N * p.P, grain(p.Q * C * p.R * p.S), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / p.P, oh = item % p.P;
+      const int64_t ih0 = oh * p.stride_h - p.pad_h;
+      // taps r with 0 <= ih0 + r * dh < H
+      int64_t r0 = 0, r1 = p.R;
+      while (r0 < p.R && ih0 + r0 * p.dilation_h < 0) ++r0;
+      while (r1 > r0 && ih0 + (r1 - 1) * p.dilation_h >= p.H) --r1;
+      const T* xrow = x + n * sn + ih0 * sh;  // may point before the image; only offset with r >= r0
+      T* orow = out + (item * p.Q) * C;
+      for (int64_t c0 = 0; c0 < C; c0 += L) {
+        const int lanes = static_cast<int>(std::min<int64_t>(L, C - c0));
+        const typename V::type b = bias == nullptr ? V::zero()
+                                   : lanes == L    ? V::load(bias + c0)
+                                                   : V::load_partial(bias + c0, lanes);
+        const T* wc = wt + c0;
+        // Tiles of up to 8 pixels along the row; those with a pixel near
+        // the left/right edge check every tap column.
+        for (int64_t q = 0; q < p.Q; q += kMaxTileVectors) {
+          const int count = static_cast<int>(std::min<int64_t>(kMaxTileVectors, p.Q - q));
+          T* outs[kMaxTileVectors];
+          for (int u = 0; u < count; ++u) outs[u] = orow + (q + u) * C + c0;
+          const bool interior = q >= q_lo && q + count <= q_hi;
+          with_tile_size(count, [&]<int UQ>() {
+            if (interior) {
+              const T* xs_ptr[kMaxTileVectors];
+              for (int u = 0; u < UQ; ++u) xs_ptr[u] = xrow + ((q + u) * p.stride_w - p.pad_w) * sw + c0;
+              if (lanes == L) {
+                nhwc_tile<T, UQ, false>(xs_ptr, wc, C, r0, r1, 0, p.S, p.S, xr, xs, b, outs, lanes);
+              } else {
+                nhwc_tile<T, UQ, true>(xs_ptr, wc, C, r0, r1, 0, p.S, p.S, xr, xs, b, outs, lanes);
+              }
+            } else {
+              const int64_t iw0 = q * p.stride_w - p.pad_w;
+              if (lanes == L) {
+                nhwc_border_tile<T, UQ, false>(xrow + c0, iw0, p.stride_w, wc, C, r0, r1, p.S, xr,
+                                               p.dilation_w, sw, p.W, zeros, b, outs, lanes);
+              } else {
+                nhwc_border_tile<T, UQ, true>(xrow + c0, iw0, p.stride_w, wc, C, r0, r1, p.S, xr,
+                                              p.dilation_w, sw, p.W, zeros, b, outs, lanes);
+              }
+            }
+          });
+        }
+      }
+    }
+  });
+}
+
+// grad-input at stride 1 is the forward with the filter rotated by 180
+// degrees and padding (R-1)*dilation - pad on grad_output (when that is not
+// negative): the shape of that forward problem.
+inline bool nhwc_input_grad_as_forward(const Conv2dShape& p) {
+  return p.K_per_group == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= (p.R - 1) * p.dilation_h &&
+         p.pad_w <= (p.S - 1) * p.dilation_w;
+}
+
+inline Conv2dShape input_grad_forward_shape(const Conv2dShape& p) {
+  Conv2dShape q = p;
+  q.H = p.P;
+  q.W = p.Q;
+  q.P = p.H;
+  q.Q = p.W;
+  q.pad_h = (p.R - 1) * p.dilation_h - p.pad_h;
+  q.pad_w = (p.S - 1) * p.dilation_w - p.pad_w;
+  return q;
+}
+
+// channels_last grad-weight: one vector of channels per task (so each sum
+// has one fixed order: images, rows, kernel rows, kernel columns, then the
+// output columns in two interleaved partial sums); x: channels-contiguous,
+// any other strides; gy: NHWC contiguous; gw: C x R x S.
+template <typename T, bool kPartial>
+inline typename simd::Vec<T>::type nhwc_row_dot(const T* g, const T* x, int64_t count,
+                                                int64_t C, int64_t x_step, int lanes) {
+  using V = simd::Vec<T>;
+  auto ld = [&](const T* ptr) { return kPartial ? V::load_partial(ptr, lanes) : V::load(ptr); };
+  typename V::type a0 = V::zero(), a1 = V::zero();
+  int64_t q = 0;
+  for (; q + 2 <= count; q += 2) {
+    a0 = simd::fmadd(ld(g + q * C), ld(x + q * x_step), a0);
+    a1 = simd::fmadd(ld(g + (q + 1) * C), ld(x + (q + 1) * x_step), a1);
+  }
+  if (q < count) a0 = simd::fmadd(ld(g + q * C), ld(x + q * x_step), a0);
+  return a0 + a1;
+}
+
+template <typename T>
+void backward_weight_nhwc(const at::Tensor& gy, const at::Tensor& input, T* gw,
+                          const Conv2dShape& p) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  const T* x = input.const_data_ptr<T>();
+  const int64_t sn = input.stride(0), sh = input.stride(2), sw = input.stride(3);
+  const T* y = gy.const_data_ptr<T>();
+  const int64_t C = p.C, taps = p.R * p.S;
+  std::vector<ValidRange> cols(p.S);
+  for (int64_t s = 0; s < p.S; ++s)
+    cols[s] = valid_output_range(s * p.dilation_w - p.pad_w, p.stride_w, p.W, p.Q);
+  const int64_t blocks = (C + L - 1) / L;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<typename V::type> acc(taps);
+    for (int64_t cb = begin; cb < end; ++cb) {
+      const int64_t c0 = cb * L;
+      const int lanes = static_cast<int>(std::min<int64_t>(L, C - c0));
+      std::fill(acc.begin(), acc.end(), V::zero());
+      for (int64_t n = 0; n < p.N; ++n) {
+        for (int64_t oh = 0; oh < p.P; ++oh) {
+          const T* grow = y + ((n * p.P + oh) * p.Q) * C + c0;
+          for (int64_t r = 0; r < p.R; ++r) {
+            const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_h;
+            if (ih < 0 || ih >= p.H) continue;
+            for (int64_t s = 0; s < p.S; ++s) {
+              const int64_t q0 = cols[s].lo, q1 = cols[s].hi;
+              if (q0 >= q1) continue;
+              const int64_t iw = q0 * p.stride_w + s * p.dilation_w - p.pad_w;
+              const T* xp = x + n * sn + ih * sh + iw * sw + c0;
+              acc[r * p.S + s] += lanes == L
+                  ? nhwc_row_dot<T, false>(grow + q0 * C, xp, q1 - q0, C, p.stride_w * sw, lanes)
+                  : nhwc_row_dot<T, true>(grow + q0 * C, xp, q1 - q0, C, p.stride_w * sw, lanes);
+            }
+          }
+        }
+      }
+      for (int l = 0; l < lanes; ++l)
+        for (int64_t t = 0; t < taps; ++t) gw[(c0 + l) * taps + t] = acc[t][l];
+    }
+  });
+}
+
+}  // namespace depthwise
 }  // namespace cpu
 }  // namespace conv_ext

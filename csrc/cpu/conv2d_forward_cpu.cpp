@@ -41,33 +41,25 @@ at::Tensor dense_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   return nhwc_in_format<T>(out, format);
 }
 
-// Depthwise: one (n, c) plane per task through a padded, phase-split copy.
+// Depthwise: NCHW planes through a phase-split buffer, or channels_last
+// natively with vectors along the channels (conv2d_depthwise_kernels.h).
 template <typename T>
 at::Tensor depthwise_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
-                                 const at::Tensor& bias, const Conv2dShape& p) {
+                                 const at::Tensor& bias, const Conv2dShape& p,
+                                 at::MemoryFormat format) {
+  const at::Tensor b = bias.defined() ? bias.contiguous() : bias;
+  const T* bp = b.defined() ? b.const_data_ptr<T>() : nullptr;
+  if (format == at::MemoryFormat::ChannelsLast && p.K_per_group == 1) {
+    const at::Tensor x = input.stride(1) == 1 ? input : input.contiguous(at::MemoryFormat::ChannelsLast);
+    // weights as [R][S][C]: one contiguous vector of channels per tap
+    const at::Tensor wt = weight.reshape({p.C, p.taps()}).t().contiguous();
+    auto out = at::empty(p.output_sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
+    depthwise::forward_nhwc<T>(x, wt.const_data_ptr<T>(), bp, out.mutable_data_ptr<T>(), p);
+    return out;
+  }
   auto out = at::empty(p.output_sizes(), input.options());
   const at::Tensor w = weight.contiguous();
-  const at::Tensor b = bias.defined() ? bias.contiguous() : bias;
-  const DepthwisePlane d = depthwise_plane(p, simd::Vec<T>::size);
-  const T* x = input.const_data_ptr<T>();
-  const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
-                sw = input.stride(3);
-  const T* wp = w.const_data_ptr<T>();
-  const T* bp = b.defined() ? b.const_data_ptr<T>() : nullptr;
-  T* o = out.mutable_data_ptr<T>();
-  const std::vector<int64_t> tap_offset = depthwise_tap_offsets(p, d);
-  const int64_t taps = p.taps();
-  at::parallel_for(0, p.N * p.C, grain_for(p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
-    std::vector<T> buf(d.Hp * p.stride_w * d.row_len, T(0));  // padding stays zero
-    std::vector<typename simd::Vec<T>::type> tap_weight(taps);
-    for (int64_t nc = begin; nc < end; ++nc) {
-      const int64_t n = nc / p.C, c = nc % p.C;
-      for (int64_t t = 0; t < taps; ++t) tap_weight[t] = simd::Vec<T>::broadcast(wp[c * taps + t]);
-      fill_phase_split(x + n * sn + c * sc, sh, sw, p, d, buf.data());
-      depthwise_plane_forward(buf.data(), tap_offset.data(), tap_weight.data(),
-                              bp != nullptr ? bp[c] : T(0), o + nc * p.P * p.Q, p.Q, p, d);
-    }
-  });
+  depthwise::forward_planes<T>(input, w.const_data_ptr<T>(), bp, out.mutable_data_ptr<T>(), p);
   return out;
 }
 
@@ -103,7 +95,7 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const 
     if (path == CpuPath::kGrouped) {
       result = grouped::forward_op<scalar_t>(input, weight, bias, p, format);
     } else if (path == CpuPath::kDepthwise) {
-      result = depthwise_forward_cpu<scalar_t>(input, weight, bias, p);
+      result = depthwise_forward_cpu<scalar_t>(input, weight, bias, p, format);
     } else if (path == CpuPath::kPointwise && format == at::MemoryFormat::Contiguous) {
       result = pointwise_nchw<scalar_t>(input, weight.view({p.K, p.C}), bias, p.stride_h,
                                         p.stride_w, p.P, p.Q);

@@ -135,18 +135,28 @@ at::Tensor interleaved_padded(const at::Tensor& src, int64_t pad_h, int64_t pad_
     for (int64_t nh = begin; nh < end; ++nh) {
       const int64_t n = nh / Hp, h = nh % Hp - pad_h;
       T* row = d + nh * Wp * channels;
-      std::fill(row, row + Wp * channels, T(0));
-      if (h < 0 || h >= H) continue;
+      if (h < 0 || h >= H) {
+        std::fill(row, row + Wp * channels, T(0));
+        continue;
+      }
+      std::fill(row, row + pad_w * channels, T(0));
+      std::fill(row + (pad_w + W) * channels, row + Wp * channels, T(0));
       const T* sr = s + n * sn + h * sh;
       T* dr = row + pad_w * channels;
+      if (C < channels) std::fill(dr, dr + W * channels, T(0));  // groups past the last
       if (sc == 1) {
         for (int64_t w = 0; w < W; ++w)
           for (int64_t c = 0; c < C; ++c) dr[w * channels + pos[c]] = sr[w * sw + c];
       } else {
-        for (int64_t c = 0; c < C; ++c) {
-          const T* sc_row = sr + c * sc;
-          T* dc = dr + pos[c];
-          for (int64_t w = 0; w < W; ++w) dc[w * channels] = sc_row[w * sw];
+        // Transpose in strips of 16 pixels: the strip's destination lines
+        // stay in L1 while every channel row is read one line at a time.
+        for (int64_t w0 = 0; w0 < W; w0 += 16) {
+          const int64_t w1 = std::min(W, w0 + 16);
+          for (int64_t c = 0; c < C; ++c) {
+            const T* sc_row = sr + c * sc;
+            T* dc = dr + pos[c];
+            for (int64_t w = w0; w < w1; ++w) dc[w * channels] = sc_row[w * sw];
+          }
         }
       }
     }
@@ -335,7 +345,7 @@ at::Tensor deinterleave(const T* src, const Layout& l, at::IntArrayRef sizes,
     });
     return out;
   }
-  constexpr int64_t kTile = 64;
+  constexpr int64_t kTile = 16;  // 16 source pixels (lines) stay in L1 across all channels
   const int64_t tiles = (HW + kTile - 1) / kTile;
   at::parallel_for(0, N * tiles, grain_for(kTile * C), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
@@ -42,6 +43,19 @@ struct Vec {
   // x86 (a variable-length memcpy would be a library call per row tail).
   static inline type load_partial(const T* p, int n);
   static inline void store_partial(T* p, type v, int n);
+};
+
+// Integer vector with Vec<T>'s lane count, for __builtin_shuffle masks.
+template <typename T>
+struct IndexVec {
+  using element = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef element type __attribute__((vector_size(kVectorBytes)));
+  // 0, 2, 4, ...: the even elements of two concatenated vectors.
+  static inline type even() {
+    type v{};
+    for (int i = 0; i < Vec<T>::size; ++i) v[i] = 2 * i;
+    return v;
+  }
 };
 
 #if defined(__AVX512F__)

@@ -59,12 +59,27 @@ at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::
                                      padding, dilation, groups);
 }
 
+at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& scale,
+                             const std::optional<at::Tensor>& shift,
+                             const std::optional<at::Tensor>& residual,
+                             c10::string_view activation, bool residual_before_activation,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups) {
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  return conv2d_fused_impl(CudaLauncher{}, input, weight, bias, scale, shift, residual,
+                           activation, residual_before_activation, stride, padding, dilation,
+                           groups);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(conv_ext, CUDA, m) {
   m.impl("conv2d_forward", &conv2d_forward_cuda);
   m.impl("conv2d_backward_input", &conv2d_backward_input_cuda);
   m.impl("conv2d_backward_weight", &conv2d_backward_weight_cuda);
+  m.impl("conv2d_fused", &conv2d_fused_cuda);
 }
 
 }  // namespace cuda

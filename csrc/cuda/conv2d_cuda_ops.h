@@ -17,6 +17,7 @@
 #include "conv2d_backward_weight_kernels.cuh"
 #include "conv2d_cuda_plan.h"
 #include "conv2d_depthwise_kernels.cuh"
+#include "conv2d_epilogue_kernels.cuh"
 #include "conv2d_forward_kernels.cuh"
 
 namespace conv_ext {
@@ -226,6 +227,41 @@ at::Tensor conv2d_backward_weight_impl(const Launcher& launch, const at::Tensor&
       grad_output, input, weight_size, stride, padding, dilation, groups,
       [&](const at::Tensor& gy, const at::Tensor& x, const Conv2dShape& g, at::MemoryFormat) {
         return conv2d_backward_weight_cuda_backend(launch, gy, x, g);
+      });
+}
+
+// conv2d_fused: the forward, then its epilogue in one elementwise pass over
+// the output in the output's layout.
+template <typename Launcher>
+at::Tensor conv2d_fused_impl(const Launcher& launch, const at::Tensor& input,
+                             const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& scale,
+                             const std::optional<at::Tensor>& shift,
+                             const std::optional<at::Tensor>& residual,
+                             c10::string_view activation, bool residual_before_activation,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups) {
+  return conv2d_fused_front(
+      input, weight, bias, scale, shift, residual, activation, residual_before_activation, stride,
+      padding, dilation, groups,
+      [&](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+          at::IntArrayRef st, at::IntArrayRef pad, at::IntArrayRef dil, int64_t g) {
+        return conv2d_forward_impl(launch, x, w, b, st, pad, dil, g);
+      },
+      [&](at::Tensor& output, const EpilogueTensors& e, const Conv2dShape& shape,
+          at::MemoryFormat format) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, output.scalar_type(), "conv_ext_conv2d_fused_cuda", [&] {
+              const Epilogue<scalar_t> ep = e.view<scalar_t>();
+              if (ep.is_identity()) return;
+              const int64_t count = output.numel();
+              launch(conv2d_epilogue_kernel<scalar_t>,
+                     LaunchDims{{grid_dim(ceil_div(count, kEpilogueThreads), kMaxElementwiseBlocks),
+                                 1, 1},
+                                static_cast<uint32_t>(kEpilogueThreads)},
+                     output.mutable_data_ptr<scalar_t>(), ep, count, shape.K, shape.P * shape.Q,
+                     format == at::MemoryFormat::ChannelsLast);
+            });
       });
 }
 

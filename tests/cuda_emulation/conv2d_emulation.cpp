@@ -51,6 +51,17 @@ at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& inpu
                                            weight_size, stride, padding, dilation, groups);
 }
 
+at::Tensor fused(const at::Tensor& input, const at::Tensor& weight,
+                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& scale,
+                 const std::optional<at::Tensor>& shift,
+                 const std::optional<at::Tensor>& residual, const std::string& activation,
+                 bool residual_before_activation, std::vector<int64_t> stride,
+                 std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups) {
+  return cuda::conv2d_fused_impl(EmulatedLauncher{}, input, weight, bias, scale, shift, residual,
+                                 activation, residual_before_activation, stride, padding,
+                                 dilation, groups);
+}
+
 // The plan each op would use for a problem, as text: lets the tests assert
 // which kernel a shape selects.
 std::string describe_plan(const std::string& op, std::vector<int64_t> input_size,
@@ -89,6 +100,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv2d_forward", &forward);
   m.def("conv2d_backward_input", &backward_input);
   m.def("conv2d_backward_weight", &backward_weight);
+  m.def("conv2d_fused", &fused);
   m.def("describe_plan", &describe_plan);
   m.def("force_tile", &force_tile,
         "'small', 'large', 'huge', 'elementwise' (untiled depthwise) or '' (by shape)");

@@ -1,0 +1,160 @@
+"""The CPU depthwise kernels (csrc/cpu/conv2d_depthwise_kernels.h) against
+F.conv2d, forward and both gradients, NCHW and channels_last, float32 and
+float64: strides, dilations, asymmetric and 'same' padding, padding larger
+than the kernel, odd and tiny planes (both the row and the flat vector
+plans), large kernels, channel counts that are not a multiple of the SIMD
+width; float64 gradcheck; bitwise invariance across thread counts and batch
+splits."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import conv_ext
+from helpers import compare_with_torch
+
+ops = torch.ops.conv_ext
+
+# (name, N, C, H, W, R, S, stride, padding, dilation)
+CASES = [
+    ("3x3_s1_7x7_plane", 2, 20, 7, 7, 3, 3, 1, 1, 1),          # flat plan
+    ("3x3_s1_14x14_plane", 2, 5, 14, 14, 3, 3, 1, 1, 1),
+    ("3x3_s2_odd", 2, 7, 15, 13, 3, 3, 2, 1, 1),
+    ("3x3_s2_wide", 1, 3, 6, 75, 3, 3, 2, 1, 1),               # vectorized de-interleave
+    ("3x3_s2_even_wide", 1, 2, 8, 66, 3, 3, 2, 0, 1),
+    ("5x5_s2_dilated", 2, 6, 17, 19, 5, 5, 2, 2, 2),
+    ("3x3_s3", 1, 4, 13, 14, 3, 3, 3, 1, 1),
+    ("asym_stride_dilation", 1, 5, 11, 12, 3, 2, (1, 3), (2, 1), (2, 1)),
+    ("pad_beyond_kernel", 1, 3, 6, 7, 3, 3, 1, 4, 1),
+    ("pad_beyond_kernel_s2", 1, 3, 6, 7, 3, 3, 2, (3, 4), 1),
+    ("no_pad_1xk", 2, 4, 9, 21, 1, 5, 1, 0, 1),
+    ("7x7_convnext_like", 2, 17, 12, 11, 7, 7, 1, 3, 1),
+    ("13x13_large", 1, 3, 9, 16, 13, 13, 1, 6, 1),
+    ("31x31_large", 1, 2, 10, 9, 31, 31, 1, 15, 1),
+    ("1x1_plane", 3, 9, 1, 1, 3, 3, 1, 1, 1),
+    ("kernel_equals_input", 2, 5, 4, 6, 4, 6, 1, 0, 1),
+    ("wide_rows_tail", 1, 3, 5, 70, 3, 3, 1, 1, 1),
+]
+
+
+def _id(case):
+    return case[0]
+
+
+def _inputs(N, C, H, W, R, S, dtype):
+    x = torch.randn(N, C, H, W, dtype=dtype)
+    w = torch.randn(C, 1, R, S, dtype=dtype) / (R * S) ** 0.5
+    b = torch.randn(C, dtype=dtype)
+    return x, w, b
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_depthwise_matches_torch(case, dtype, layout):
+    _, N, C, H, W, R, S, stride, padding, dilation = case
+    x, w, b = _inputs(N, C, H, W, R, S, dtype)
+    assert torch.ops.conv_ext_debug.cpu_forward_path(x, w, list(stride) if isinstance(stride, tuple) else [stride],
+                                list(padding) if isinstance(padding, tuple) else [padding],
+                                list(dilation) if isinstance(dilation, tuple) else [dilation],
+                                C) == "depthwise"
+    compare_with_torch(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=C,
+                       layout=layout)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("kernel,dilation", [((3, 3), 1), ((4, 4), 1), ((2, 5), 2), ((7, 7), 1)])
+def test_depthwise_same_padding(kernel, dilation, layout):
+    # Even kernels: 'same' pads one more row/column at the bottom/right.
+    x, w, b = _inputs(2, 6, 9, 10, *kernel, torch.float32)
+    compare_with_torch(x, w, b, padding="same", dilation=dilation, groups=6, layout=layout)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
+    "3x3_s2_odd", "5x5_s2_dilated", "asym_stride_dilation", "pad_beyond_kernel_s2",
+    "7x7_convnext_like")], ids=_id)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_depthwise_gradcheck_float64(case, layout):
+    _, N, C, H, W, R, S, stride, padding, dilation = case
+    C = min(C, 3)
+    x, w, b = _inputs(1, C, min(H, 9), min(W, 9), R, S, torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x, w, b = (t.requires_grad_() for t in (x, w, b))
+
+    def fn(x, w, b):
+        return conv_ext.conv2d(x, w, b, stride, padding, dilation, C)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b), fast_mode=True)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
+    "3x3_s1_7x7_plane", "3x3_s2_wide", "7x7_convnext_like", "asym_stride_dilation")], ids=_id)
+def test_depthwise_bitwise_across_threads_and_batch_splits(case, layout):
+    _, N, C, H, W, R, S, stride, padding, dilation = case
+    N = 3
+    x, w, _ = _inputs(N, C, H, W, R, S, torch.float32)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v]  # noqa: E731
+    args = (pair(stride), pair(padding), pair(dilation), C)
+    gy = torch.randn_like(ops.conv2d_forward(x, w, None, *args))
+    saved = torch.get_num_threads()
+
+    def run():
+        return (ops.conv2d_forward(x, w, None, *args),
+                ops.conv2d_backward_input(gy, w, list(x.shape), *args),
+                ops.conv2d_backward_weight(gy, x, list(w.shape), *args))
+
+    try:
+        first = run()
+        torch.set_num_threads(1)
+        single = run()
+    finally:
+        torch.set_num_threads(saved)
+    for a, c in zip(first, single):
+        assert torch.equal(a, c)
+    # Each image's forward and grad-input do not depend on the rest of the batch.
+    for i in range(N):
+        xi = x[i:i + 1]
+        assert torch.equal(ops.conv2d_forward(xi, w, None, *args), first[0][i:i + 1])
+        assert torch.equal(ops.conv2d_backward_input(gy[i:i + 1], w, list(xi.shape), *args),
+                           first[1][i:i + 1])
+
+
+def test_depthwise_channels_last_stays_channels_last():
+    x, w, _ = _inputs(2, 24, 9, 9, 3, 3, torch.float32)
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = conv_ext.conv2d(x, w, None, 1, 1, 1, 24)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, F.conv2d(x, w, None, 1, 1, 1, 24), rtol=1e-4, atol=1e-4)
+
+
+# (N, C, multiplier, H, W, R, S, stride, padding, dilation)
+MULTIPLIER_CASES = [
+    (2, 5, 2, 9, 11, 3, 3, 1, 1, 1),
+    (1, 4, 3, 12, 13, 5, 5, 2, 2, 1),
+    (2, 3, 2, 7, 7, 3, 3, 1, 2, 2),
+    (1, 6, 4, 14, 14, 3, 3, 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", MULTIPLIER_CASES, ids=str)
+def test_depthwise_channel_multiplier(case, dtype, layout):
+    N, C, m, H, W, R, S, stride, padding, dilation = case
+    x = torch.randn(N, C, H, W, dtype=dtype)
+    w = torch.randn(C * m, 1, R, S, dtype=dtype) / (R * S) ** 0.5
+    b = torch.randn(C * m, dtype=dtype)
+    assert torch.ops.conv_ext_debug.cpu_forward_path(x, w, [stride], [padding], [dilation], C) == "depthwise"
+    compare_with_torch(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=C,
+                       layout=layout)
+
+
+def test_depthwise_channel_multiplier_gradcheck():
+    x = torch.randn(1, 3, 7, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: conv_ext.conv2d(x, w, b, 2, 1, 1, 3),
+                                    (x, w, b), fast_mode=True)
