@@ -16,24 +16,9 @@
 #include <string>
 #include <vector>
 
+#include "conv2d_shape.h"
+
 namespace conv_ext {
-
-// Everything a kernel needs to know about one 2-d convolution problem.
-// Input N x C x H x W, weight K x (C/groups) x R x S, output N x K x P x Q.
-struct Conv2dShape {
-  int64_t N = 0, C = 0, H = 0, W = 0;
-  int64_t K = 0, R = 0, S = 0;
-  int64_t P = 0, Q = 0;
-  int64_t groups = 1;
-  int64_t C_per_group = 0, K_per_group = 0;
-  int64_t stride_h = 1, stride_w = 1;
-  int64_t pad_h = 0, pad_w = 0;
-  int64_t dilation_h = 1, dilation_w = 1;
-
-  std::vector<int64_t> input_sizes() const { return {N, C, H, W}; }
-  std::vector<int64_t> weight_sizes() const { return {K, C_per_group, R, S}; }
-  std::vector<int64_t> output_sizes() const { return {N, K, P, Q}; }
-};
 
 // Accepts one value (used for both dimensions) or two, as F.conv2d does.
 inline std::array<int64_t, 2> expand_conv2d_param(
@@ -56,12 +41,6 @@ inline int64_t dilated_kernel_extent(int64_t kernel, int64_t dilation) {
     return std::numeric_limits<int64_t>::max();
   }
   return span + 1;
-}
-
-// (size + 2 * pad - extent) / stride + 1, the output length along one axis.
-inline int64_t conv_output_length(int64_t size, int64_t pad, int64_t extent,
-                                  int64_t stride) {
-  return (size + 2 * pad - extent) / stride + 1;
 }
 
 inline std::string describe_dtype(const at::Tensor& t) {
@@ -231,43 +210,23 @@ inline Conv2dShape check_conv2d_forward(const at::Tensor& input,
   return shape;
 }
 
-// grad-input: grad_output must have the forward output's shape for the
-// given input size.
-inline Conv2dShape check_conv2d_backward_input(const at::Tensor& grad_output,
-                                               const at::Tensor& weight,
-                                               at::IntArrayRef input_size,
-                                               at::IntArrayRef stride,
-                                               at::IntArrayRef padding,
-                                               at::IntArrayRef dilation,
-                                               int64_t groups) {
-  auto shape = make_conv2d_shape(input_size, weight.sizes(), std::nullopt,
-                                 stride, padding, dilation, groups);
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(shape.output_sizes()),
-              "conv_ext::conv2d_backward_input: expected grad_output of size ",
-              at::IntArrayRef(shape.output_sizes()), " but got ",
+// The backward ops: the sizes they are given (input and weight, one of them
+// as a tensor `operand`) checked as a forward problem, then grad_output
+// against that problem's output size.
+inline Conv2dShape check_conv2d_backward(const char* op, const at::Tensor& grad_output,
+                                         at::IntArrayRef input_size,
+                                         at::IntArrayRef weight_size,
+                                         const at::Tensor& operand, const char* operand_name,
+                                         at::IntArrayRef stride, at::IntArrayRef padding,
+                                         at::IntArrayRef dilation, int64_t groups) {
+  auto shape = make_conv2d_shape(input_size, weight_size, std::nullopt, stride, padding,
+                                 dilation, groups);
+  const auto output_sizes = shape.output_sizes();
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(output_sizes), "conv_ext::", op,
+              ": expected grad_output of size ", at::IntArrayRef(output_sizes), " but got ",
               grad_output.sizes());
-  check_same_type(grad_output, "grad_output", weight, "weight");
-  check_supported_dtype(grad_output, "conv2d_backward_input");
-  return shape;
-}
-
-// grad-weight: grad_output must have the forward output's shape for the
-// given input and weight size.
-inline Conv2dShape check_conv2d_backward_weight(const at::Tensor& grad_output,
-                                                const at::Tensor& input,
-                                                at::IntArrayRef weight_size,
-                                                at::IntArrayRef stride,
-                                                at::IntArrayRef padding,
-                                                at::IntArrayRef dilation,
-                                                int64_t groups) {
-  auto shape = make_conv2d_shape(input.sizes(), weight_size, std::nullopt,
-                                 stride, padding, dilation, groups);
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(shape.output_sizes()),
-              "conv_ext::conv2d_backward_weight: expected grad_output of size ",
-              at::IntArrayRef(shape.output_sizes()), " but got ",
-              grad_output.sizes());
-  check_same_type(grad_output, "grad_output", input, "input");
-  check_supported_dtype(grad_output, "conv2d_backward_weight");
+  check_same_type(grad_output, "grad_output", operand, operand_name);
+  check_supported_dtype(grad_output, op);
   return shape;
 }
 

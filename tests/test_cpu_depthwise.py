@@ -1,4 +1,4 @@
-"""The CPU depthwise kernels (csrc/cpu/depthwise_kernels_cpu.h) against
+"""The CPU depthwise kernels (csrc/cpu/conv2d_depthwise_kernels.h) against
 F.conv2d, forward and both gradients, NCHW and channels_last, float32 and
 float64: strides, dilations, asymmetric and 'same' padding, padding larger
 than the kernel, odd and tiny planes (both the row and the flat vector
@@ -53,7 +53,7 @@ def _inputs(N, C, H, W, R, S, dtype):
 def test_depthwise_matches_torch(case, dtype, layout):
     _, N, C, H, W, R, S, stride, padding, dilation = case
     x, w, b = _inputs(N, C, H, W, R, S, dtype)
-    assert ops.cpu_forward_path(x, w, list(stride) if isinstance(stride, tuple) else [stride],
+    assert torch.ops.conv_ext_debug.cpu_forward_path(x, w, list(stride) if isinstance(stride, tuple) else [stride],
                                 list(padding) if isinstance(padding, tuple) else [padding],
                                 list(dilation) if isinstance(dilation, tuple) else [dilation],
                                 C) == "depthwise"
@@ -147,7 +147,7 @@ def test_depthwise_channel_multiplier(case, dtype, layout):
     x = torch.randn(N, C, H, W, dtype=dtype)
     w = torch.randn(C * m, 1, R, S, dtype=dtype) / (R * S) ** 0.5
     b = torch.randn(C * m, dtype=dtype)
-    assert ops.cpu_forward_path(x, w, [stride], [padding], [dilation], C) == "depthwise"
+    assert torch.ops.conv_ext_debug.cpu_forward_path(x, w, [stride], [padding], [dilation], C) == "depthwise"
     compare_with_torch(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=C,
                        layout=layout)
 

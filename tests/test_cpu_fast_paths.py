@@ -19,7 +19,7 @@ def _pair(v):
 
 
 def path_of(x, w, stride=1, padding=0, dilation=1, groups=1):
-    return ops.cpu_forward_path(x, w, _pair(stride), _pair(padding), _pair(dilation), groups)
+    return torch.ops.conv_ext_debug.cpu_forward_path(x, w, _pair(stride), _pair(padding), _pair(dilation), groups)
 
 
 # (name, N, C, H, W, K, R, S, stride, padding, dilation, groups, expected path)

@@ -49,8 +49,8 @@ def test_grouped_path_selected(case):
     _, N, C, H, W, K, R, S, stride, padding, dilation, groups = case
     x, w = torch.randn(N, C, H, W), torch.randn(K, C // groups, R, S)
     args = (_pair(stride), _pair(padding), _pair(dilation), groups)
-    assert ops.cpu_forward_path(x, w, *args) == "grouped"
-    assert ops.cpu_forward_path(x.bfloat16(), w.bfloat16(), *args) == "grouped"
+    assert torch.ops.conv_ext_debug.cpu_forward_path(x, w, *args) == "grouped"
+    assert torch.ops.conv_ext_debug.cpu_forward_path(x.bfloat16(), w.bfloat16(), *args) == "grouped"
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
@@ -143,7 +143,7 @@ def test_reduced_precision_on_fast_kernels(case, dtype, layout):
     x = torch.randn(N, C, H, W).to(dtype).contiguous(memory_format=fmt)
     w = _weight(K, C // groups, R, S).to(dtype).contiguous(memory_format=fmt)
     args = (_pair(stride), _pair(padding), _pair(dilation), groups)
-    assert ops.cpu_forward_path(x, w, *args) == path
+    assert torch.ops.conv_ext_debug.cpu_forward_path(x, w, *args) == path
     y = ops.conv2d_forward(x, w, None, *args)
     gy = torch.randn(y.shape).to(dtype)
     gx = ops.conv2d_backward_input(gy, w, list(x.shape), *args)

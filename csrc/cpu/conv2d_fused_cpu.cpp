@@ -6,8 +6,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-#include "../conv2d_fused_params.h"
-#include "conv2d_direct_cpu.h"
+#include "../conv2d_front.h"
+#include "conv2d_cpu_common.h"
 
 namespace conv_ext {
 namespace cpu {
@@ -60,23 +60,19 @@ at::Tensor conv2d_fused_cpu(const at::Tensor& input, const at::Tensor& weight,
                             c10::string_view activation, bool residual_before_activation,
                             at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, int64_t groups) {
-  const Conv2dShape p =
-      check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
-  check_conv2d_epilogue(input, p, scale, shift, residual);
-  const auto format = conv2d_memory_format(input, weight);
-  const EpilogueTensors e = prepare_epilogue(scale, shift, residual, activation,
-                                             residual_before_activation, format);
-  at::Tensor output = conv2d_forward_op(input, weight, bias, stride, padding, dilation, groups);
-  if (output.numel() == 0) return output;
-  output = output.contiguous(format);  // a no-op: the forward returns this layout
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "conv2d_fused_cpu", [&] {
-    const Epilogue<scalar_t> ep = e.view<scalar_t>();
-    if (ep.is_identity()) return;
-    apply_epilogue<scalar_t>(output.mutable_data_ptr<scalar_t>(), ep, p.N, p.K, p.P * p.Q,
-                             format == at::MemoryFormat::ChannelsLast);
-  });
-  return output;
+  return conv2d_fused_front(
+      input, weight, bias, scale, shift, residual, activation, residual_before_activation, stride,
+      padding, dilation, groups, conv2d_forward_op,
+      [](at::Tensor& output, const EpilogueTensors& e, const Conv2dShape& p,
+         at::MemoryFormat format) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(),
+                                        "conv2d_fused_cpu", [&] {
+          const Epilogue<scalar_t> ep = e.view<scalar_t>();
+          if (ep.is_identity()) return;
+          apply_epilogue<scalar_t>(output.mutable_data_ptr<scalar_t>(), ep, p.N, p.K, p.P * p.Q,
+                                   format == at::MemoryFormat::ChannelsLast);
+        });
+      });
 }
 
 }  // namespace

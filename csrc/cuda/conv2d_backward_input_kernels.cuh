@@ -7,8 +7,8 @@
 // stride_h x stride_w phases (h mod stride_h, w mod stride_w); within one
 // phase the taps that land on real grad_output rows are exactly
 // r = r0, r0 + step, ... (r * dh == h + ph mod sh), the same for every pixel of
-// the phase, so the reduction visits only those taps: no multiplications by
-// inserted zeros.
+// the phase (phase_taps, conv2d_shape.h, shared with the CPU), so the
+// reduction visits only those taps: no multiplications by inserted zeros.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -23,44 +23,9 @@ struct BackwardInputParams {
   const scalar_t* grad_output;  // N x K x P x Q
   const scalar_t* weight;       // K x Cg x R x S
   scalar_t* grad_input;         // N x C x H x W
-  ConvGeometry g;
+  Conv2dShape g;
   int64_t phase_h_size, phase_w_size;  // ceil(H / sh), ceil(W / sw): largest phase
   int64_t tiles_m, tiles_n;            // tiles over N * largest phase, over Cg
-};
-
-// The taps of one axis that hit real grad_output positions for input
-// positions x with x mod stride == phase: tap = first + j * step, j < count,
-// and the output position is x / stride + offset(j).
-struct PhaseTaps {
-  int first, step, count;
-
-  __device__ __forceinline__ static PhaseTaps make(int64_t phase, int64_t pad,
-                                                   int64_t stride, int64_t dilation,
-                                                   int64_t taps) {
-    // tap * dilation == phase + pad (mod stride). Residues of tap * dilation
-    // repeat with period stride / gcd(dilation, stride).
-    int64_t a = dilation % stride, b = stride;
-    while (a != 0) {
-      const int64_t t = b % a;
-      b = a;
-      a = t;
-    }
-    const int step = static_cast<int>(stride / b);
-    const int64_t target = (phase + pad) % stride;
-    for (int t = 0; t < step && t < taps; ++t) {
-      if ((t * dilation) % stride == target) {
-        return PhaseTaps{t, step, static_cast<int>((taps - 1 - t) / step + 1)};
-      }
-    }
-    return PhaseTaps{0, step, 0};
-  }
-  // Output position minus the phase-grid index i (x = phase + i * stride):
-  // (phase + pad - tap * dilation) / stride, an exact division.
-  __device__ __forceinline__ static int64_t offset(int64_t phase, int64_t pad,
-                                                   int64_t stride, int64_t dilation,
-                                                   int64_t tap) {
-    return (phase + pad - tap * dilation) / stride;
-  }
 };
 
 // The reduction index k = (output channel in group, tap j_r, tap j_s),
@@ -72,23 +37,23 @@ struct BackwardInputTap {
 };
 
 struct BackwardInputPhase {
-  const ConvGeometry* g;
+  const Conv2dShape* g;
   int64_t group, phase_h, phase_w;
   PhaseTaps taps_h, taps_w;
   // By the phase's tap count and by its taps along w (1 where there are
   // none: then the reduction is empty and nothing is decoded).
   FastDivmod taps_div, taps_w_div;
 
-  __device__ __forceinline__ BackwardInputPhase(const ConvGeometry* geometry, int64_t group_,
+  __device__ __forceinline__ BackwardInputPhase(const Conv2dShape* geometry, int64_t group_,
                                                 int64_t phase_h_, int64_t phase_w_)
       : g(geometry), group(group_), phase_h(phase_h_), phase_w(phase_w_),
-        taps_h(PhaseTaps::make(phase_h_, g->pad_h, g->stride_h, g->dilation_h, g->R)),
-        taps_w(PhaseTaps::make(phase_w_, g->pad_w, g->stride_w, g->dilation_w, g->S)),
+        taps_h(phase_taps(phase_h_, g->pad_h, g->stride_h, g->dilation_h, g->R)),
+        taps_w(phase_taps(phase_w_, g->pad_w, g->stride_w, g->dilation_w, g->S)),
         taps_div(taps_h.count * taps_w.count > 0 ? taps_h.count * taps_w.count : 1),
         taps_w_div(taps_w.count > 0 ? taps_w.count : 1) {}
 
   __device__ __forceinline__ int64_t reduction() const {
-    return g->Kg * taps_h.count * taps_w.count;
+    return g->K_per_group * taps_h.count * taps_w.count;
   }
   __device__ __forceinline__ BackwardInputTap decode(int64_t k, bool valid) const {
     // Kg * R * S fits in int32 (the plan checks it).
@@ -97,7 +62,7 @@ struct BackwardInputPhase {
     int channel, tap, j_r, j_s;
     taps_div.divmod(static_cast<int>(k), channel, tap);
     taps_w_div.divmod(tap, j_r, j_s);
-    return BackwardInputTap{group * g->Kg + channel, taps_h.first + j_r * taps_h.step,
+    return BackwardInputTap{group * g->K_per_group + channel, taps_h.first + j_r * taps_h.step,
                             taps_w.first + j_s * taps_w.step, true};
   }
 };
@@ -131,12 +96,12 @@ struct BackwardInputGradOutputOperand {
     return col;
   }
   __device__ __forceinline__ Row row(int64_t k, bool valid) const {
-    const ConvGeometry& g = *phase.g;
+    const Conv2dShape& g = *phase.g;
     const BackwardInputTap t = phase.decode(k, valid);
     if (!t.valid) return Row{0, 0, 0, false};
     return Row{t.out_channel * g.P * g.Q,
-               PhaseTaps::offset(phase.phase_h, g.pad_h, g.stride_h, g.dilation_h, t.r),
-               PhaseTaps::offset(phase.phase_w, g.pad_w, g.stride_w, g.dilation_w, t.s),
+               phase_tap_offset(phase.phase_h, g.pad_h, g.stride_h, g.dilation_h, t.r),
+               phase_tap_offset(phase.phase_w, g.pad_w, g.stride_w, g.dilation_w, t.s),
                true};
   }
   __device__ __forceinline__ acc_t load(const Row& row, const Column& col) const {
@@ -164,12 +129,12 @@ struct BackwardInputWeightOperand {
     bool valid;
   };
   __device__ __forceinline__ Column column(int64_t c) const {
-    return Column{c * phase.g->R * phase.g->S, c < phase.g->Cg};
+    return Column{c * phase.g->R * phase.g->S, c < phase.g->C_per_group};
   }
   __device__ __forceinline__ Row row(int64_t k, bool valid) const {
-    const ConvGeometry& g = *phase.g;
+    const Conv2dShape& g = *phase.g;
     const BackwardInputTap t = phase.decode(k, valid);
-    return Row{t.valid ? t.out_channel * g.Cg * g.R * g.S + t.r * g.S + t.s : 0, t.valid};
+    return Row{t.valid ? t.out_channel * g.C_per_group * g.R * g.S + t.r * g.S + t.s : 0, t.valid};
   }
   __device__ __forceinline__ acc_t load(const Row& row, const Column& col) const {
     return row.valid && col.valid ? load_as<acc_t>(weight + row.offset + col.offset)
@@ -183,7 +148,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   auto* As = reinterpret_cast<acc_t(*)[Tile::BM]>(shared_array<acc_t, Tile::BK * Tile::BM, 0>());
   auto* Bs = reinterpret_cast<acc_t(*)[Tile::BN]>(shared_array<acc_t, Tile::BK * Tile::BN, 1>());
-  const ConvGeometry& g = p.g;
+  const Conv2dShape& g = p.g;
   const int64_t phases = g.stride_h * g.stride_w;
   const int64_t plane = p.phase_h_size * p.phase_w_size;
   const int tx = threadIdx.x % Tile::kThreadsM, ty = threadIdx.x / Tile::kThreadsM;
@@ -197,8 +162,8 @@ __global__ void __launch_bounds__(Tile::kThreads)
     const int64_t phase_h = phase_index / g.stride_w, phase_w = phase_index % g.stride_w;
     const BackwardInputPhase phase(&g, group, phase_h, phase_w);
     // Pixels of this phase: h = phase_h + i * sh < H.
-    const int64_t rows = phase_h < g.H ? (g.H - phase_h + g.stride_h - 1) / g.stride_h : 0;
-    const int64_t cols = phase_w < g.W ? (g.W - phase_w + g.stride_w - 1) / g.stride_w : 0;
+    const int64_t rows = phase_positions(phase_h, g.H, g.stride_h);
+    const int64_t cols = phase_positions(phase_w, g.W, g.stride_w);
     const BackwardInputGradOutputOperand<scalar_t, acc_t> a{
         p.grad_output, phase, p.phase_h_size, p.phase_w_size, rows, cols};
     const BackwardInputWeightOperand<scalar_t, acc_t> b{p.weight, phase};
@@ -213,11 +178,11 @@ __global__ void __launch_bounds__(Tile::kThreads)
         const int64_t pi = ij / p.phase_w_size, pj = ij % p.phase_w_size;
         if (n >= g.N || pi >= rows || pj >= cols) continue;
         const int64_t h = phase_h + pi * g.stride_h, w = phase_w + pj * g.stride_w;
-        scalar_t* out = p.grad_input + (n * g.C + group * g.Cg) * g.H * g.W + h * g.W + w;
+        scalar_t* out = p.grad_input + (n * g.C + group * g.C_per_group) * g.H * g.W + h * g.W + w;
 #pragma unroll
         for (int j = 0; j < Tile::TN; ++j) {
           const int64_t c = n0 + tile_col<Tile>(ty, j);
-          if (c < g.Cg) out[c * g.H * g.W] = static_cast<scalar_t>(acc[i][j]);
+          if (c < g.C_per_group) out[c * g.H * g.W] = static_cast<scalar_t>(acc[i][j]);
         }
       }
     }

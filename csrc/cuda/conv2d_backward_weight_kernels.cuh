@@ -18,7 +18,7 @@ struct BackwardWeightParams {
   const scalar_t* grad_output;           // N x K x P x Q
   const scalar_t* input;                 // N x C x H x W
   at::opmath_type<scalar_t>* workspace;  // splits x K x (Cg*R*S)
-  ConvGeometry g;
+  Conv2dShape g;
   int64_t tiles_m, tiles_n;  // tiles over Cg*R*S and over Kg
   int64_t splits, chunk;     // reduction chunks, each a multiple of BK long
 };
@@ -30,7 +30,7 @@ struct BackwardWeightGradOutputOperand {
   using acc_t = acc_type;
   static constexpr bool kAlongK = true;
   const scalar_t* grad_output;
-  const ConvGeometry* g;
+  const Conv2dShape* g;
   int64_t group;
 
   struct Column {
@@ -42,7 +42,7 @@ struct BackwardWeightGradOutputOperand {
     bool valid;
   };
   __device__ __forceinline__ Column column(int64_t m) const {
-    return Column{(group * g->Kg + m) * g->P * g->Q, m < g->Kg};
+    return Column{(group * g->K_per_group + m) * g->P * g->Q, m < g->K_per_group};
   }
   __device__ __forceinline__ Row row(int64_t k, bool valid) const {
     const int64_t PQ = g->P * g->Q;
@@ -60,7 +60,7 @@ struct BackwardWeightInputOperand {
   using acc_t = acc_type;
   static constexpr bool kAlongK = true;
   const scalar_t* input;
-  const ConvGeometry* g;
+  const Conv2dShape* g;
   int64_t group;
 
   struct Column {
@@ -74,8 +74,8 @@ struct BackwardWeightInputOperand {
   __device__ __forceinline__ Column column(int64_t crs) const {
     const int64_t RS = g->R * g->S;
     const int64_t c = crs / RS, rs = crs % RS;
-    return Column{(group * g->Cg + c) * g->H * g->W, (rs / g->S) * g->dilation_h,
-                  (rs % g->S) * g->dilation_w, crs < g->Cg * RS};
+    return Column{(group * g->C_per_group + c) * g->H * g->W, (rs / g->S) * g->dilation_h,
+                  (rs % g->S) * g->dilation_w, crs < g->C_per_group * RS};
   }
   __device__ __forceinline__ Row row(int64_t k, bool valid) const {
     const int64_t PQ = g->P * g->Q;
@@ -97,8 +97,8 @@ __global__ void __launch_bounds__(Tile::kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   auto* As = reinterpret_cast<acc_t(*)[Tile::BM]>(shared_array<acc_t, Tile::BK * Tile::BM, 0>());
   auto* Bs = reinterpret_cast<acc_t(*)[Tile::BN]>(shared_array<acc_t, Tile::BK * Tile::BN, 1>());
-  const ConvGeometry& g = p.g;
-  const int64_t columns = g.Cg * g.R * g.S, reduction = g.N * g.P * g.Q;
+  const Conv2dShape& g = p.g;
+  const int64_t columns = g.C_per_group * g.R * g.S, reduction = g.N * g.P * g.Q;
   const int tx = threadIdx.x % Tile::kThreadsM, ty = threadIdx.x / Tile::kThreadsM;
 
   // blockIdx.z walks (split, group), y the output-channel tiles, x the
@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
         acc_t acc[Tile::TM][Tile::TN];
         // An empty chunk still writes its zeros: every slice is summed.
         gemm_tile<Tile>(a, b, m0, n0, k_begin, k_end, acc, As, Bs);
-        acc_t* out = p.workspace + (split * g.K + group * g.Kg) * columns;
+        acc_t* out = p.workspace + (split * g.K + group * g.K_per_group) * columns;
 #pragma unroll
         for (int i = 0; i < Tile::TM; ++i) {
           const int64_t m = m0 + tile_row<Tile>(tx, i);
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
 #pragma unroll
           for (int j = 0; j < Tile::TN; ++j) {
             const int64_t n = n0 + tile_col<Tile>(ty, j);
-            if (n < g.Kg) out[n * columns + m] = acc[i][j];
+            if (n < g.K_per_group) out[n * columns + m] = acc[i][j];
           }
         }
       }

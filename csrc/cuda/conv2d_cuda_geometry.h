@@ -1,23 +1,15 @@
 // Plain data shared by the CUDA kernels (device code), the host-side plan and
-// the CPU emulation of the kernels: the problem geometry as the kernels see it
-// and the GEMM tile shapes. No CUDA or ATen types, so every compiler accepts it.
+// the CPU emulation of the kernels: the GEMM and depthwise tile shapes (the
+// problem itself is Conv2dShape, conv2d_shape.h, passed to the kernels by
+// value). No CUDA or ATen types, so every compiler accepts it.
 #pragma once
 
 #include <cstdint>
 
+#include "../conv2d_shape.h"
+
 namespace conv_ext {
 namespace cuda {
-
-// One 2-d convolution: input N x C x H x W, weight K x Cg x R x S, output
-// N x K x P x Q (all contiguous NCHW inside the kernels). int64_t throughout:
-// offsets into tensors of more than 2^31 elements must not wrap.
-struct ConvGeometry {
-  int64_t N, C, H, W;
-  int64_t K, R, S;
-  int64_t P, Q;
-  int64_t groups, Cg, Kg;  // channels per group: input Cg, output Kg
-  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
-};
 
 // Block tile of an implicit GEMM: BM x BN outputs per block, the reduction
 // staged through shared memory BK at a time, each thread holding TM x TN

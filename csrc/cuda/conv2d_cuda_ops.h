@@ -1,7 +1,8 @@
 // Host side of the CUDA ops, written once for two launchers: the real one in
 // conv2d_cuda.cu (<<<>>> on the current stream) and the CPU emulation in
-// tests/cuda_emulation. Checks (conv2d_params.h), layouts, empty problems,
-// plans, workspaces and dtype dispatch therefore run identically in both.
+// tests/cuda_emulation. The op fronts (conv2d_front.h: checks, memory format,
+// empty problems), plans, workspaces and dtype dispatch therefore run
+// identically in both.
 //
 // A Launcher is callable as launch(kernel, LaunchDims, params).
 #pragma once
@@ -10,8 +11,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
-#include "../conv2d_fused_params.h"
-#include "../conv2d_params.h"
+#include "../conv2d_front.h"
+#include "../static_switch.h"
 #include "conv2d_backward_input_kernels.cuh"
 #include "conv2d_backward_weight_kernels.cuh"
 #include "conv2d_cuda_plan.h"
@@ -40,11 +41,6 @@ inline LaunchDims dims_of(const LaunchPlan& plan) {
   return LaunchDims{{plan.grid[0], plan.grid[1], plan.grid[2]}, plan.block};
 }
 
-// The result computed in contiguous NCHW, in the format torch would return.
-inline at::Tensor in_memory_format(const at::Tensor& result, at::MemoryFormat format) {
-  return format == at::MemoryFormat::Contiguous ? result : result.contiguous(format);
-}
-
 // Calls f(Tile{}) with the GEMM tile type of a dense plan.
 template <typename F>
 void with_gemm_tile(KernelKind kind, F&& f) {
@@ -65,32 +61,29 @@ void launch_sum_splits(const Launcher& launch, const LaunchPlan& plan,
          workspace.const_data_ptr<acc_t>(), plan.splits, count, out);
 }
 
+// The backends behind the op fronts (conv2d_front.h): contiguous NCHW
+// operands (channels_last for the tensor cores), results in contiguous NCHW
+// or `format`.
 template <typename Launcher>
-at::Tensor conv2d_forward_impl(const Launcher& launch, const at::Tensor& input,
-                               const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias,
-                               at::IntArrayRef stride, at::IntArrayRef padding,
-                               at::IntArrayRef dilation, int64_t groups) {
-  const Conv2dShape shape =
-      check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
-  const auto format = conv2d_memory_format(input, weight);
-  auto output = at::empty(shape.output_sizes(), input.options());
-  if (output.numel() == 0) return in_memory_format(output, format);
-  const bool has_bias = bias.has_value() && bias->defined();
-  const auto b = has_bias ? bias->contiguous() : at::Tensor();
-  // The tensor cores where they apply (conv2d_forward_mma.h).
-  if (try_conv2d_forward_mma(launch, shape, input, weight, b,
+at::Tensor conv2d_forward_cuda_backend(const Launcher& launch, const at::Tensor& input,
+                                       const at::Tensor& weight, const at::Tensor& bias,
+                                       const Conv2dShape& g, at::MemoryFormat format) {
+  const auto b = bias.defined() ? bias.contiguous() : bias;
+  // The tensor cores where they apply (conv2d_forward_mma.h); computed
+  // channels_last.
+  at::Tensor mma_output;
+  if (try_conv2d_forward_mma(launch, g, input, weight, b,
                              input.scalar_type() == at::kFloat && torch_allows_tf32_conv(),
-                             output)) {
-    return output.contiguous(format);  // computed channels_last
+                             mma_output)) {
+    return mma_output.contiguous(format);
   }
+  auto output = at::empty(g.output_sizes(), input.options());
   const auto x = input.contiguous();
   const auto w = weight.contiguous();
-  const LaunchPlan plan = plan_conv2d_forward(shape);
-  const ConvGeometry g = make_geometry(shape);
+  const LaunchPlan plan = plan_conv2d_forward(g, input.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "conv_ext_conv2d_forward_cuda", [&] {
-        const scalar_t* bias_ptr = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
+        const scalar_t* bias_ptr = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
         if (plan.kernel == KernelKind::kDepthwise ||
             plan.kernel == KernelKind::kDepthwiseTiled) {
           const DepthwiseParams<scalar_t> params{
@@ -98,16 +91,12 @@ at::Tensor conv2d_forward_impl(const Launcher& launch, const at::Tensor& input,
               output.mutable_data_ptr<scalar_t>(), nullptr, g, 1, 0, plan.narrow_index};
           if (plan.kernel == KernelKind::kDepthwise) {
             launch(conv2d_depthwise_forward_kernel<scalar_t>, dims_of(plan), params);
-          } else if (g.R == 3 && g.S == 3) {
-            launch(conv2d_depthwise_forward_tiled_kernel<scalar_t, 3>, dims_of(plan), params,
-                   plan.dw_tile);
-          } else if (g.R == 5 && g.S == 5) {
-            launch(conv2d_depthwise_forward_tiled_kernel<scalar_t, 5>, dims_of(plan), params,
-                   plan.dw_tile);
-          } else {
-            launch(conv2d_depthwise_forward_tiled_kernel<scalar_t, 0>, dims_of(plan), params,
-                   plan.dw_tile);
+            return;
           }
+          KERNEL_SIZE_SWITCH(g.R, g.S, kKernel, [&] {
+            launch(conv2d_depthwise_forward_tiled_kernel<scalar_t, kKernel>, dims_of(plan),
+                   params, plan.dw_tile);
+          });
           return;
         }
         const ForwardParams<scalar_t> params{
@@ -117,29 +106,26 @@ at::Tensor conv2d_forward_impl(const Launcher& launch, const at::Tensor& input,
           launch(conv2d_forward_gemm_kernel<scalar_t, decltype(tile)>, dims_of(plan), params);
         });
       });
-  return in_memory_format(output, format);
+  return output;
 }
 
 template <typename Launcher>
-at::Tensor conv2d_backward_input_impl(const Launcher& launch, const at::Tensor& grad_output,
-                                      const at::Tensor& weight, at::IntArrayRef input_size,
-                                      at::IntArrayRef stride, at::IntArrayRef padding,
-                                      at::IntArrayRef dilation, int64_t groups) {
-  const Conv2dShape shape = check_conv2d_backward_input(grad_output, weight, input_size,
-                                                        stride, padding, dilation, groups);
-  const auto format = conv2d_memory_format(grad_output, weight);
-  auto grad_input = at::empty(shape.input_sizes(), grad_output.options());
-  if (grad_input.numel() == 0) return in_memory_format(grad_input, format);
-  // Stride 1: the tensor-core forward with the flipped filter (conv2d_forward_mma.h).
+at::Tensor conv2d_backward_input_cuda_backend(const Launcher& launch,
+                                              const at::Tensor& grad_output,
+                                              const at::Tensor& weight, const Conv2dShape& g,
+                                              at::MemoryFormat format) {
+  // Stride 1: the tensor-core forward with the flipped filter
+  // (conv2d_forward_mma.h); computed channels_last.
+  at::Tensor mma_grad_input;
   if (try_conv2d_backward_input_mma(
-          launch, shape, grad_output, weight,
-          grad_output.scalar_type() == at::kFloat && torch_allows_tf32_conv(), grad_input)) {
-    return grad_input.contiguous(format);  // computed channels_last
+          launch, g, grad_output, weight,
+          grad_output.scalar_type() == at::kFloat && torch_allows_tf32_conv(), mma_grad_input)) {
+    return mma_grad_input.contiguous(format);
   }
+  auto grad_input = at::empty(g.input_sizes(), grad_output.options());
   const auto gy = grad_output.contiguous();
   const auto w = weight.contiguous();
-  const LaunchPlan plan = plan_conv2d_backward_input(shape);
-  const ConvGeometry g = make_geometry(shape);
+  const LaunchPlan plan = plan_conv2d_backward_input(g, grad_output.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_output.scalar_type(),
       "conv_ext_conv2d_backward_input_cuda", [&] {
@@ -150,16 +136,12 @@ at::Tensor conv2d_backward_input_impl(const Launcher& launch, const at::Tensor& 
               grad_input.mutable_data_ptr<scalar_t>(), nullptr, g, 1, 0, plan.narrow_index};
           if (plan.kernel == KernelKind::kDepthwise) {
             launch(conv2d_depthwise_backward_input_kernel<scalar_t>, dims_of(plan), params);
-          } else if (g.R == 3 && g.S == 3) {
-            launch(conv2d_depthwise_backward_input_tiled_kernel<scalar_t, 3>, dims_of(plan),
-                   params, plan.dw_tile);
-          } else if (g.R == 5 && g.S == 5) {
-            launch(conv2d_depthwise_backward_input_tiled_kernel<scalar_t, 5>, dims_of(plan),
-                   params, plan.dw_tile);
-          } else {
-            launch(conv2d_depthwise_backward_input_tiled_kernel<scalar_t, 0>, dims_of(plan),
-                   params, plan.dw_tile);
+            return;
           }
+          KERNEL_SIZE_SWITCH(g.R, g.S, kKernel, [&] {
+            launch(conv2d_depthwise_backward_input_tiled_kernel<scalar_t, kKernel>,
+                   dims_of(plan), params, plan.dw_tile);
+          });
           return;
         }
         const BackwardInputParams<scalar_t> params{
@@ -170,25 +152,17 @@ at::Tensor conv2d_backward_input_impl(const Launcher& launch, const at::Tensor& 
           launch(conv2d_backward_input_gemm_kernel<scalar_t, decltype(tile)>, dims_of(plan), params);
         });
       });
-  return in_memory_format(grad_input, format);
+  return grad_input;
 }
 
 template <typename Launcher>
-at::Tensor conv2d_backward_weight_impl(const Launcher& launch, const at::Tensor& grad_output,
-                                       const at::Tensor& input, at::IntArrayRef weight_size,
-                                       at::IntArrayRef stride, at::IntArrayRef padding,
-                                       at::IntArrayRef dilation, int64_t groups) {
-  const Conv2dShape shape = check_conv2d_backward_weight(grad_output, input, weight_size,
-                                                         stride, padding, dilation, groups);
-  const auto format = conv2d_memory_format(grad_output, input);
-  auto grad_weight = at::empty(shape.weight_sizes(), grad_output.options());
-  if (grad_weight.numel() == 0) return in_memory_format(grad_weight, format);
-  // An empty reduction (N = 0): the gradient is zero, no launch.
-  if (grad_output.numel() == 0) return in_memory_format(grad_weight.zero_(), format);
+at::Tensor conv2d_backward_weight_cuda_backend(const Launcher& launch,
+                                               const at::Tensor& grad_output,
+                                               const at::Tensor& input, const Conv2dShape& g) {
+  auto grad_weight = at::empty(g.weight_sizes(), grad_output.options());
   const auto gy = grad_output.contiguous();
   const auto x = input.contiguous();
-  const LaunchPlan plan = plan_conv2d_backward_weight(shape);
-  const ConvGeometry g = make_geometry(shape);
+  const LaunchPlan plan = plan_conv2d_backward_weight(g, grad_output.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_output.scalar_type(),
       "conv_ext_conv2d_backward_weight_cuda", [&] {
@@ -214,7 +188,46 @@ at::Tensor conv2d_backward_weight_impl(const Launcher& launch, const at::Tensor&
         launch_sum_splits<scalar_t>(launch, plan, workspace, grad_weight.numel(),
                                     grad_weight.mutable_data_ptr<scalar_t>());
       });
-  return in_memory_format(grad_weight, format);
+  return grad_weight;
+}
+
+// The ops: the shared fronts with these backends.
+template <typename Launcher>
+at::Tensor conv2d_forward_impl(const Launcher& launch, const at::Tensor& input,
+                               const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                               at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, int64_t groups) {
+  return conv2d_forward_front(
+      input, weight, bias, stride, padding, dilation, groups,
+      [&](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const Conv2dShape& g,
+          at::MemoryFormat format) {
+        return conv2d_forward_cuda_backend(launch, x, w, b, g, format);
+      });
+}
+
+template <typename Launcher>
+at::Tensor conv2d_backward_input_impl(const Launcher& launch, const at::Tensor& grad_output,
+                                      const at::Tensor& weight, at::IntArrayRef input_size,
+                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation, int64_t groups) {
+  return conv2d_backward_input_front(
+      grad_output, weight, input_size, stride, padding, dilation, groups,
+      [&](const at::Tensor& gy, const at::Tensor& w, const Conv2dShape& g,
+          at::MemoryFormat format) {
+        return conv2d_backward_input_cuda_backend(launch, gy, w, g, format);
+      });
+}
+
+template <typename Launcher>
+at::Tensor conv2d_backward_weight_impl(const Launcher& launch, const at::Tensor& grad_output,
+                                       const at::Tensor& input, at::IntArrayRef weight_size,
+                                       at::IntArrayRef stride, at::IntArrayRef padding,
+                                       at::IntArrayRef dilation, int64_t groups) {
+  return conv2d_backward_weight_front(
+      grad_output, input, weight_size, stride, padding, dilation, groups,
+      [&](const at::Tensor& gy, const at::Tensor& x, const Conv2dShape& g, at::MemoryFormat) {
+        return conv2d_backward_weight_cuda_backend(launch, gy, x, g);
+      });
 }
 
 // conv2d_fused: the forward, then its epilogue in one elementwise pass over
@@ -228,28 +241,28 @@ at::Tensor conv2d_fused_impl(const Launcher& launch, const at::Tensor& input,
                              c10::string_view activation, bool residual_before_activation,
                              at::IntArrayRef stride, at::IntArrayRef padding,
                              at::IntArrayRef dilation, int64_t groups) {
-  const Conv2dShape shape =
-      check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
-  check_conv2d_epilogue(input, shape, scale, shift, residual);
-  const auto format = conv2d_memory_format(input, weight);
-  const EpilogueTensors e = prepare_epilogue(scale, shift, residual, activation,
-                                             residual_before_activation, format);
-  at::Tensor output =
-      conv2d_forward_impl(launch, input, weight, bias, stride, padding, dilation, groups);
-  if (output.numel() == 0) return output;
-  output = output.contiguous(format);  // a no-op: the forward returns this layout
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, input.scalar_type(), "conv_ext_conv2d_fused_cuda", [&] {
-        const Epilogue<scalar_t> ep = e.view<scalar_t>();
-        if (ep.is_identity()) return;
-        const int64_t count = output.numel();
-        launch(conv2d_epilogue_kernel<scalar_t>,
-               LaunchDims{{grid_dim(ceil_div(count, kEpilogueThreads), kMaxElementwiseBlocks), 1, 1},
-                          static_cast<uint32_t>(kEpilogueThreads)},
-               output.mutable_data_ptr<scalar_t>(), ep, count, shape.K, shape.P * shape.Q,
-               format == at::MemoryFormat::ChannelsLast);
+  return conv2d_fused_front(
+      input, weight, bias, scale, shift, residual, activation, residual_before_activation, stride,
+      padding, dilation, groups,
+      [&](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+          at::IntArrayRef st, at::IntArrayRef pad, at::IntArrayRef dil, int64_t g) {
+        return conv2d_forward_impl(launch, x, w, b, st, pad, dil, g);
+      },
+      [&](at::Tensor& output, const EpilogueTensors& e, const Conv2dShape& shape,
+          at::MemoryFormat format) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, output.scalar_type(), "conv_ext_conv2d_fused_cuda", [&] {
+              const Epilogue<scalar_t> ep = e.view<scalar_t>();
+              if (ep.is_identity()) return;
+              const int64_t count = output.numel();
+              launch(conv2d_epilogue_kernel<scalar_t>,
+                     LaunchDims{{grid_dim(ceil_div(count, kEpilogueThreads), kMaxElementwiseBlocks),
+                                 1, 1},
+                                static_cast<uint32_t>(kEpilogueThreads)},
+                     output.mutable_data_ptr<scalar_t>(), ep, count, shape.K, shape.P * shape.Q,
+                     format == at::MemoryFormat::ChannelsLast);
+            });
       });
-  return output;
 }
 
 }  // namespace cuda

@@ -31,6 +31,18 @@ inline const char* kernel_kind_name(KernelKind kind) {
   return "?";
 }
 
+// The algorithm a problem runs on, for each pass: the one place the CUDA ops
+// choose a path. Depthwise problems (any channel multiplier) run on the
+// depthwise kernels (conv2d_depthwise_kernels.cuh), everything else on the
+// implicit GEMMs (conv2d_*_kernels.cuh over conv2d_implicit_gemm.cuh). Every
+// dtype takes the same kernels (accumulating in its op-math type); the plan
+// then picks the tile (plan_conv2d_*).
+enum class CudaPath { kImplicitGemm, kDepthwise };
+
+inline CudaPath select_path(const Conv2dShape& s, Pass /*pass*/, at::ScalarType /*dtype*/) {
+  return s.is_depthwise() ? CudaPath::kDepthwise : CudaPath::kImplicitGemm;
+}
+
 // Hardware limits of a grid; kernels loop over tiles beyond them.
 constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr int64_t kMaxGridYZ = 65535;
@@ -90,19 +102,11 @@ inline bool fits_narrow_index(int64_t elements) {
   return elements <= std::numeric_limits<int32_t>::max() && !forced_wide_index();
 }
 
-inline ConvGeometry make_geometry(const Conv2dShape& s) {
-  return ConvGeometry{s.N, s.C, s.H, s.W, s.K, s.R, s.S, s.P, s.Q,
-                      s.groups, s.C_per_group, s.K_per_group, s.stride_h, s.stride_w,
-                      s.pad_h, s.pad_w, s.dilation_h, s.dilation_w};
-}
-
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 inline uint32_t grid_dim(int64_t tiles, int64_t limit) {
   return static_cast<uint32_t>(std::max<int64_t>(1, std::min(tiles, limit)));
 }
-
-inline bool is_depthwise(const Conv2dShape& s) { return s.C_per_group == 1; }
 
 // The dense kernels decode their reduction index in 32-bit arithmetic.
 inline void check_reduction_fits_int32(int64_t length, const char* what) {
@@ -162,30 +166,33 @@ inline int64_t next_pow2(int64_t v) {
   return p;
 }
 
-// The tile of the tiled depthwise forward for this shape, or false where the
-// staged input tile cannot fit shared memory (large dilations or kernels):
-// those use the element-wise kernel.
-inline bool plan_depthwise_tile(const Conv2dShape& s, DepthwiseTile& t) {
+// The tile of a tiled depthwise kernel over planes of rows x cols results
+// (forward: output planes P x Q; grad-input: input planes H x W), or false
+// where the staged tile cannot fit shared memory (large dilations or
+// kernels): those use the element-wise kernels. staged(n, stride, kernel,
+// dilation): elements staged along one axis for n results along it.
+template <typename Staged>
+inline bool plan_depthwise_tile(const Conv2dShape& s, int64_t rows, int64_t cols,
+                                const Staged& staged, DepthwiseTile& t) {
   const int64_t threads = kDepthwiseThreads;
-  const int64_t tx = std::min<int64_t>(32, next_pow2(s.Q));
+  const int64_t tx = std::min<int64_t>(32, next_pow2(cols));
   const int64_t ty_max = threads / tx;
-  const int64_t ty = std::min(ty_max, next_pow2(s.P));
+  const int64_t ty = std::min(ty_max, next_pow2(rows));
   const int64_t planes = threads / (tx * ty);
-  int64_t rows = ty == ty_max ? std::min<int64_t>(4, ceil_div(s.P, ty)) : 1;
-  const int64_t taps = s.R * s.S;
-  if (planes * taps > kDepthwiseTileTaps) return false;
-  for (; rows >= 1; --rows) {
-    const int64_t tile_h = ty * rows;
-    const int64_t in_h = (tile_h - 1) * s.stride_h + (s.R - 1) * s.dilation_h + 1;
-    const int64_t in_w = (tx - 1) * s.stride_w + (s.S - 1) * s.dilation_w + 1;
+  int64_t rows_per_thread = ty == ty_max ? std::min<int64_t>(4, ceil_div(rows, ty)) : 1;
+  if (planes * s.taps() > kDepthwiseTileTaps) return false;
+  for (; rows_per_thread >= 1; --rows_per_thread) {
+    const int64_t tile_h = ty * rows_per_thread;
+    const int64_t in_h = staged(tile_h, s.stride_h, s.R, s.dilation_h);
+    const int64_t in_w = staged(tx, s.stride_w, s.S, s.dilation_w);
     if (planes * in_h * in_w > kDepthwiseTileElements) continue;
     t.tx = static_cast<int>(tx);
     t.ty = static_cast<int>(ty);
-    t.rows_per_thread = static_cast<int>(rows);
+    t.rows_per_thread = static_cast<int>(rows_per_thread);
     t.planes = static_cast<int>(planes);
     t.tile_h = static_cast<int>(tile_h);
     t.tile_w = static_cast<int>(tx);
-    t.tiles_w = static_cast<int>(ceil_div(s.Q, tx));
+    t.tiles_w = static_cast<int>(ceil_div(cols, tx));
     t.in_h = static_cast<int>(in_h);
     t.in_w = static_cast<int>(in_w);
     return true;
@@ -193,27 +200,44 @@ inline bool plan_depthwise_tile(const Conv2dShape& s, DepthwiseTile& t) {
   return false;
 }
 
+// Depthwise forward and grad-input: tiled through shared memory where the
+// tile fits, else one result element per thread. The forward stages the
+// input its output tile reads; grad-input the grad_output its input tile
+// receives from.
+inline LaunchPlan plan_depthwise(const Conv2dShape& s, Pass pass) {
+  const bool forward = pass == Pass::kForward;
+  const int64_t planes = forward ? s.N * s.K : s.N * s.C;
+  const int64_t rows = forward ? s.P : s.H, cols = forward ? s.Q : s.W;
+  const auto staged = [&](int64_t n, int64_t stride, int64_t kernel, int64_t dilation) {
+    // grad-input: grad_output positions n inputs receive from, at most.
+    return forward ? input_span(n, stride, kernel, dilation)
+                   : (n - 1 + (kernel - 1) * dilation) / stride + 2;
+  };
+  LaunchPlan plan;
+  DepthwiseTile t{};
+  if (forced_tile() != "elementwise" && plan_depthwise_tile(s, rows, cols, staged, t)) {
+    const int64_t tiles = ceil_div(rows, t.tile_h) * t.tiles_w;
+    if (tiles <= kMaxGridX) {
+      plan.kernel = KernelKind::kDepthwiseTiled;
+      plan.dw_tile = t;
+      plan.block = kDepthwiseThreads;
+      plan.grid[0] = grid_dim(tiles, kMaxGridX);
+      plan.grid[1] = grid_dim(ceil_div(planes, t.planes), kMaxGridYZ);
+      return plan;
+    }
+  }
+  set_elementwise_grid(plan, planes * rows * cols);
+  return plan;
+}
+
 // Forward: M = N*P*Q pixels x N = Kg channels per group (grid y walks
 // group x channel tile), reduction Cg*R*S; depthwise: tiled through shared
 // memory where the tile fits, else one output per thread.
-inline LaunchPlan plan_conv2d_forward(const Conv2dShape& s) {
-  LaunchPlan plan;
-  if (is_depthwise(s)) {
-    DepthwiseTile t{};
-    if (forced_tile() != "elementwise" && plan_depthwise_tile(s, t)) {
-      const int64_t tiles = ceil_div(s.P, t.tile_h) * t.tiles_w;
-      if (tiles <= kMaxGridX) {
-        plan.kernel = KernelKind::kDepthwiseTiled;
-        plan.dw_tile = t;
-        plan.block = kDepthwiseThreads;
-        plan.grid[0] = grid_dim(tiles, kMaxGridX);
-        plan.grid[1] = grid_dim(ceil_div(s.N * s.K, t.planes), kMaxGridYZ);
-        return plan;
-      }
-    }
-    set_elementwise_grid(plan, s.N * s.K * s.P * s.Q);
-    return plan;
+inline LaunchPlan plan_conv2d_forward(const Conv2dShape& s, at::ScalarType dtype) {
+  if (select_path(s, Pass::kForward, dtype) == CudaPath::kDepthwise) {
+    return plan_depthwise(s, Pass::kForward);
   }
+  LaunchPlan plan;
   check_reduction_fits_int32(s.C_per_group * s.R * s.S, "C/groups * kernel size");
   const int64_t M = s.N * s.P * s.Q;
   plan.kernel = choose_tile(M, s.K_per_group, s.groups);
@@ -223,58 +247,15 @@ inline LaunchPlan plan_conv2d_forward(const Conv2dShape& s) {
   return plan;
 }
 
-// The tile of the tiled depthwise grad-input (over input planes), or false
-// where its grad_output tile cannot fit shared memory.
-inline bool plan_depthwise_backward_input_tile(const Conv2dShape& s, DepthwiseTile& t) {
-  const int64_t threads = kDepthwiseThreads;
-  const int64_t tx = std::min<int64_t>(32, next_pow2(s.W));
-  const int64_t ty_max = threads / tx;
-  const int64_t ty = std::min(ty_max, next_pow2(s.H));
-  const int64_t planes = threads / (tx * ty);
-  int64_t rows = ty == ty_max ? std::min<int64_t>(4, ceil_div(s.H, ty)) : 1;
-  if (planes * s.R * s.S > kDepthwiseTileTaps) return false;
-  for (; rows >= 1; --rows) {
-    const int64_t tile_h = ty * rows;
-    // grad_output rows an input tile of tile_h rows receives from, at most.
-    const int64_t in_h = (tile_h - 1 + (s.R - 1) * s.dilation_h) / s.stride_h + 2;
-    const int64_t in_w = (tx - 1 + (s.S - 1) * s.dilation_w) / s.stride_w + 2;
-    if (planes * in_h * in_w > kDepthwiseTileElements) continue;
-    t.tx = static_cast<int>(tx);
-    t.ty = static_cast<int>(ty);
-    t.rows_per_thread = static_cast<int>(rows);
-    t.planes = static_cast<int>(planes);
-    t.tile_h = static_cast<int>(tile_h);
-    t.tile_w = static_cast<int>(tx);
-    t.tiles_w = static_cast<int>(ceil_div(s.W, tx));
-    t.in_h = static_cast<int>(in_h);
-    t.in_w = static_cast<int>(in_w);
-    return true;
-  }
-  return false;
-}
-
 // grad-input: per phase M = N * ceil(H/sh) * ceil(W/sw) pixels x N = Cg
 // channels (grid y walks group x phase x channel tile), reduction Kg x the
 // phase's taps; depthwise: tiled where the tile fits, else one input
 // element per thread.
-inline LaunchPlan plan_conv2d_backward_input(const Conv2dShape& s) {
-  LaunchPlan plan;
-  if (is_depthwise(s)) {
-    DepthwiseTile t{};
-    if (forced_tile() != "elementwise" && plan_depthwise_backward_input_tile(s, t)) {
-      const int64_t tiles = ceil_div(s.H, t.tile_h) * t.tiles_w;
-      if (tiles <= kMaxGridX) {
-        plan.kernel = KernelKind::kDepthwiseTiled;
-        plan.dw_tile = t;
-        plan.block = kDepthwiseThreads;
-        plan.grid[0] = grid_dim(tiles, kMaxGridX);
-        plan.grid[1] = grid_dim(ceil_div(s.N * s.C, t.planes), kMaxGridYZ);
-        return plan;
-      }
-    }
-    set_elementwise_grid(plan, s.N * s.C * s.H * s.W);
-    return plan;
+inline LaunchPlan plan_conv2d_backward_input(const Conv2dShape& s, at::ScalarType dtype) {
+  if (select_path(s, Pass::kBackwardInput, dtype) == CudaPath::kDepthwise) {
+    return plan_depthwise(s, Pass::kBackwardInput);
   }
+  LaunchPlan plan;
   check_reduction_fits_int32(s.K_per_group * s.R * s.S, "K/groups * kernel size");
   plan.phase_h_size = ceil_div(s.H, s.stride_h);
   plan.phase_w_size = ceil_div(s.W, s.stride_w);
@@ -305,11 +286,11 @@ inline void set_splits(LaunchPlan& plan, int64_t reduction, int64_t blocks_per_s
 // grad-weight: M = Cg*R*S x N = Kg per group, reduction N*P*Q in chunks
 // (grid z walks split x group); depthwise: a block per (k, tap) x split.
 // Call only with a non-empty reduction and weight.
-inline LaunchPlan plan_conv2d_backward_weight(const Conv2dShape& s) {
+inline LaunchPlan plan_conv2d_backward_weight(const Conv2dShape& s, at::ScalarType dtype) {
   LaunchPlan plan;
   const int64_t reduction = s.N * s.P * s.Q;
   const int64_t weight_elements = s.K * s.C_per_group * s.R * s.S;
-  if (is_depthwise(s)) {
+  if (select_path(s, Pass::kBackwardWeight, dtype) == CudaPath::kDepthwise) {
     plan.kernel = KernelKind::kDepthwise;
     plan.block = kDepthwiseWeightThreads;
     const int64_t blocks = s.K * s.R * s.S;

@@ -20,7 +20,7 @@ struct DepthwiseParams {
   const scalar_t* grad_output;  // N x K x P x Q (backward)
   scalar_t* output;             // forward output or grad_input
   at::opmath_type<scalar_t>* workspace;  // grad-weight: splits x K x R x S
-  ConvGeometry g;
+  Conv2dShape g;
   int64_t splits, chunk;  // grad-weight reduction chunks over N*P*Q
   bool narrow_index;      // the kernel's flat index range fits in int32
 };
@@ -66,7 +66,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kDepthwiseThreads)
     conv2d_depthwise_forward_kernel(DepthwiseParams<scalar_t> p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const ConvGeometry& g = p.g;
+  const Conv2dShape& g = p.g;
   const int64_t total = g.N * g.K * g.P * g.Q;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const FlatIndex flat(g.K, g.P, g.Q, p.narrow_index);
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
        index < total; index += stride) {
     int64_t n, k, p_, q;
     flat.decode(index, n, k, p_, q);
-    const scalar_t* x = p.input + (n * g.C + k / g.Kg) * g.H * g.W;
+    const scalar_t* x = p.input + (n * g.C + k / g.K_per_group) * g.H * g.W;
     const scalar_t* w = p.weight + k * g.R * g.S;
     acc_t sum = p.bias != nullptr ? load_as<acc_t>(p.bias + k) : acc_t(0);
     const int64_t ih0 = p_ * g.stride_h - g.pad_h, iw0 = q * g.stride_w - g.pad_w;
@@ -91,6 +91,67 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
   }
 }
 
+// What both tiled depthwise kernels set up alike: the block's shared arrays
+// and the thread's place in its tile (DepthwiseTile), with the problem's
+// filter, stride and dilation as 32-bit values (kKernel: the filter size
+// when it is kKernel x kKernel, 0 for any size).
+template <typename acc_t, int kKernel>
+struct DepthwiseTileBlock {
+  acc_t* tile;            // staged input (forward) or grad_output (grad-input)
+  acc_t* filters;         // the filters of the block's planes
+  int64_t* plane_offset;  // offset of each of the block's planes (-1: past the last)
+  int R, S, taps, sh, sw, dh, dw;
+  int tid, local_plane, tx, ty;
+
+  __device__ __forceinline__ DepthwiseTileBlock(const Conv2dShape& g, const DepthwiseTile& t)
+      : tile(shared_array<acc_t, kDepthwiseTileElements, 0>()),
+        filters(shared_array<acc_t, kDepthwiseTileTaps, 1>()),
+        plane_offset(shared_array<int64_t, kDepthwiseThreads, 2>()),
+        R(kKernel > 0 ? kKernel : static_cast<int>(g.R)),
+        S(kKernel > 0 ? kKernel : static_cast<int>(g.S)),
+        taps(R * S),
+        sh(static_cast<int>(g.stride_h)),
+        sw(static_cast<int>(g.stride_w)),
+        dh(static_cast<int>(g.dilation_h)),
+        dw(static_cast<int>(g.dilation_w)),
+        tid(static_cast<int>(threadIdx.x)),
+        local_plane(tid / (t.tx * t.ty)),
+        tx(tid % t.tx),
+        ty((tid % (t.tx * t.ty)) / t.tx) {}
+
+  // Stages, for each of the block's planes (plane_offset, written before a
+  // barrier), the window of rows [row0, row0 + t.in_h) x columns
+  // [col0, col0 + t.in_w) of a rows x cols plane of src, zero outside the
+  // plane or past the last plane; and the filter of each plane
+  // first + i, weight + ((plane % channels) * multiplier + m) * taps. One pass
+  // each over all the block's planes, 32-bit indexing per element;
+  // consecutive threads read consecutive columns (coalesced).
+  template <typename scalar_t>
+  __device__ __forceinline__ void stage(const DepthwiseTile& t, const scalar_t* src,
+                                        int64_t row0, int64_t col0, int64_t rows,
+                                        int64_t cols, const scalar_t* weight, int64_t first,
+                                        int64_t planes_total, int64_t channels,
+                                        int64_t multiplier, int64_t m) const {
+    const int window = t.in_h * t.in_w;
+    for (int i = tid; i < t.planes * window; i += blockDim.x) {
+      const int lp = i / window, e = i - lp * window;
+      const int row = e / t.in_w, col = e - row * t.in_w;
+      const int64_t offset = plane_offset[lp];
+      const int64_t r = row0 + row, c = col0 + col;
+      tile[i] = offset >= 0 && r >= 0 && r < rows && c >= 0 && c < cols
+                    ? load_as<acc_t>(src + offset + r * cols + c)
+                    : acc_t(0);
+    }
+    for (int i = tid; i < t.planes * taps; i += blockDim.x) {
+      const int64_t plane = first + i / taps;
+      filters[i] = plane < planes_total
+                       ? load_as<acc_t>(weight + ((plane % channels) * multiplier + m) * taps +
+                                        i % taps)
+                       : acc_t(0);
+    }
+  }
+};
+
 // The same sum, tiled (see DepthwiseTile): the block stages the input tile
 // of each of its planes and their filters in shared memory once, so every
 // input element is read from global memory about once per plane instead of
@@ -101,20 +162,14 @@ template <typename scalar_t, int kKernel>
 __global__ void __launch_bounds__(kDepthwiseThreads)
     conv2d_depthwise_forward_tiled_kernel(DepthwiseParams<scalar_t> p, DepthwiseTile t) {
   using acc_t = at::opmath_type<scalar_t>;
-  acc_t* tile = shared_array<acc_t, kDepthwiseTileElements, 0>();
-  acc_t* filters = shared_array<acc_t, kDepthwiseTileTaps, 1>();
-  // Offset of each of the block's planes (-1: past the last plane).
-  int64_t* plane_offset = shared_array<int64_t, kDepthwiseThreads, 2>();
-  const ConvGeometry& g = p.g;
-  const int R = kKernel > 0 ? kKernel : static_cast<int>(g.R);
-  const int S = kKernel > 0 ? kKernel : static_cast<int>(g.S);
-  const int taps = R * S;
-  const int sh = static_cast<int>(g.stride_h), sw = static_cast<int>(g.stride_w);
-  const int dh = static_cast<int>(g.dilation_h), dw = static_cast<int>(g.dilation_w);
-  const int tid = threadIdx.x;
-  const int plane_threads = t.tx * t.ty;
-  const int local_plane = tid / plane_threads;
-  const int tx = tid % t.tx, ty = (tid % plane_threads) / t.tx;
+  const DepthwiseTileBlock<acc_t, kKernel> block(p.g, t);
+  const acc_t* tile = block.tile;
+  const acc_t* filters = block.filters;
+  int64_t* plane_offset = block.plane_offset;
+  const Conv2dShape& g = p.g;
+  const int R = block.R, S = block.S, taps = block.taps;
+  const int sh = block.sh, sw = block.sw, dh = block.dh, dw = block.dw;
+  const int tid = block.tid, local_plane = block.local_plane, tx = block.tx, ty = block.ty;
   const int in_elements = t.in_h * t.in_w;
   const int64_t p0 = static_cast<int64_t>(blockIdx.x / t.tiles_w) * t.tile_h;
   const int64_t q0 = static_cast<int64_t>(blockIdx.x % t.tiles_w) * t.tile_w;
@@ -129,25 +184,11 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
     if (tid < t.planes) {
       const int64_t plane = first + tid;
       plane_offset[tid] = plane < planes_total
-                              ? ((plane / g.K) * g.C + (plane % g.K) / g.Kg) * g.H * g.W
+                              ? ((plane / g.K) * g.C + (plane % g.K) / g.K_per_group) * g.H * g.W
                               : int64_t{-1};
     }
     __syncthreads();
-    for (int i = tid; i < t.planes * in_elements; i += blockDim.x) {
-      const int lp = i / in_elements, e = i - lp * in_elements;
-      const int row = e / t.in_w, col = e - row * t.in_w;
-      const int64_t offset = plane_offset[lp];
-      const int64_t ih = ih0 + row, iw = iw0 + col;
-      tile[i] = offset >= 0 && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W
-                    ? load_as<acc_t>(p.input + offset + ih * g.W + iw)
-                    : acc_t(0);
-    }
-    for (int i = tid; i < t.planes * taps; i += blockDim.x) {
-      const int64_t plane = first + i / taps;
-      filters[i] = plane < planes_total
-                       ? load_as<acc_t>(p.weight + (plane % g.K) * taps + i % taps)
-                       : acc_t(0);
-    }
+    block.stage(t, p.input, ih0, iw0, g.H, g.W, p.weight, first, planes_total, g.K, 1, 0);
     __syncthreads();
     const int64_t plane = first + local_plane;
     const int64_t q = q0 + tx;
@@ -193,7 +234,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kDepthwiseThreads)
     conv2d_depthwise_backward_input_kernel(DepthwiseParams<scalar_t> p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const ConvGeometry& g = p.g;
+  const Conv2dShape& g = p.g;
   const int64_t total = g.N * g.C * g.H * g.W;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const FlatIndex flat(g.C, g.H, g.W, p.narrow_index);
@@ -202,8 +243,8 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
     int64_t n, c, h, w_;
     flat.decode(index, n, c, h, w_);
     acc_t sum = acc_t(0);
-    for (int64_t m = 0; m < g.Kg; ++m) {
-      const int64_t k = c * g.Kg + m;
+    for (int64_t m = 0; m < g.K_per_group; ++m) {
+      const int64_t k = c * g.K_per_group + m;
       const scalar_t* dy = p.grad_output + (n * g.K + k) * g.P * g.Q;
       const scalar_t* w = p.weight + k * g.R * g.S;
       for (int64_t r = 0; r < g.R; ++r) {
@@ -241,20 +282,14 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
                                                  DepthwiseTile t) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kMaxRows = 4;
-  acc_t* tile = shared_array<acc_t, kDepthwiseTileElements, 0>();
-  acc_t* filters = shared_array<acc_t, kDepthwiseTileTaps, 1>();
-  // Offset of each of the block's planes (-1: past the last plane).
-  int64_t* plane_offset = shared_array<int64_t, kDepthwiseThreads, 2>();
-  const ConvGeometry& g = p.g;
-  const int R = kKernel > 0 ? kKernel : static_cast<int>(g.R);
-  const int S = kKernel > 0 ? kKernel : static_cast<int>(g.S);
-  const int taps = R * S;
-  const int sh = static_cast<int>(g.stride_h), sw = static_cast<int>(g.stride_w);
-  const int dh = static_cast<int>(g.dilation_h), dw = static_cast<int>(g.dilation_w);
-  const int tid = threadIdx.x;
-  const int plane_threads = t.tx * t.ty;
-  const int local_plane = tid / plane_threads;
-  const int tx = tid % t.tx, ty = (tid % plane_threads) / t.tx;
+  const DepthwiseTileBlock<acc_t, kKernel> block(p.g, t);
+  const acc_t* tile = block.tile;
+  const acc_t* filters = block.filters;
+  int64_t* plane_offset = block.plane_offset;
+  const Conv2dShape& g = p.g;
+  const int R = block.R, S = block.S, taps = block.taps;
+  const int sh = block.sh, sw = block.sw, dh = block.dh, dw = block.dw;
+  const int tid = block.tid, local_plane = block.local_plane, tx = block.tx, ty = block.ty;
   const int tile_elements = t.in_h * t.in_w;
   const int64_t h0 = static_cast<int64_t>(blockIdx.x / t.tiles_w) * t.tile_h;
   const int64_t w0 = static_cast<int64_t>(blockIdx.x % t.tiles_w) * t.tile_w;
@@ -273,31 +308,18 @@ __global__ void __launch_bounds__(kDepthwiseThreads)
     acc_t acc[kMaxRows];
 #pragma unroll
     for (int j = 0; j < kMaxRows; ++j) acc[j] = acc_t(0);
-    for (int64_t m = 0; m < g.Kg; ++m) {
+    for (int64_t m = 0; m < g.K_per_group; ++m) {
       // Plane offsets decoded once per plane; one staging pass over all the
       // block's planes with 32-bit indexing per element.
       if (tid < t.planes) {
         const int64_t pl = first + tid;
         plane_offset[tid] = pl < planes_total
-                                ? ((pl / g.C) * g.K + (pl % g.C) * g.Kg + m) * PQ
+                                ? ((pl / g.C) * g.K + (pl % g.C) * g.K_per_group + m) * PQ
                                 : int64_t{-1};
       }
       __syncthreads();
-      for (int i = tid; i < t.planes * tile_elements; i += blockDim.x) {
-        const int lp = i / tile_elements, e = i - lp * tile_elements;
-        const int row = e / t.in_w, col = e - row * t.in_w;
-        const int64_t offset = plane_offset[lp];
-        const int64_t pp = p_lo + row, qq = q_lo + col;
-        tile[i] = offset >= 0 && pp >= 0 && pp < g.P && qq >= 0 && qq < g.Q
-                      ? load_as<acc_t>(p.grad_output + offset + pp * g.Q + qq)
-                      : acc_t(0);
-      }
-      for (int i = tid; i < t.planes * taps; i += blockDim.x) {
-        const int64_t pl = first + i / taps;
-        filters[i] = pl < planes_total
-                         ? load_as<acc_t>(p.weight + ((pl % g.C) * g.Kg + m) * taps + i % taps)
-                         : acc_t(0);
-      }
+      block.stage(t, p.grad_output, p_lo, q_lo, g.P, g.Q, p.weight, first, planes_total, g.C,
+              g.K_per_group, m);
       __syncthreads();
       if (active) {
         const acc_t* gy = tile + local_plane * tile_elements;
@@ -349,7 +371,7 @@ __global__ void __launch_bounds__(kDepthwiseWeightThreads)
   constexpr int kWeightGroupSize = kDepthwiseWeightThreads / kWeightGroups;
   acc_t* partial = shared_array<acc_t, kDepthwiseWeightThreads, 0>();
   acc_t* group_sum = shared_array<acc_t, kWeightGroups, 1>();
-  const ConvGeometry& g = p.g;
+  const Conv2dShape& g = p.g;
   const int64_t taps = g.R * g.S, PQ = g.P * g.Q, reduction = g.N * PQ;
   const int tid = threadIdx.x;
   const FlatIndex flat(1, g.P, g.Q, p.narrow_index);
@@ -358,7 +380,7 @@ __global__ void __launch_bounds__(kDepthwiseWeightThreads)
     const int64_t end = begin + p.chunk < reduction ? begin + p.chunk : reduction;
     for (int64_t ktap = blockIdx.x; ktap < g.K * taps; ktap += gridDim.x) {
       const int64_t k = ktap / taps, r = (ktap % taps) / g.S, s = ktap % g.S;
-      const int64_t c = k / g.Kg;
+      const int64_t c = k / g.K_per_group;
       acc_t sum = acc_t(0);
       for (int64_t e = begin + tid; e < end; e += kDepthwiseWeightThreads) {
         int64_t n, unused, out_row, out_col;

@@ -17,7 +17,7 @@ struct ForwardParams {
   const scalar_t* weight;  // K x Cg x R x S
   const scalar_t* bias;    // K, or nullptr
   scalar_t* output;        // N x K x P x Q
-  ConvGeometry g;
+  Conv2dShape g;
   int64_t tiles_m, tiles_n;  // tiles over N*P*Q and over K per group
 };
 
@@ -29,7 +29,7 @@ struct ForwardInputOperand {
   using acc_t = acc_type;
   static constexpr bool kAlongK = false;
   const scalar_t* input;
-  const ConvGeometry* g;
+  const Conv2dShape* g;
   int64_t group;
   FastDivmod taps_div, s_div;  // by R*S and by S
 
@@ -48,7 +48,7 @@ struct ForwardInputOperand {
     Column col{input, 0, 0, m < g->N * g->P * g->Q};
     if (col.valid) {
       const int64_t pq = m % (g->P * g->Q), n = m / (g->P * g->Q);
-      col.base = input + (n * g->C + group * g->Cg) * g->H * g->W;
+      col.base = input + (n * g->C + group * g->C_per_group) * g->H * g->W;
       col.ih0 = (pq / g->Q) * g->stride_h - g->pad_h;
       col.iw0 = (pq % g->Q) * g->stride_w - g->pad_w;
     }
@@ -77,7 +77,7 @@ struct ForwardWeightOperand {
   using acc_t = acc_type;
   static constexpr bool kAlongK = true;
   const scalar_t* weight;
-  const ConvGeometry* g;
+  const Conv2dShape* g;
   int64_t group;
 
   struct Column {
@@ -89,8 +89,8 @@ struct ForwardWeightOperand {
     bool valid;
   };
   __device__ __forceinline__ Column column(int64_t n) const {
-    const bool valid = n < g->Kg;
-    return Column{valid ? weight + (group * g->Kg + n) * g->Cg * g->R * g->S : weight, valid};
+    const bool valid = n < g->K_per_group;
+    return Column{valid ? weight + (group * g->K_per_group + n) * g->C_per_group * g->R * g->S : weight, valid};
   }
   __device__ __forceinline__ Row row(int64_t k, bool valid) const { return Row{k, valid}; }
   __device__ __forceinline__ acc_t load(const Row& row, const Column& col) const {
@@ -112,8 +112,8 @@ __global__ void __launch_bounds__(Tile::kThreads, (kForwardMinBlocks<scalar_t, T
   using acc_t = at::opmath_type<scalar_t>;
   auto* As = reinterpret_cast<acc_t(*)[Tile::BM]>(shared_array<acc_t, Tile::BK * Tile::BM, 0>());
   auto* Bs = reinterpret_cast<acc_t(*)[Tile::BN]>(shared_array<acc_t, Tile::BK * Tile::BN, 1>());
-  const ConvGeometry& g = p.g;
-  const int64_t PQ = g.P * g.Q, M = g.N * PQ, reduction = g.Cg * g.R * g.S;
+  const Conv2dShape& g = p.g;
+  const int64_t PQ = g.P * g.Q, M = g.N * PQ, reduction = g.C_per_group * g.R * g.S;
   const int tx = threadIdx.x % Tile::kThreadsM, ty = threadIdx.x / Tile::kThreadsM;
 
   for (int64_t tile_y = blockIdx.y; tile_y < p.tiles_n * g.groups; tile_y += gridDim.y) {
@@ -134,8 +134,8 @@ __global__ void __launch_bounds__(Tile::kThreads, (kForwardMinBlocks<scalar_t, T
 #pragma unroll
         for (int j = 0; j < Tile::TN; ++j) {
           const int64_t n = n0 + tile_col<Tile>(ty, j);
-          if (n >= g.Kg) continue;
-          const int64_t k = group * g.Kg + n;
+          if (n >= g.K_per_group) continue;
+          const int64_t k = group * g.K_per_group + n;
           const acc_t bias = p.bias != nullptr ? load_as<acc_t>(p.bias + k) : acc_t(0);
           out[k * PQ] = static_cast<scalar_t>(acc[i][j] + bias);
         }

@@ -81,7 +81,7 @@ bool run_forward_mma(const Launcher& launch, const Conv2dShape& s, const at::Ten
     const MmaForwardParams<scalar_t> params{
         x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
         bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
-        output.mutable_data_ptr<scalar_t>(), make_geometry(s), tiles_m, tiles_n,
+        output.mutable_data_ptr<scalar_t>(), s, tiles_m, tiles_n,
         tiles_n * s.groups};
     launch(conv2d_forward_mma_kernel<scalar_t, Tile>, dims, params);
   };

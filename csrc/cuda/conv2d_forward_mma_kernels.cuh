@@ -54,7 +54,7 @@ struct MmaForwardParams {
   const scalar_t* weight;  // K x R x S x Cg
   const scalar_t* bias;    // K, or nullptr
   scalar_t* output;        // N x P x Q x K
-  ConvGeometry g;
+  Conv2dShape g;
   int64_t tiles_m, tiles_n;
   int64_t tiles_y;  // tiles_n * groups, read from the parameter bank (a register spilled)
 };
@@ -89,11 +89,11 @@ __global__ void __launch_bounds__(Tile::kThreads)
 
   auto* ring = reinterpret_cast<unsigned char*>(
       shared_array<uint32_t, Tile::kSharedBytes / 4, 20>());
-  const ConvGeometry& g = p.g;
+  const Conv2dShape& g = p.g;
   const int tid = threadIdx.x, lane = lane_id(), warp = tid / 32;
   const int warp_m = warp % Tile::kWarpsM, warp_n = warp / Tile::kWarpsM;
   const int64_t M = g.N * g.P * g.Q;
-  const int c_chunks = static_cast<int>((g.Cg + kSlabChannels - 1) / kSlabChannels);
+  const int c_chunks = static_cast<int>((g.C_per_group + kSlabChannels - 1) / kSlabChannels);
   const int slabs = static_cast<int>(g.R * g.S) * c_chunks;
   const SlabRows<Tile, kRowsA> a_rows(tid);
   const SlabRows<Tile, kRowsB> b_rows(tid);
@@ -114,15 +114,15 @@ __global__ void __launch_bounds__(Tile::kThreads)
         const int64_t n = mm / (g.P * g.Q), pq = mm % (g.P * g.Q);
         a_ih0[i] = static_cast<int>((pq / g.Q) * g.stride_h - g.pad_h);
         a_iw0[i] = static_cast<int>((pq % g.Q) * g.stride_w - g.pad_w);
-        a_base[i] = p.input + n * g.H * g.W * g.C + group * g.Cg + a_rows.vector * kVector;
+        a_base[i] = p.input + n * g.H * g.W * g.C + group * g.C_per_group + a_rows.vector * kVector;
       }
       const scalar_t* b_base[kRowsB];
       bool b_valid[kRowsB];
 #pragma unroll
       for (int i = 0; i < kRowsB; ++i) {
         const int64_t n = n0 + b_rows.row(i);
-        b_valid[i] = n < g.Kg;
-        b_base[i] = p.weight + (group * g.Kg + (b_valid[i] ? n : 0)) * g.R * g.S * g.Cg +
+        b_valid[i] = n < g.K_per_group;
+        b_base[i] = p.weight + (group * g.K_per_group + (b_valid[i] ? n : 0)) * g.R * g.S * g.C_per_group +
                     b_rows.vector * kVector;
       }
 
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
         unsigned char* a_smem = ring + stage * Tile::kStageBytes;
         unsigned char* b_smem = a_smem + Tile::BM * Tile::kRowBytes;
         const int c = load_c0 + a_rows.vector * kVector;  // same column for A and B
-        const bool c_valid = c < g.Cg;
+        const bool c_valid = c < g.C_per_group;
         const int dh = load_r * static_cast<int>(g.dilation_h);
         const int dw = load_s * static_cast<int>(g.dilation_w);
 #pragma unroll
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
               valid ? a_base[i] + (static_cast<int64_t>(ih) * g.W + iw) * g.C + load_c0 : p.input;
           cp_async<16>(a_smem + a_rows.smem_offset(i), src, valid);
         }
-        const int64_t tap = (static_cast<int64_t>(load_r) * g.S + load_s) * g.Cg + load_c0;
+        const int64_t tap = (static_cast<int64_t>(load_r) * g.S + load_s) * g.C_per_group + load_c0;
 #pragma unroll
         for (int i = 0; i < kRowsB; ++i) {
           const bool valid = b_valid[i] && c_valid;
@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
         }
         // Advance (c0, s, r) without division.
         load_c0 += kSlabChannels;
-        if (load_c0 >= g.Cg) {
+        if (load_c0 >= g.C_per_group) {
           load_c0 = 0;
           if (++load_s == g.S) {
             load_s = 0;
@@ -247,15 +247,15 @@ __global__ void __launch_bounds__(Tile::kThreads)
         for (int half = 0; half < 2; ++half) {
           const int64_t m = m0 + warp_m * Tile::kWarpM + i * 16 + gid + 8 * half;
           if (m >= M) continue;
-          scalar_t* out = p.output + m * g.K + group * g.Kg;
+          scalar_t* out = p.output + m * g.K + group * g.K_per_group;
 #pragma unroll
           for (int j = 0; j < Tile::kFragsN; ++j) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int64_t n = n0 + warp_n * Tile::kWarpN + j * 8 + 2 * tig + e;
-              if (n >= g.Kg) continue;
+              if (n >= g.K_per_group) continue;
               const float bias =
-                  p.bias != nullptr ? load_as<float>(p.bias + group * g.Kg + n) : 0.f;
+                  p.bias != nullptr ? load_as<float>(p.bias + group * g.K_per_group + n) : 0.f;
               out[n] = static_cast<scalar_t>(acc[i][j][2 * half + e] + bias);
             }
           }

@@ -70,9 +70,9 @@ std::string describe_plan(const std::string& op, std::vector<int64_t> input_size
                           int64_t groups) {
   const auto shape = conv_ext::make_conv2d_shape(input_size, weight_size, std::nullopt, stride,
                                                  padding, dilation, groups);
-  if (op == "forward") return cuda::plan_conv2d_forward(shape).describe();
-  if (op == "backward_input") return cuda::plan_conv2d_backward_input(shape).describe();
-  if (op == "backward_weight") return cuda::plan_conv2d_backward_weight(shape).describe();
+  if (op == "forward") return cuda::plan_conv2d_forward(shape, at::kFloat).describe();
+  if (op == "backward_input") return cuda::plan_conv2d_backward_input(shape, at::kFloat).describe();
+  if (op == "backward_weight") return cuda::plan_conv2d_backward_weight(shape, at::kFloat).describe();
   TORCH_CHECK(false, "unknown op ", op);
 }
 

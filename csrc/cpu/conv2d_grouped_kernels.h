@@ -28,7 +28,8 @@
 #include <vector>
 
 #include "../conv2d_params.h"
-#include "conv2d_direct_cpu.h"
+#include "conv2d_backward_input_kernels.h"
+#include "conv2d_cpu_common.h"
 #include "simd.h"
 
 namespace conv_ext {
@@ -531,18 +532,18 @@ at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const a
 template <typename T>
 at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& weight,
                              const Conv2dShape& p, at::MemoryFormat format) {
-  std::vector<PhaseTaps> rows(p.stride_h), cols(p.stride_w);
+  std::vector<PhaseTapList> rows(p.stride_h), cols(p.stride_w);
   int64_t top = 0, bottom = 0, left = 0, right = 0;
   bool empty_phase = false;
   for (int64_t a = 0; a < p.stride_h; ++a) {
-    rows[a] = phase_taps(a, p.H, p.R, p.stride_h, p.pad_h, p.dilation_h);
+    rows[a] = phase_tap_list(a, p.H, p.R, p.stride_h, p.pad_h, p.dilation_h);
     if (rows[a].tap.empty()) empty_phase = true;
     if (rows[a].tap.empty() || rows[a].count == 0) continue;
     top = std::max(top, -rows[a].offset.front());
     bottom = std::max(bottom, rows[a].count - 1 + rows[a].offset.back() - (p.P - 1));
   }
   for (int64_t a = 0; a < p.stride_w; ++a) {
-    cols[a] = phase_taps(a, p.W, p.S, p.stride_w, p.pad_w, p.dilation_w);
+    cols[a] = phase_tap_list(a, p.W, p.S, p.stride_w, p.pad_w, p.dilation_w);
     if (cols[a].tap.empty()) empty_phase = true;
     if (cols[a].tap.empty() || cols[a].count == 0) continue;
     left = std::max(left, -cols[a].offset.front());
@@ -562,8 +563,8 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
   const int64_t Kg = p.K_per_group;
   for (int64_t ah = 0; ah < p.stride_h; ++ah) {
     for (int64_t aw = 0; aw < p.stride_w; ++aw) {
-      const PhaseTaps& rt = rows[ah];
-      const PhaseTaps& ct = cols[aw];
+      const PhaseTapList& rt = rows[ah];
+      const PhaseTapList& ct = cols[aw];
       if (rt.tap.empty() || ct.tap.empty() || rt.count == 0 || ct.count == 0) continue;
       const int64_t R = static_cast<int64_t>(rt.tap.size()), S = static_cast<int64_t>(ct.tap.size());
       const at::Tensor w = pack_weights<T>(
@@ -615,12 +616,6 @@ at::Tensor backward_weight_op(const at::Tensor& grad_output, const at::Tensor& i
 }
 
 }  // namespace grouped
-
-// Grouped convolutions with at least 2 input channels per group (fewer is
-// depthwise or a channel multiplier, which have their own kernels).
-inline bool is_grouped_fast(const Conv2dShape& p) {
-  return p.groups > 1 && p.C_per_group >= 2 && p.K_per_group >= 1;
-}
 
 }  // namespace cpu
 }  // namespace conv_ext

@@ -37,8 +37,7 @@
 #include <vector>
 
 #include "../conv2d_params.h"
-#include "conv2d_cpu_common.h"  // valid_output_range
-#include "conv2d_direct_cpu.h"  // PhaseTaps
+#include "conv2d_cpu_common.h"  // valid_output_range, phase_tap_list
 #include "simd.h"
 
 namespace conv_ext {
@@ -419,7 +418,7 @@ void forward_planes(const at::Tensor& input, const T* w, const T* bias, T* out,
 //
 // grad-input: input position h = i * stride + a (phase a) receives taps r
 // with (a + pad - r * dilation) divisible by the stride, evenly spaced, from
-// grad_output rows i + offset (PhaseTaps, conv2d_direct_cpu.h). So each of
+// grad_output rows i + offset (phase_tap_list, conv2d_cpu_common.h). So each of
 // the stride_h x stride_w phases is a unit-stride forward problem on the
 // grad_output plane with its own sub-filter (rotated: taps by increasing
 // offset) and dilation (the tap spacing), written to every stride-th element
@@ -435,9 +434,9 @@ struct InputGradPhase {
 inline std::vector<InputGradPhase> input_grad_phases(const Conv2dShape& p, int L) {
   std::vector<InputGradPhase> phases;
   for (int64_t ah = 0; ah < p.stride_h; ++ah) {
-    const PhaseTaps rt = phase_taps(ah, p.H, p.R, p.stride_h, p.pad_h, p.dilation_h);
+    const PhaseTapList rt = phase_tap_list(ah, p.H, p.R, p.stride_h, p.pad_h, p.dilation_h);
     for (int64_t aw = 0; aw < p.stride_w; ++aw) {
-      const PhaseTaps ct = phase_taps(aw, p.W, p.S, p.stride_w, p.pad_w, p.dilation_w);
+      const PhaseTapList ct = phase_tap_list(aw, p.W, p.S, p.stride_w, p.pad_w, p.dilation_w);
       InputGradPhase ph{ah, aw, {}, {}};
       if (rt.count == 0 || ct.count == 0) continue;  // no input positions in this phase
       if (!rt.tap.empty() && !ct.tap.empty()) {

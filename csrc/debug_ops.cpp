@@ -1,19 +1,45 @@
-// conv_ext::fma_peak_cpu: the machine's measured fp32 FMA throughput, the
-// "100%" of the benchmark's share-of-peak column. Every thread runs
-// independent chains of vector FMAs (enough chains to cover the FMA latency
-// times the number of FMA pipes), so the loop is bound by FMA throughput only.
+// The conv_ext_debug op library: test and benchmark helpers, not part of
+// conv_ext's public ops (torch.ops.conv_ext). All of them are declared here.
+//
+//   cpu_forward_path(input, weight, stride, padding, dilation, groups) -> str
+//       the CPU path conv2d_forward takes for these arguments (select_path,
+//       conv2d_cpu_plan.h): "pointwise", "first_layer", "dense", "depthwise"
+//       or "generic"
+//   simd_isa() -> str
+//       the vector ISA the CPU kernels were compiled for (simd.h)
+//   fma_peak_cpu(iterations, rounds) -> float
+//       the machine's measured fp32 FMA throughput in GFLOP/s (all threads),
+//       the "100%" of the benchmark's share-of-peak column
 #include <torch/library.h>
 
 #include <ATen/Parallel.h>
 
 #include <chrono>
+#include <string>
+#include <vector>
 
-#include "simd.h"
+#include "conv2d_params.h"
+#include "cpu/conv2d_cpu_plan.h"
+#include "cpu/simd.h"
 
 namespace conv_ext {
-namespace cpu {
+namespace debug {
 namespace {
 
+std::string cpu_forward_path(const at::Tensor& input, const at::Tensor& weight,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups) {
+  const Conv2dShape p = check_conv2d_forward(input, weight, std::nullopt, stride, padding,
+                                             dilation, groups);
+  return cpu::path_name(cpu::select_path(p, Pass::kForward, input.scalar_type()));
+}
+
+std::string simd_isa() { return cpu::simd::kIsaName; }
+
+// Every thread runs independent chains of vector FMAs (enough chains to cover
+// the FMA latency times the number of FMA pipes), so the loop is bound by
+// FMA throughput only.
+namespace simd = cpu::simd;
 using V = simd::Vec<float>;
 // FMA latency (4 cycles) x FMA pipes (2) independent chains, within the
 // register file (16 vector registers without AVX-512).
@@ -58,14 +84,14 @@ double fma_peak_cpu(int64_t iterations, int64_t rounds) {
   return best;
 }
 
-std::string simd_isa() { return simd::kIsaName; }
-
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(conv_ext, m) {
-  m.def("fma_peak_cpu(int iterations=20000000, int rounds=3) -> float", &fma_peak_cpu);
+TORCH_LIBRARY(conv_ext_debug, m) {
+  m.def("cpu_forward_path(Tensor input, Tensor weight, int[] stride, int[] padding, "
+        "int[] dilation, int groups) -> str", &cpu_forward_path);
   m.def("simd_isa() -> str", &simd_isa);
+  m.def("fma_peak_cpu(int iterations=20000000, int rounds=3) -> float", &fma_peak_cpu);
 }
 
-}  // namespace cpu
+}  // namespace debug
 }  // namespace conv_ext

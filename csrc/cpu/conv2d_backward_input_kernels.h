@@ -1,0 +1,109 @@
+// Dense grad-input on the CPU (groups == 1, float and double): a direct
+// convolution of grad_output with the flipped, transposed filter. With
+// stride > 1 the input positions split into stride_h x stride_w phases
+// (phase_taps, conv2d_shape.h); the input positions of one phase receive
+// contributions from a fixed subset of taps only, evenly spaced, so each
+// phase is a dense forward problem (unit stride, its own dilation) on a
+// padded NHWC copy of grad_output, writing every stride-th pixel of grad
+// input. No multiply touches an inserted zero.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "conv2d_cpu_common.h"
+#include "conv2d_dense_kernels.h"
+#include "simd.h"
+
+namespace conv_ext {
+namespace cpu {
+
+// Packs w'[c][k][taps] (K x C x R x S weights, any strides) for the phase
+// problem: forward "K" = C, forward "C" = K, taps (rt[m], st[m']).
+template <typename T>
+at::Tensor pack_phase_weights(const at::Tensor& weight, const std::vector<int64_t>& rt,
+                              const std::vector<int64_t>& st) {
+  constexpr int L = simd::Vec<T>::size;
+  const int64_t K = weight.size(0), C = weight.size(1);
+  const int64_t R = static_cast<int64_t>(rt.size()), S = static_cast<int64_t>(st.size());
+  const int64_t Cb = (C + L - 1) / L;
+  auto packed = at::zeros({Cb, R, S, K, L}, weight.options());
+  const T* w = weight.const_data_ptr<T>();
+  T* dst = packed.mutable_data_ptr<T>();
+  const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
+                s3 = weight.stride(3);
+  at::parallel_for(0, Cb, grain_for(R * S * K * L), [&](int64_t begin, int64_t end) {
+    for (int64_t cb = begin; cb < end; ++cb)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t k = 0; k < K; ++k)
+            for (int64_t l = 0; l < L && cb * L + l < C; ++l)
+              dst[(((cb * R + r) * S + s) * K + k) * L + l] =
+                  w[k * s0 + (cb * L + l) * s1 + rt[r] * s2 + st[s] * s3];
+  });
+  return packed;
+}
+
+// Dense grad-input into an NHWC buffer gx [N][H][W][C] (zeroed by the caller
+// when some phase has no taps).
+template <typename T>
+void dense_backward_input(const at::Tensor& grad_output, const at::Tensor& weight, T* gx,
+                          const Conv2dShape& p) {
+  std::vector<PhaseTapList> rows(p.stride_h), cols(p.stride_w);
+  int64_t top = 0, bottom = 0, left = 0, right = 0;
+  for (int64_t a = 0; a < p.stride_h; ++a) {
+    rows[a] = phase_tap_list(a, p.H, p.R, p.stride_h, p.pad_h, p.dilation_h);
+    if (rows[a].tap.empty() || rows[a].count == 0) continue;
+    top = std::max(top, -rows[a].offset.front());
+    bottom = std::max(bottom, rows[a].count - 1 + rows[a].offset.back() - (p.P - 1));
+  }
+  for (int64_t a = 0; a < p.stride_w; ++a) {
+    cols[a] = phase_tap_list(a, p.W, p.S, p.stride_w, p.pad_w, p.dilation_w);
+    if (cols[a].tap.empty() || cols[a].count == 0) continue;
+    left = std::max(left, -cols[a].offset.front());
+    right = std::max(right, cols[a].count - 1 + cols[a].offset.back() - (p.Q - 1));
+  }
+  // Padded NHWC grad_output; asymmetric padding through a symmetric copy of
+  // the larger side (a few zero rows more, no branch in the kernel).
+  const int64_t pad_h = std::max(top, bottom), pad_w = std::max(left, right);
+  const at::Tensor gy = padded_nhwc<T>(grad_output, pad_h, pad_w);
+  const int64_t Hp = p.P + 2 * pad_h, Wp = p.Q + 2 * pad_w;
+  for (int64_t ah = 0; ah < p.stride_h; ++ah) {
+    for (int64_t aw = 0; aw < p.stride_w; ++aw) {
+      const PhaseTapList& rt = rows[ah];
+      const PhaseTapList& ct = cols[aw];
+      if (rt.tap.empty() || ct.tap.empty() || rt.count == 0 || ct.count == 0) continue;
+      const at::Tensor w = pack_phase_weights<T>(weight, rt.tap, ct.tap);
+      const int64_t x_offset = ((pad_h + rt.offset.front()) * Wp + pad_w + ct.offset.front()) * p.K;
+      // Unit stride over grad_output (forward "C" = K, "K" = C), the phase's
+      // taps, every stride-th pixel of the NHWC grad_input.
+      const DenseProblem d{.N = p.N, .C = p.K, .Hp = Hp, .Wp = Wp, .K = p.C,
+                           .R = static_cast<int64_t>(rt.tap.size()),
+                           .S = static_cast<int64_t>(ct.tap.size()), .P = rt.count,
+                           .Q = ct.count, .stride_h = 1, .stride_w = 1,
+                           .dilation_h = rt.spacing, .dilation_w = ct.spacing,
+                           .out_image = p.H * p.W * p.C, .out_row = p.stride_h * p.W * p.C,
+                           .out_pixel = p.stride_w * p.C};
+      dense_forward<T>(gy.const_data_ptr<T>() + x_offset, w.const_data_ptr<T>(), nullptr,
+                       gx + (ah * p.W + aw) * p.C, d);
+    }
+  }
+}
+
+// Whether some input positions receive no tap (their gradient is zero).
+inline bool backward_input_has_empty_phase(const Conv2dShape& p) {
+  for (int64_t a = 0; a < p.stride_h; ++a) {
+    if (phase_taps(a, p.pad_h, p.stride_h, p.dilation_h, p.R).count == 0) return true;
+  }
+  for (int64_t a = 0; a < p.stride_w; ++a) {
+    if (phase_taps(a, p.pad_w, p.stride_w, p.dilation_w, p.S).count == 0) return true;
+  }
+  return false;
+}
+
+}  // namespace cpu
+}  // namespace conv_ext

@@ -1,0 +1,81 @@
+// Which CPU kernel runs a problem: the one place the CPU ops choose a path,
+// for all three passes.
+//
+//   depthwise    groups > 1, one input channel per group, any channel
+//                multiplier (float, double): NCHW per plane on a zero-padded,
+//                stride-phase-split copy; channels_last natively, vectors
+//                along the channels (conv2d_depthwise_kernels.h)
+//   pointwise    1x1, no padding (float, double): forward a GEMM per image on
+//                NCHW data (conv2d_pointwise_kernels.h); grad-input the same
+//                with the transposed weight where the stride is 1
+//   first_layer  forward with few input channels (C < 8): the dense kernel,
+//                its (s, c) loops fused
+//   dense        groups == 1 (float, double): register-blocked direct
+//                convolution on padded NHWC copies (conv2d_dense_kernels.h);
+//                grad-input one such problem per stride phase
+//                (conv2d_backward_input_kernels.h), grad-weight
+//                conv2d_backward_weight_kernels.h
+//   grouped      groups > 1 with 2+ input channels per group: register-blocked
+//                direct kernels with several groups per SIMD vector
+//                (conv2d_grouped_kernels.h)
+//   generic      everything else (other dtypes, empty reductions): plain
+//                loops, one output plane per task
+//                (conv2d_generic_kernels.h)
+//
+// bfloat16 and float16 take the float32 kernels of their path (converted on
+// the way in, float32 accumulation, one rounding at the end; see
+// is_reduced_float).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "../conv2d_shape.h"
+
+namespace conv_ext {
+namespace cpu {
+
+enum class CpuPath { kGeneric, kPointwise, kFirstLayer, kDense, kDepthwise, kGrouped };
+
+inline const char* path_name(CpuPath path) {
+  switch (path) {
+    case CpuPath::kPointwise: return "pointwise";
+    case CpuPath::kFirstLayer: return "first_layer";
+    case CpuPath::kDense: return "dense";
+    case CpuPath::kDepthwise: return "depthwise";
+    case CpuPath::kGrouped: return "grouped";
+    case CpuPath::kGeneric: break;
+  }
+  return "generic";
+}
+
+// bfloat16 and float16 run on the float32 kernels: converted on the way in,
+// float32 accumulation, rounded once at the end.
+inline bool is_reduced_float(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 || dtype == at::kHalf;
+}
+
+// Call with a checked, non-empty problem (the op front handles empty ones).
+inline CpuPath select_path(const Conv2dShape& p, Pass pass, at::ScalarType dtype) {
+  if (dtype != at::kFloat && dtype != at::kDouble && !is_reduced_float(dtype)) {
+    return CpuPath::kGeneric;
+  }
+  // The forward output of an empty reduction is the bias: nothing to compute.
+  if (p.C_per_group == 0) return CpuPath::kGeneric;
+  // Depthwise with any channel multiplier; C = 1 without groups is a first
+  // layer (the dense kernel's fused (s, c) loops serve it better).
+  if (p.is_depthwise() && p.groups > 1) return CpuPath::kDepthwise;
+  if (p.is_grouped()) return p.C_per_group >= 2 ? CpuPath::kGrouped : CpuPath::kGeneric;
+  switch (pass) {
+    case Pass::kForward:
+      if (p.is_pointwise()) return CpuPath::kPointwise;
+      return p.C < 8 ? CpuPath::kFirstLayer : CpuPath::kDense;
+    case Pass::kBackwardInput:
+      return p.is_pointwise() && p.is_unit_stride() ? CpuPath::kPointwise : CpuPath::kDense;
+    case Pass::kBackwardWeight:
+      break;
+  }
+  return CpuPath::kDense;
+}
+
+}  // namespace cpu
+}  // namespace conv_ext

@@ -1,0 +1,227 @@
+// Dense direct convolution (groups == 1, float and double), the kernel of
+// the dense, first-layer and channels_last pointwise forward paths and of
+// every stride phase of the dense grad-input.
+//
+// Activations are copied once per call into a zero-padded NHWC buffer (a
+// blocked copy, not an im2col matrix), weights are packed once per call as
+// [K/L][R][S][C][L] (L = SIMD width, K padded with zeros). A register tile of
+// UR output pixels x NB vectors of L output channels is held in
+// accumulators; for every (r, s, c) the kernel loads NB weight vectors and
+// broadcasts UR input values: the whole C*R*S reduction runs inside the tile.
+// Padding lives in the copy, so the inner loop has no bounds check. With
+// dilation_w == 1 the (s, c) loops fuse into one contiguous loop of S*C (for
+// C=3 first layers: 21 iterations for 7x7, not 7 loops of 3). Output is
+// written NHWC (K contiguous).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "conv2d_cpu_common.h"
+#include "simd.h"
+
+namespace conv_ext {
+namespace cpu {
+
+// Register tile: UR output pixels x NB vectors of output channels. The
+// accumulators, NB weight vectors and one broadcast must fit the register
+// file: 32 vector registers with AVX-512 (6 x 4), 16 otherwise (6 x 2).
+inline constexpr int kTileNB = simd::kVectorBytes == 64 ? 4 : 2;
+inline constexpr int kTilePixels = 6;
+// Packed weights of one tile column (NB vectors x R*S*C) above this many
+// bytes are split along C so they stay in L2 while the tile sweeps the image.
+inline constexpr int64_t kWeightBlockBytes = 384 * 1024;
+
+// Strides and loop bounds of the register tile in the padded NHWC buffers,
+// derived from a DenseProblem by dense_forward.
+struct DenseTileStrides {
+  int64_t x_r = 0;       // elements between kernel rows in the input
+  int64_t x_s = 0;       // ... between kernel columns (non-fused loop)
+  int64_t w_kb = 0;      // elements between packed weight blocks of L channels
+  int64_t w_rs = 0;      // ... between kernel taps (r, s) (non-fused) or rows (fused)
+  int64_t R = 0, S_outer = 0, inner = 0;
+  int64_t K = 0;
+};
+
+// One register tile of UR output pixels, anywhere in the output (a tile may
+// span output rows and images, so no row has a short remainder tile).
+// xs[u]: input of pixel u at tap (0, 0) and the first channel; w: packed
+// weights of channel block kb0; outs[u]: output pixel u at channel kb0 * L.
+// accumulate: add to the output instead of starting from bias (C is split).
+template <typename T, int UR, int NB>
+void dense_tile(const T* const* xs, const T* w, const T* bias, T* const* outs, int64_t k0,
+                const DenseTileStrides& g, bool accumulate) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  typename V::type acc[UR][NB];
+  for (int j = 0; j < NB; ++j) {
+    const int64_t lanes = std::min<int64_t>(L, g.K - k0 - j * L);
+    for (int u = 0; u < UR; ++u) {
+      const T* o = outs[u] + j * L;
+      if (accumulate) {
+        acc[u][j] = lanes == L ? V::load(o) : V::load_partial(o, static_cast<int>(lanes));
+      } else {
+        acc[u][j] = bias != nullptr ? V::load(bias + j * L) : V::zero();
+      }
+    }
+  }
+  const T* x[UR];
+  for (int u = 0; u < UR; ++u) x[u] = xs[u];
+  for (int64_t r = 0; r < g.R; ++r) {
+    for (int64_t so = 0; so < g.S_outer; ++so) {
+      const int64_t x_off = r * g.x_r + so * g.x_s;
+      const T* wr = w + (r * g.S_outer + so) * g.w_rs;
+      for (int64_t i = 0; i < g.inner; ++i) {
+        typename V::type wv[NB];
+        for (int j = 0; j < NB; ++j) wv[j] = V::load(wr + j * g.w_kb + i * L);
+        for (int u = 0; u < UR; ++u) {
+          const typename V::type xb = V::broadcast(x[u][x_off + i]);
+          for (int j = 0; j < NB; ++j) acc[u][j] = simd::fmadd(xb, wv[j], acc[u][j]);
+        }
+      }
+    }
+  }
+  for (int j = 0; j < NB; ++j) {
+    const int64_t lanes = std::min<int64_t>(L, g.K - k0 - j * L);
+    for (int u = 0; u < UR; ++u) {
+      T* o = outs[u] + j * L;
+      if (lanes == L) {
+        V::store(o, acc[u][j]);
+      } else {
+        V::store_partial(o, acc[u][j], static_cast<int>(lanes));
+      }
+    }
+  }
+}
+
+template <typename T>
+using DenseTileFn = void (*)(const T* const*, const T*, const T*, T* const*, int64_t,
+                             const DenseTileStrides&, bool);
+
+// dense_tile<T, ur, nb> for every ur <= kTilePixels, nb <= kTileNB (tails).
+template <typename T>
+const TileTable<DenseTileFn<T>, kTilePixels, kTileNB>& dense_tile_table() {
+  static const TileTable<DenseTileFn<T>, kTilePixels, kTileNB> table(
+      []<int UR, int NB>() { return &dense_tile<T, UR, NB>; });
+  return table;
+}
+
+// Weights K x C x R x S (any strides) packed as [ceil(K/L)][R][S][C][L],
+// zero beyond K.
+template <typename T>
+at::Tensor pack_weights(const at::Tensor& weight) {
+  constexpr int L = simd::Vec<T>::size;
+  const int64_t K = weight.size(0), C = weight.size(1), R = weight.size(2), S = weight.size(3);
+  const int64_t Kb = (K + L - 1) / L;
+  auto packed = at::zeros({Kb, R, S, C, L}, weight.options());
+  const T* w = weight.const_data_ptr<T>();
+  T* dst = packed.mutable_data_ptr<T>();
+  const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
+                s3 = weight.stride(3);
+  at::parallel_for(0, Kb, grain_for(R * S * C * L), [&](int64_t begin, int64_t end) {
+    for (int64_t kb = begin; kb < end; ++kb) {
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t l = 0; l < L && kb * L + l < K; ++l) {
+              const int64_t k = kb * L + l;
+              dst[(((kb * R + r) * S + s) * C + c) * L + l] = w[k * s0 + c * s1 + r * s2 + s * s3];
+            }
+    }
+  });
+  return packed;
+}
+
+// The dense direct convolution on prepared buffers:
+//   x: padded NHWC [N][Hp][Wp][C], w: packed [Kb][R][S][C][L],
+//   bias: padded to Kb*L or null, out: NHWC with pixel stride out_pixel,
+//   row stride out_row, image stride out_image (strided outputs let
+//   grad-input write one stride phase of its result).
+struct DenseProblem {
+  int64_t N, C, Hp, Wp, K, R, S, P, Q;
+  int64_t stride_h, stride_w, dilation_h, dilation_w;
+  int64_t out_image, out_row, out_pixel;
+};
+
+// The forward of problem p on its padded NHWC input (padding p.pad_h, p.pad_w)
+// into an NHWC output.
+inline DenseProblem dense_forward_problem(const Conv2dShape& p) {
+  return DenseProblem{.N = p.N, .C = p.C, .Hp = p.H + 2 * p.pad_h, .Wp = p.W + 2 * p.pad_w,
+                      .K = p.K, .R = p.R, .S = p.S, .P = p.P, .Q = p.Q,
+                      .stride_h = p.stride_h, .stride_w = p.stride_w,
+                      .dilation_h = p.dilation_h, .dilation_w = p.dilation_w,
+                      .out_image = p.P * p.Q * p.K, .out_row = p.Q * p.K, .out_pixel = p.K};
+}
+
+template <typename T>
+void dense_forward(const T* x, const T* w, const T* bias, T* out, const DenseProblem& d) {
+  constexpr int L = simd::Vec<T>::size;
+  const int64_t Kb = (d.K + L - 1) / L;
+  const int64_t KG = (Kb + kTileNB - 1) / kTileNB;
+  // Split C when one tile column of weights would not stay in L2.
+  const int64_t col_bytes = d.R * d.S * d.C * kTileNB * L * static_cast<int64_t>(sizeof(T));
+  const int64_t chunks = std::min<int64_t>(d.C, (col_bytes + kWeightBlockBytes - 1) / kWeightBlockBytes);
+  const int64_t chunk_c = (d.C + chunks - 1) / chunks;
+  const bool fused = d.dilation_w == 1 && chunks == 1;
+  DenseTileStrides g;
+  g.x_r = d.dilation_h * d.Wp * d.C;
+  g.x_s = d.dilation_w * d.C;
+  g.w_kb = d.R * d.S * d.C * L;
+  g.R = d.R;
+  g.K = d.K;
+  if (fused) {
+    g.S_outer = 1;
+    g.inner = d.S * d.C;
+    g.w_rs = d.S * d.C * L;
+  } else {
+    g.S_outer = d.S;
+    g.w_rs = d.C * L;
+  }
+  const auto& table = dense_tile_table<T>();
+  // Work items: (channel group, block of output pixels), channel group major
+  // so a thread's consecutive items reuse the same packed weights. Pixels are
+  // numbered over all images and rows (m = (n * P + oh) * Q + ow).
+  const int64_t M = d.N * d.P * d.Q;
+  const int64_t block = kTilePixels * 16;
+  const int64_t blocks = (M + block - 1) / block;
+  at::parallel_for(0, KG * blocks, grain_for(block * d.R * d.S * d.C * kTileNB), [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int64_t c0 = chunk * chunk_c;
+      const int64_t cc = std::min(chunk_c, d.C - c0);
+      if (cc <= 0) break;
+      DenseTileStrides gc = g;
+      if (!fused) gc.inner = cc;
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t kg = item / blocks, m_begin = (item % blocks) * block;
+        const int64_t m_end = std::min(M, m_begin + block);
+        const int64_t kb0 = kg * kTileNB;
+        const int nb = static_cast<int>(std::min<int64_t>(kTileNB, Kb - kb0));
+        const T* wk = w + kb0 * g.w_kb + c0 * L;
+        const T* b = bias != nullptr ? bias + kb0 * L : nullptr;
+        // Position of pixel m_begin, then stepped pixel by pixel.
+        int64_t ow = m_begin % d.Q, oh = (m_begin / d.Q) % d.P, n = m_begin / (d.Q * d.P);
+        for (int64_t m = m_begin; m < m_end;) {
+          const int ur = static_cast<int>(std::min<int64_t>(kTilePixels, m_end - m));
+          const T* xs[kTilePixels];
+          T* outs[kTilePixels];
+          for (int u = 0; u < ur; ++u) {
+            xs[u] = x + ((n * d.Hp + oh * d.stride_h) * d.Wp + ow * d.stride_w) * d.C + c0;
+            outs[u] = out + n * d.out_image + oh * d.out_row + ow * d.out_pixel + kb0 * L;
+            if (++ow == d.Q) {
+              ow = 0;
+              if (++oh == d.P) oh = 0, ++n;
+            }
+          }
+          table(ur, nb)(xs, wk, b, outs, kb0 * L, gc, chunk > 0);
+          m += ur;
+        }
+      }
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace conv_ext

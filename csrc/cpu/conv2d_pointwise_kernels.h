@@ -1,0 +1,172 @@
+// Pointwise convolution (1x1, no padding, float and double) on NCHW data:
+// a GEMM per image with no layout change. The forward of the pointwise path
+// on contiguous tensors, and its grad-input (the transposed weight) where the
+// stride is 1. channels_last pointwise problems run on the dense kernel.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "conv2d_cpu_common.h"
+#include "simd.h"
+
+namespace conv_ext {
+namespace cpu {
+
+// Pointwise (1x1, no padding) on NCHW data is a GEMM per image,
+// Y[K][HW] = W[K][C] X[C][HW], with no layout change: vectors run along the
+// pixels, weights are broadcast. Register tile: kPwK output channels x kPwV
+// vectors of pixels.
+inline constexpr int kPwK = 6;
+inline constexpr int kPwV = simd::kVectorBytes == 64 ? 4 : 2;
+
+// W[K][C] (any strides) packed as [ceil(K/kPwK)][C][kPwK], zero beyond K:
+// the kPwK broadcasts of one c come from one cache line.
+template <typename T>
+at::Tensor pack_pointwise_weights(const at::Tensor& weight2d) {
+  const int64_t K = weight2d.size(0), C = weight2d.size(1);
+  const int64_t Kt = (K + kPwK - 1) / kPwK;
+  auto packed = at::zeros({Kt, C, kPwK}, weight2d.options());
+  auto acc = weight2d.accessor<T, 2>();
+  T* dst = packed.mutable_data_ptr<T>();
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c) dst[((k / kPwK) * C + c) * kPwK + k % kPwK] = acc[k][c];
+  return packed;
+}
+
+// One tile: UK output channels x UV vectors of pixels starting at x / out.
+// x: X[0][hw0] with row stride x_row (>= hw0 + UV*L readable in every row);
+// out: Y[k0][hw0] with row stride out_row; lanes: valid pixels (<= UV*L).
+template <typename T, int UK, int UV>
+void pointwise_tile(const T* x, int64_t x_row, const T* w, int64_t C, const T* bias, T* out,
+                    int64_t out_row, int64_t lanes) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  typename V::type acc[UK][UV];
+  for (int i = 0; i < UK; ++i) {
+    const typename V::type b = V::broadcast(bias != nullptr ? bias[i] : T(0));
+    for (int v = 0; v < UV; ++v) acc[i][v] = b;
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    typename V::type xv[UV];
+    for (int v = 0; v < UV; ++v) xv[v] = V::load(x + c * x_row + v * L);
+    for (int i = 0; i < UK; ++i) {
+      const typename V::type wb = V::broadcast(w[c * kPwK + i]);
+      for (int v = 0; v < UV; ++v) acc[i][v] = simd::fmadd(wb, xv[v], acc[i][v]);
+    }
+  }
+  for (int i = 0; i < UK; ++i) {
+    for (int v = 0; v < UV; ++v) {
+      const int64_t n = std::min<int64_t>(L, lanes - v * L);
+      if (n <= 0) break;
+      if (n == L) {
+        V::store(out + i * out_row + v * L, acc[i][v]);
+      } else {
+        V::store_partial(out + i * out_row + v * L, acc[i][v], static_cast<int>(n));
+      }
+    }
+  }
+}
+
+template <typename T>
+using PointwiseTileFn = void (*)(const T*, int64_t, const T*, int64_t, const T*, T*, int64_t, int64_t);
+
+// pointwise_tile<T, uk, uv> for every uk <= kPwK, uv <= kPwV (tails).
+template <typename T>
+const TileTable<PointwiseTileFn<T>, kPwK, kPwV>& pointwise_tile_table() {
+  static const TileTable<PointwiseTileFn<T>, kPwK, kPwV> table(
+      []<int UK, int UV>() { return &pointwise_tile<T, UK, UV>; });
+  return table;
+}
+
+// x: [N][C][x_row], w packed by
+// pack_pointwise_weights, bias padded to a multiple of kPwK or null,
+// out: [N][K][HW] contiguous.
+template <typename T>
+void pointwise_forward(const T* x, int64_t x_row, const T* w, const T* bias, T* out, int64_t N,
+                       int64_t C, int64_t K, int64_t HW) {
+  constexpr int L = simd::Vec<T>::size;
+  constexpr int64_t tile_px = kPwV * L;
+  // Pixel blocks whose C rows stay in L2 while all output channels sweep them.
+  const int64_t block_px = std::max<int64_t>(
+      tile_px, (256 * 1024 / static_cast<int64_t>(sizeof(T)) / std::max<int64_t>(C, 1)) / tile_px * tile_px);
+  const int64_t hw_blocks = (HW + block_px - 1) / block_px;
+  const int64_t Kt = (K + kPwK - 1) / kPwK;
+  constexpr int64_t k_tiles_per_group = 8;
+  const int64_t KG = (Kt + k_tiles_per_group - 1) / k_tiles_per_group;
+  const auto& table = pointwise_tile_table<T>();
+  at::parallel_for(0, N * hw_blocks * KG, grain_for(block_px * C * k_tiles_per_group), [&](int64_t begin, int64_t end) {
+    // The block of X as [pixel tile][C][tile_px]: every tile then streams one
+    // contiguous run instead of C rows a whole image apart (which costs a TLB
+    // entry per row for large C).
+    std::vector<T> packed(static_cast<size_t>(C * block_px));
+    int64_t packed_block = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t kg = item % KG, hb = (item / KG) % hw_blocks, n = item / (KG * hw_blocks);
+      const int64_t hw0 = hb * block_px, hw1 = std::min(HW, hw0 + block_px);
+      const T* xn = x + n * C * x_row;
+      if (packed_block != item / KG) {
+        packed_block = item / KG;
+        for (int64_t hw = hw0, t = 0; hw < hw1; hw += tile_px, ++t) {
+          const int64_t count = std::min(tile_px, hw1 - hw);
+          T* dst = packed.data() + t * C * tile_px;
+          for (int64_t c = 0; c < C; ++c) {
+            std::memcpy(dst + c * tile_px, xn + c * x_row + hw, sizeof(T) * count);
+            std::fill(dst + c * tile_px + count, dst + (c + 1) * tile_px, T(0));
+          }
+        }
+      }
+      T* yn = out + n * K * HW;
+      const int64_t kt_end = std::min(Kt, (kg + 1) * k_tiles_per_group);
+      for (int64_t kt = kg * k_tiles_per_group; kt < kt_end; ++kt) {
+        const int uk = static_cast<int>(std::min<int64_t>(kPwK, K - kt * kPwK));
+        const T* wt = w + kt * C * kPwK;
+        const T* bt = bias != nullptr ? bias + kt * kPwK : nullptr;
+        for (int64_t hw = hw0, t = 0; hw < hw1; hw += tile_px, ++t) {
+          const int64_t lanes = std::min<int64_t>(tile_px, hw1 - hw);
+          const int uv = static_cast<int>((lanes + L - 1) / L);
+          table(uk, uv)(packed.data() + t * C * tile_px, tile_px, wt, C, bt,
+                                   yn + kt * kPwK * HW + hw, HW, lanes);
+        }
+      }
+    }
+  });
+}
+
+// Pointwise convolution of NCHW `input` [N][C][H][W] with matrix weight2d
+// [K][C] (any strides), stride (sh, sw), output [N][K][P][Q] contiguous.
+// The input is used as it is when contiguous with unit stride; otherwise
+// through a compact (subsampled) [N][C][P][Q] copy.
+template <typename T>
+at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight2d,
+                          const at::Tensor& bias, int64_t sh, int64_t sw, int64_t P, int64_t Q) {
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t K = weight2d.size(0), HW = P * Q;
+  at::Tensor x;
+  int64_t x_row = HW;
+  if (sh == 1 && sw == 1 && input.is_contiguous()) {
+    x = input;
+  } else {
+    x = at::empty({N, C, P, Q}, input.options());
+    x.copy_(input.slice(2, 0, H, sh).slice(3, 0, W, sw));
+  }
+  const at::Tensor w = pack_pointwise_weights<T>(weight2d);
+  at::Tensor b;
+  if (bias.defined()) {
+    b = at::zeros({(K + kPwK - 1) / kPwK * kPwK}, weight2d.options());
+    b.narrow(0, 0, K).copy_(bias);
+  }
+  auto out = at::empty({N, K, P, Q}, input.options());
+  pointwise_forward<T>(x.const_data_ptr<T>(), x_row, w.const_data_ptr<T>(),
+                       b.defined() ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(),
+                       N, C, K, HW);
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace conv_ext
