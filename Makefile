@@ -59,9 +59,10 @@ test-emulation-asan: build
 	PYTHON=$(PYTHON) sh tests/run_emulation_asan.sh $(EMULATION_ASAN_ARGS)
 
 # PyTorch's own convolution tests (test/nn/test_convolution.py, the conv
-# ModuleInfo tests of test/test_modules.py) with conv_ext in torch's place, on
-# the CPU; not in `test`: needs a PyTorch checkout's test/ directory
-# (docs/torch_suite.md). PYTORCH_TESTS=/path/to/pytorch/test
+# ModuleInfo tests of test/test_modules.py, test_nn.py's generated conv module
+# tests) with conv_ext in torch's place, on the CPU; not in `test`: needs a
+# PyTorch checkout's test/ directory (docs/torch_suite.md).
+# PYTORCH_TESTS=/path/to/pytorch/test
 torch-tests: build
 	$(PYTHON) tests/torch_suite/run.py --pytorch-tests "$(PYTORCH_TESTS)"
 

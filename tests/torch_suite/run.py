@@ -9,10 +9,12 @@ conv_transpose1d/conv_transpose2d conv_ext's functions, so every test that
 builds those modules or calls those functions runs conv_ext (CPU only). The
 files are PyTorch's, never copied into this repository: point --pytorch-tests
 at the test/ directory of a PyTorch checkout of the installed torch's version
-(docs/torch_suite.md says how to get one).
+(docs/torch_suite.md says how to get one). common_nn_modules.py, here, adds
+test_nn.py's generated module tests of the same four modules.
 
-Every failure must be explained in known_failures.py (a conv_ext bug, a test
-of torch internals, or a feature conv_ext does not have). The run prints the
+Every failure must be explained in known_failures.py (a conv_ext bug, a
+precision artefact, a test of torch internals, a feature conv_ext does not
+have, or a failure on plain torch too). The run prints the
 counts, the failures by class, and exits non-zero on a failure that is not
 listed there, or on a listed one that now passes (so the list stays true).
 --baseline runs the same files on plain torch, for comparison.
@@ -36,7 +38,15 @@ FILES = {
     # The ModuleInfo tests of the four modules conv_ext replaces (the Lazy*
     # modules become torch's own classes, and Conv3d is torch's).
     "test_modules.py": "(Conv1d or Conv2d or ConvTranspose1d or ConvTranspose2d) and not Lazy",
+    # Here, not in PyTorch's test/: test_nn.py's generated module tests of the
+    # four convolutions, built from the installed torch's common_nn lists.
+    "common_nn_modules.py": None,
 }
+
+
+def _path(name, tests_dir):
+    """The file `name`: this folder's own harness, else PyTorch's."""
+    return HERE / name if (HERE / name).is_file() else tests_dir / name
 
 
 def patch_torch():
@@ -152,7 +162,7 @@ def main(argv=None):
     if not args.pytorch_tests:
         parser.error("--pytorch-tests (or PYTORCH_TESTS) is required: see docs/torch_suite.md")
     tests_dir = pathlib.Path(args.pytorch_tests)
-    paths = [tests_dir / f for f in args.files]
+    paths = [_path(f, tests_dir) for f in args.files]
     for path in paths:
         if not path.is_file():
             parser.error(f"{path} does not exist: see docs/torch_suite.md")
@@ -169,7 +179,7 @@ def main(argv=None):
     for name, path in zip(args.files, paths):
         keywords = [k for k in (FILES.get(name), args.keyword) if k]
         pytest_args = [
-            str(path), "-q", "-p", "no:cacheprovider", "--noconftest", "--rootdir", str(tests_dir),
+            str(path), "-q", "-p", "no:cacheprovider", "--noconftest", "--rootdir", str(path.parent),
             "-o", "addopts=", "-W", "ignore::UserWarning", "-W", "ignore::FutureWarning",
             "--tb=short" if args.verbose else "--tb=line",
         ]
