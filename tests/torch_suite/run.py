@@ -152,6 +152,9 @@ def main(argv=None):
                         help="PyTorch's test/ directory (or $PYTORCH_TESTS)")
     parser.add_argument("--files", nargs="+", default=list(FILES),
                         help=f"test files under it (default: {' '.join(FILES)})")
+    parser.add_argument("--cuda", action="store_true",
+                        help="also run the CUDA tests (a GPU and a CUDA build of conv_ext; "
+                             "known_failures.py lists CPU results only)")
     parser.add_argument("--baseline", action="store_true",
                         help="run on plain torch (nothing patched) for comparison")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression (and the file's own)")
@@ -167,9 +170,10 @@ def main(argv=None):
         if not path.is_file():
             parser.error(f"{path} does not exist: see docs/torch_suite.md")
 
-    # CPU only; torch's test framework reads these at import.
-    os.environ["PYTORCH_TESTING_DEVICE_ONLY_FOR"] = "cpu"
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    # torch's test framework reads these at import.
+    if not args.cuda:
+        os.environ["PYTORCH_TESTING_DEVICE_ONLY_FOR"] = "cpu"
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     sys.path.insert(0, str(ROOT))
     import torch
 
