@@ -37,7 +37,7 @@
 #include <vector>
 
 #include "../conv2d_params.h"
-#include "conv2d_cpu_common.h"  // valid_output_range, phase_tap_list
+#include "conv2d_cpu_common.h"  // grain_for, valid_output_range, phase_tap_list
 #include "simd.h"
 
 namespace conv_ext {
@@ -49,13 +49,6 @@ inline constexpr int kMaxTileVectors = 8;
 // One vector of zeros: what a tap outside the image reads.
 template <typename T>
 alignas(64) inline constexpr T kZeroVector[simd::Vec<T>::size] = {};
-
-// Grain of at::parallel_for for items of `work` multiply-adds: a thread gets
-// at least ~32K of work.
-inline int64_t grain(int64_t work_per_item) {
-  constexpr int64_t kMinWork = int64_t{1} << 15;
-  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_item));
-}
 
 // One plane problem: an input plane of H x W placed at (top, left) in an
 // otherwise zero padded plane, P x Q outputs. Forward: top/left = padding.
@@ -397,7 +390,7 @@ void forward_planes(const at::Tensor& input, const T* w, const T* bias, T* out,
   const int64_t buf_elems = plan.g.buffer_elems(L);
   const int64_t scratch_elems = plan.scratch_elems(L);
   const int64_t m = p.K_per_group;
-  at::parallel_for(0, p.N * p.K, grain(p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.K, grain_for(p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(buf_elems, T(0));  // padding cells stay zero
     std::vector<T> scratch(scratch_elems);
     int64_t filled = -1;  // input plane n * C + c now in buf
@@ -480,7 +473,7 @@ void backward_input_planes(const at::Tensor& gy, const T* w, T* gx, const Conv2d
   const T* y = gy.const_data_ptr<T>();
   const int64_t sn = gy.stride(0), sc = gy.stride(1), sh = gy.stride(2), sw = gy.stride(3);
   const int64_t m = p.K_per_group;
-  at::parallel_for(0, p.N * p.C, grain(p.P * p.Q * taps * m), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.C, grain_for(p.P * p.Q * taps * m), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(buf_elems, T(0));  // one buffer per phase; padding stays zero
     std::vector<T> scratch(scratch_elems);
     for (int64_t nc = begin; nc < end; ++nc) {
@@ -557,7 +550,7 @@ void backward_weight_planes(const at::Tensor& gy, const at::Tensor& input, T* gw
   const T* y = gy.const_data_ptr<T>();
   const int64_t gsn = gy.stride(0), gsc = gy.stride(1), gsh = gy.stride(2), gsw = gy.stride(3);
   const int64_t m = p.K_per_group;
-  at::parallel_for(0, p.K, grain(p.N * p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.K, grain_for(p.N * p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(plan.g.buffer_elems(L), T(0));
     std::vector<T> gys(plan.scratch_elems(L), T(0));  // junk columns stay zero
     std::vector<typename V::type> acc(taps);
@@ -593,6 +586,24 @@ void backward_weight_planes(const at::Tensor& gy, const at::Tensor& input, T* gw
 // ---------------------------------------------------------------------------
 // channels_last.
 
+// One channel vector of a tile: all lanes, or the first `lanes` (the
+// channel tail) when kPartial.
+template <typename T, bool kPartial>
+inline typename simd::Vec<T>::type load_lanes(const T* p, int lanes) {
+  return kPartial ? simd::Vec<T>::load_partial(p, lanes) : simd::Vec<T>::load(p);
+}
+
+template <typename T, int UQ, bool kPartial>
+inline void store_pixels(T* const* out, const typename simd::Vec<T>::type* acc, int lanes) {
+  for (int u = 0; u < UQ; ++u) {
+    if (kPartial) {
+      simd::Vec<T>::store_partial(out[u], acc[u], lanes);
+    } else {
+      simd::Vec<T>::store(out[u], acc[u]);
+    }
+  }
+}
+
 // UQ output pixels (input pixel pointers x[u], tap (0, 0)) x one vector of
 // channels; taps_r x taps_s taps starting at w (tap stride C), input tap
 // strides xr (rows) and xs (columns).
@@ -606,21 +617,15 @@ inline void nhwc_tile(const T* const* x, const T* w, int64_t C, int64_t r0, int6
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t s = s0; s < s1; ++s) {
       const T* wp = w + (r * S + s) * C;
-      const typename V::type wv = kPartial ? V::load_partial(wp, lanes) : V::load(wp);
+      const typename V::type wv = load_lanes<T, kPartial>(wp, lanes);
       const int64_t o = r * xr + s * xs;
       for (int u = 0; u < UQ; ++u) {
-        const typename V::type xv = kPartial ? V::load_partial(x[u] + o, lanes) : V::load(x[u] + o);
+        const typename V::type xv = load_lanes<T, kPartial>(x[u] + o, lanes);
         acc[u] = simd::fmadd(xv, wv, acc[u]);
       }
     }
   }
-  for (int u = 0; u < UQ; ++u) {
-    if (kPartial) {
-      V::store_partial(out[u], acc[u], lanes);
-    } else {
-      V::store(out[u], acc[u]);
-    }
-  }
+  store_pixels<T, UQ, kPartial>(out, acc, lanes);
 }
 
 // The same for pixels near the left/right edge: a tap column outside the
@@ -638,22 +643,16 @@ inline void nhwc_border_tile(const T* xrow, int64_t iw0, int64_t stride_w, const
     const T* row = xrow + r * xr;
     for (int64_t s = 0; s < S; ++s) {
       const T* wp = w + (r * S + s) * C;
-      const typename V::type wv = kPartial ? V::load_partial(wp, lanes) : V::load(wp);
+      const typename V::type wv = load_lanes<T, kPartial>(wp, lanes);
       for (int u = 0; u < UQ; ++u) {
         const int64_t iw = iw0 + u * stride_w + s * dw;
         const T* ptr = iw >= 0 && iw < W ? row + iw * sw : zeros;
-        const typename V::type xv = kPartial ? V::load_partial(ptr, lanes) : V::load(ptr);
+        const typename V::type xv = load_lanes<T, kPartial>(ptr, lanes);
         acc[u] = simd::fmadd(xv, wv, acc[u]);
       }
     }
   }
-  for (int u = 0; u < UQ; ++u) {
-    if (kPartial) {
-      V::store_partial(out[u], acc[u], lanes);
-    } else {
-      V::store(out[u], acc[u]);
-    }
-  }
+  store_pixels<T, UQ, kPartial>(out, acc, lanes);
 }
 
 // f.template operator()<N>() for N = n (1..kMaxTileVectors).
@@ -687,7 +686,7 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
   const int64_t last_ok = p.W - 1 - (p.S - 1) * p.dilation_w + p.pad_w;  // ow*sw <= last_ok
   const int64_t q_hi = std::max(q_lo, std::min(p.Q, last_ok < 0 ? 0 : last_ok / p.stride_w + 1));
   const T* zeros = kZeroVector<T>;  // taps outside the image
-  at::parallel_for(0, p.N * p.P, grain(p.Q * C * p.R * p.S), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.P, grain_for(p.Q * C * p.R * p.S), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / p.P, oh = item % p.P;
       const int64_t ih0 = oh * p.stride_h - p.pad_h;
@@ -763,7 +762,7 @@ template <typename T, bool kPartial>
 inline typename simd::Vec<T>::type nhwc_row_dot(const T* g, const T* x, int64_t count,
                                                 int64_t C, int64_t x_step, int lanes) {
   using V = simd::Vec<T>;
-  auto ld = [&](const T* ptr) { return kPartial ? V::load_partial(ptr, lanes) : V::load(ptr); };
+  auto ld = [&](const T* ptr) { return load_lanes<T, kPartial>(ptr, lanes); };
   typename V::type a0 = V::zero(), a1 = V::zero();
   int64_t q = 0;
   for (; q + 2 <= count; q += 2) {
