@@ -32,6 +32,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -729,6 +730,153 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
               }
             }
           });
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// NCHW on narrow planes, channel-blocked.
+//
+// The per-plane kernels run vectors along a row: a 7-wide output row fills
+// 7 of 16 lanes (the flat plan's junk columns grow with the kernel). Here
+// the planes of L channels of one image are transposed, L x L elements at a
+// time in registers, into a zero-padded [Hp][Wp][L] block; the channels_last
+// tile runs on the block with every lane busy and no bounds checks; and the
+// [P*Q][L] result is transposed back into the L output planes. The
+// transposes cost O(H*W) shuffles against O(P*Q*R*S) multiply-adds.
+
+template <int L, int B, typename E>
+constexpr std::array<E, L> block_swap_mask(bool second) {
+  std::array<E, L> m{};
+  for (int l = 0; l < L; ++l) {
+    if (!second) {
+      m[l] = static_cast<E>((l & B) ? L + (l ^ B) : l);
+    } else {
+      m[l] = static_cast<E>((l & B) ? L + l : (l ^ B));
+    }
+  }
+  return m;
+}
+
+// One round of the transpose: rows i and i | B (bit B of i clear) swap
+// their off-diagonal B x B blocks; rounds B = L/2, ..., 1 transpose v.
+template <typename T, int B>
+inline void transpose_round(typename simd::Vec<T>::type* v) {
+  using IV = simd::IndexVec<T>;
+  constexpr int L = simd::Vec<T>::size;
+  static constexpr auto kFirst = block_swap_mask<L, B, typename IV::element>(false);
+  static constexpr auto kSecond = block_swap_mask<L, B, typename IV::element>(true);
+  typename IV::type first, second;
+  std::memcpy(&first, kFirst.data(), sizeof first);
+  std::memcpy(&second, kSecond.data(), sizeof second);
+  for (int i = 0; i < L; ++i) {
+    if (i & B) continue;
+    const typename simd::Vec<T>::type a = v[i], c = v[i | B];
+    v[i] = __builtin_shuffle(a, c, first);
+    v[i | B] = __builtin_shuffle(a, c, second);
+  }
+  if constexpr (B > 1) transpose_round<T, B / 2>(v);
+}
+
+// v[i][j] <- v[j][i] for L vectors of L lanes.
+template <typename T>
+inline void transpose_square(typename simd::Vec<T>::type* v) {
+  transpose_round<T, simd::Vec<T>::size / 2>(v);
+}
+
+// Narrow output rows (less than one vector per row for the per-plane
+// kernels), channel multiplier 1, and a block that stays in L2 (up to 256K
+// elements: a tall narrow plane goes per plane instead).
+inline bool use_channel_blocks(const Conv2dShape& p, int L) {
+  const int64_t block = input_span(p.P, p.stride_h, p.R, p.dilation_h) *
+                        input_span(p.Q, p.stride_w, p.S, p.dilation_w) * L;
+  return p.K_per_group == 1 && p.Q < L && block <= (int64_t{1} << 18);
+}
+
+// input: NCHW with contiguous planes (stride(3) == 1, stride(2) == W);
+// wt: weights as [R][S][C]; bias: C values or null; out: contiguous NCHW.
+template <typename T>
+void forward_channel_blocks(const at::Tensor& input, const T* wt, const T* bias, T* out,
+                            const Conv2dShape& p) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  const T* x = input.const_data_ptr<T>();
+  const int64_t sn = input.stride(0), sc = input.stride(1);
+  const int64_t HW = p.H * p.W, PQ = p.P * p.Q, C = p.C;
+  const int64_t Hp = input_span(p.P, p.stride_h, p.R, p.dilation_h);
+  const int64_t Wp = input_span(p.Q, p.stride_w, p.S, p.dilation_w);
+  // Block position of each input element (-1: never read, past the block).
+  std::vector<int64_t> slot(HW);
+  for (int64_t h = 0; h < p.H; ++h) {
+    for (int64_t w = 0; w < p.W; ++w) {
+      const int64_t hp = h + p.pad_h, wp = w + p.pad_w;
+      slot[h * p.W + w] = hp < Hp && wp < Wp ? (hp * Wp + wp) * L : -1;
+    }
+  }
+  const int64_t blocks = (C + L - 1) / L;
+  const int64_t xr = p.dilation_h * Wp * L, xs = p.dilation_w * L;
+  at::parallel_for(0, p.N * blocks, grain_for(L * PQ * p.R * p.S), [&](int64_t begin, int64_t end) {
+    std::vector<T> block(Hp * Wp * L, T(0));  // padding cells stay zero
+    std::vector<T> result(PQ * L);
+    typename V::type v[L];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / blocks, c0 = (item % blocks) * L;
+      const int lanes = static_cast<int>(std::min<int64_t>(L, C - c0));
+      // In: L elements of each of the L planes, transposed to L pixels.
+      const T* xc = x + n * sn + c0 * sc;
+      for (int64_t m0 = 0; m0 < HW; m0 += L) {
+        const int count = static_cast<int>(std::min<int64_t>(L, HW - m0));
+        for (int l = 0; l < L; ++l) {
+          v[l] = l >= lanes     ? V::zero()
+                 : count == L   ? V::load(xc + l * sc + m0)
+                                : V::load_partial(xc + l * sc + m0, count);
+        }
+        transpose_square<T>(v);
+        for (int j = 0; j < count; ++j) {
+          const int64_t at = slot[m0 + j];
+          if (at >= 0) V::store(block.data() + at, v[j]);
+        }
+      }
+      // The channels_last tile over the block: tiles of up to 8 pixels.
+      const typename V::type b = bias == nullptr ? V::zero()
+                                 : lanes == L    ? V::load(bias + c0)
+                                                 : V::load_partial(bias + c0, lanes);
+      const T* wc = wt + c0;
+      for (int64_t oh = 0; oh < p.P; ++oh) {
+        const T* xrow = block.data() + oh * p.stride_h * Wp * L;
+        for (int64_t q = 0; q < p.Q; q += kMaxTileVectors) {
+          const int count = static_cast<int>(std::min<int64_t>(kMaxTileVectors, p.Q - q));
+          with_tile_size(count, [&]<int UQ>() {
+            const T* xs_ptr[kMaxTileVectors];
+            T* outs[kMaxTileVectors];
+            for (int u = 0; u < UQ; ++u) {
+              xs_ptr[u] = xrow + (q + u) * p.stride_w * L;
+              outs[u] = result.data() + (oh * p.Q + q + u) * L;
+            }
+            if (lanes == L) {
+              nhwc_tile<T, UQ, false>(xs_ptr, wc, C, 0, p.R, 0, p.S, p.S, xr, xs, b, outs, lanes);
+            } else {
+              nhwc_tile<T, UQ, true>(xs_ptr, wc, C, 0, p.R, 0, p.S, p.S, xr, xs, b, outs, lanes);
+            }
+          });
+        }
+      }
+      // Out: L pixels of L channels, transposed to L elements of each plane.
+      T* oc = out + (n * C + c0) * PQ;
+      for (int64_t m0 = 0; m0 < PQ; m0 += L) {
+        const int count = static_cast<int>(std::min<int64_t>(L, PQ - m0));
+        for (int j = 0; j < L; ++j) {
+          v[j] = j < count ? V::load(result.data() + (m0 + j) * L) : V::zero();
+        }
+        transpose_square<T>(v);
+        for (int l = 0; l < lanes; ++l) {
+          if (count == L) {
+            V::store(oc + l * PQ + m0, v[l]);
+          } else {
+            V::store_partial(oc + l * PQ + m0, v[l], count);
+          }
         }
       }
     }
