@@ -51,20 +51,22 @@ struct DenseTileStrides {
 // One register tile of UR output pixels, anywhere in the output (a tile may
 // span output rows and images, so no row has a short remainder tile).
 // xs[u]: input of pixel u at tap (0, 0) and the first channel; w: packed
-// weights of channel block kb0; outs[u]: output pixel u at channel kb0 * L.
+// weights of channel block kb0; outs[u]: output pixel u at channel kb0 * L,
+// NB whole vectors (dense_tile handles the end of K).
 // accumulate: add to the output instead of starting from bias (C is split).
+// No masked access here: one in this function made GCC 12 spill a weight
+// vector out of the hot loop (a store and UR reloads per reduction step).
 template <typename T, int UR, int NB>
-void dense_tile(const T* const* xs, const T* w, const T* bias, T* const* outs, int64_t k0,
-                const DenseTileStrides& g, bool accumulate) {
+__attribute__((noinline)) void dense_tile_full(const T* const* xs, const T* w, const T* bias,
+                                               T* const* outs, const DenseTileStrides& g,
+                                               bool accumulate) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
   typename V::type acc[UR][NB];
   for (int j = 0; j < NB; ++j) {
-    const int64_t lanes = std::min<int64_t>(L, g.K - k0 - j * L);
     for (int u = 0; u < UR; ++u) {
-      const T* o = outs[u] + j * L;
       if (accumulate) {
-        acc[u][j] = lanes == L ? V::load(o) : V::load_partial(o, static_cast<int>(lanes));
+        acc[u][j] = V::load(outs[u] + j * L);
       } else {
         acc[u][j] = bias != nullptr ? V::load(bias + j * L) : V::zero();
       }
@@ -86,17 +88,27 @@ void dense_tile(const T* const* xs, const T* w, const T* bias, T* const* outs, i
       }
     }
   }
-  for (int j = 0; j < NB; ++j) {
-    const int64_t lanes = std::min<int64_t>(L, g.K - k0 - j * L);
-    for (int u = 0; u < UR; ++u) {
-      T* o = outs[u] + j * L;
-      if (lanes == L) {
-        V::store(o, acc[u][j]);
-      } else {
-        V::store_partial(o, acc[u][j], static_cast<int>(lanes));
-      }
-    }
+  for (int j = 0; j < NB; ++j)
+    for (int u = 0; u < UR; ++u) V::store(outs[u] + j * L, acc[u][j]);
+}
+
+// dense_tile_full at any k0; a tile at the end of K (fewer than NB * L
+// channels left) runs on a full-width scratch tile (packed weights and bias
+// are zero-padded to whole vectors), copied in (accumulate) and out.
+template <typename T, int UR, int NB>
+void dense_tile(const T* const* xs, const T* w, const T* bias, T* const* outs, int64_t k0,
+                const DenseTileStrides& g, bool accumulate) {
+  constexpr int W = NB * simd::Vec<T>::size;
+  const int64_t left = g.K - k0;
+  if (left >= W) return dense_tile_full<T, UR, NB>(xs, w, bias, outs, g, accumulate);
+  alignas(64) T scratch[UR][W];
+  T* tile_outs[UR];
+  for (int u = 0; u < UR; ++u) {
+    tile_outs[u] = scratch[u];
+    if (accumulate) std::memcpy(scratch[u], outs[u], sizeof(T) * left);
   }
+  dense_tile_full<T, UR, NB>(xs, w, bias, tile_outs, g, accumulate);
+  for (int u = 0; u < UR; ++u) std::memcpy(outs[u], scratch[u], sizeof(T) * left);
 }
 
 template <typename T>
