@@ -34,3 +34,14 @@ def _fresh_seed(request):
     # (crc32, not hash(): str hashes change from process to process.)
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
     yield
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """The CUDA kernels built for the CPU emulation (tests/cuda_emulation),
+    with no dense tile forced before or after the module's tests."""
+    from cuda_emulation.build import load
+    module = load()
+    module.force_tile("")
+    yield module
+    module.force_tile("")
