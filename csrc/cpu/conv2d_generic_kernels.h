@@ -15,9 +15,11 @@
 #include <vector>
 
 #include "conv2d_cpu_common.h"
+#include "simd.h"
 
 namespace conv_ext {
 namespace cpu {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 template <typename scalar_t>
 void conv2d_forward_planes(const scalar_t* input, const scalar_t* weight,
@@ -172,5 +174,6 @@ void conv2d_backward_weight_slices(const scalar_t* grad_output,
   });
 }
 
+}  // namespace CONV_EXT_ISA
 }  // namespace cpu
 }  // namespace conv_ext
