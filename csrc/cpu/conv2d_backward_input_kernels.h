@@ -31,21 +31,10 @@ at::Tensor pack_phase_weights(const at::Tensor& weight, const std::vector<int64_
   constexpr int L = simd::Vec<T>::size;
   const int64_t K = weight.size(0), C = weight.size(1);
   const int64_t R = static_cast<int64_t>(rt.size()), S = static_cast<int64_t>(st.size());
-  const int64_t Cb = (C + L - 1) / L;
-  auto packed = at::zeros({Cb, R, S, K, L}, weight.options());
-  const T* w = weight.const_data_ptr<T>();
-  T* dst = packed.mutable_data_ptr<T>();
-  const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
-                s3 = weight.stride(3);
-  at::parallel_for(0, Cb, grain_for(R * S * K * L), [&](int64_t begin, int64_t end) {
-    for (int64_t cb = begin; cb < end; ++cb)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s)
-          for (int64_t k = 0; k < K; ++k)
-            for (int64_t l = 0; l < L && cb * L + l < C; ++l)
-              dst[(((cb * R + r) * S + s) * K + k) * L + l] =
-                  w[k * s0 + (cb * L + l) * s1 + rt[r] * s2 + st[s] * s3];
-  });
+  auto packed = at::empty({(C + L - 1) / L, R, S, K, L}, weight.options());
+  pack_lane_blocks<T>(weight.const_data_ptr<T>(), C, weight.stride(1), K, weight.stride(0),
+                      tap_offsets(rt, st, weight.stride(2), weight.stride(3)),
+                      packed.mutable_data_ptr<T>());
   return packed;
 }
 

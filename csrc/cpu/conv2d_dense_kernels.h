@@ -19,6 +19,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 #include "conv2d_cpu_common.h"
 #include "simd.h"
@@ -110,29 +112,66 @@ const TileTable<DenseTileFn<T>, kTilePixels, kTileNB>& dense_tile_table() {
   return table;
 }
 
+// The packing of every dense filter: dst[b][t][c][l] = src[(b * L + l) * lane_stride +
+// c * c_stride + tap_offset[t]] for b < ceil(lanes / L), zero for b * L + l >= lanes.
+// Per (b, c) the L x taps values are gathered into a small [taps][L] block,
+// then stored as whole vectors: the reads run along the source's contiguous
+// axis (taps of one filter row, or L filters' taps) instead of one element
+// per lane from L rows a whole filter apart.
+template <typename T>
+void pack_lane_blocks(const T* src, int64_t lanes, int64_t lane_stride, int64_t C,
+                      int64_t c_stride, const std::vector<int64_t>& tap_offset, T* dst) {
+  constexpr int L = simd::Vec<T>::size;
+  const int64_t taps = static_cast<int64_t>(tap_offset.size());
+  const int64_t blocks = (lanes + L - 1) / L;
+  constexpr int64_t kChannelChunk = 64;
+  const int64_t chunks = (C + kChannelChunk - 1) / kChannelChunk;
+  at::parallel_for(0, blocks * chunks, grain_for(kChannelChunk * taps * L), [&](int64_t begin, int64_t end) {
+    std::vector<T> block(taps * L, T(0));
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / chunks, c0 = (item % chunks) * kChannelChunk;
+      const int64_t c1 = std::min(C, c0 + kChannelChunk);
+      const int64_t used = std::min<int64_t>(L, lanes - b * L);
+      if (used < L) std::fill(block.begin(), block.end(), T(0));
+      T* out = dst + b * taps * C * L;
+      for (int64_t c = c0; c < c1; ++c) {
+        const T* s = src + b * L * lane_stride + c * c_stride;
+        for (int64_t l = 0; l < used; ++l)
+          for (int64_t t = 0; t < taps; ++t) block[t * L + l] = s[l * lane_stride + tap_offset[t]];
+        for (int64_t t = 0; t < taps; ++t)
+          std::memcpy(out + (t * C + c) * L, block.data() + t * L, sizeof(T) * L);
+      }
+    }
+  });
+}
+
+// Offsets of the taps (rt[i], st[j]) in a filter with row stride sr and column stride ss.
+inline std::vector<int64_t> tap_offsets(const std::vector<int64_t>& rt,
+                                        const std::vector<int64_t>& st, int64_t sr, int64_t ss) {
+  std::vector<int64_t> off;
+  off.reserve(rt.size() * st.size());
+  for (const int64_t r : rt)
+    for (const int64_t s : st) off.push_back(r * sr + s * ss);
+  return off;
+}
+
+// 0, 1, ..., n - 1.
+inline std::vector<int64_t> all_taps(int64_t n) {
+  std::vector<int64_t> t(n);
+  for (int64_t i = 0; i < n; ++i) t[i] = i;
+  return t;
+}
+
 // Weights K x C x R x S (any strides) packed as [ceil(K/L)][R][S][C][L],
 // zero beyond K.
 template <typename T>
 at::Tensor pack_weights(const at::Tensor& weight) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t K = weight.size(0), C = weight.size(1), R = weight.size(2), S = weight.size(3);
-  const int64_t Kb = (K + L - 1) / L;
-  auto packed = at::zeros({Kb, R, S, C, L}, weight.options());
-  const T* w = weight.const_data_ptr<T>();
-  T* dst = packed.mutable_data_ptr<T>();
-  const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2),
-                s3 = weight.stride(3);
-  at::parallel_for(0, Kb, grain_for(R * S * C * L), [&](int64_t begin, int64_t end) {
-    for (int64_t kb = begin; kb < end; ++kb) {
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s)
-          for (int64_t c = 0; c < C; ++c)
-            for (int64_t l = 0; l < L && kb * L + l < K; ++l) {
-              const int64_t k = kb * L + l;
-              dst[(((kb * R + r) * S + s) * C + c) * L + l] = w[k * s0 + c * s1 + r * s2 + s * s3];
-            }
-    }
-  });
+  auto packed = at::empty({(K + L - 1) / L, R, S, C, L}, weight.options());
+  pack_lane_blocks<T>(weight.const_data_ptr<T>(), K, weight.stride(0), C, weight.stride(1),
+                      tap_offsets(all_taps(R), all_taps(S), weight.stride(2), weight.stride(3)),
+                      packed.mutable_data_ptr<T>());
   return packed;
 }
 
@@ -204,8 +243,13 @@ void dense_forward(const T* x, const T* w, const T* bias, T* out, const DensePro
         const T* b = bias != nullptr ? bias + kb0 * L : nullptr;
         // Position of pixel m_begin, then stepped pixel by pixel.
         int64_t ow = m_begin % d.Q, oh = (m_begin / d.Q) % d.P, n = m_begin / (d.Q * d.P);
-        for (int64_t m = m_begin; m < m_end;) {
-          const int ur = static_cast<int>(std::min<int64_t>(kTilePixels, m_end - m));
+        // The block's pixels in tiles of near-equal size (49 = 4 x 6 + 5 x 5,
+        // not 8 x 6 + 1): a 1- or 2-pixel tail tile would run at a fraction
+        // of the FMA rate (NB weight loads per UR broadcasts).
+        const int64_t tiles = (m_end - m_begin + kTilePixels - 1) / kTilePixels;
+        const int64_t base = (m_end - m_begin) / tiles, longer = (m_end - m_begin) % tiles;
+        for (int64_t m = m_begin, t = 0; m < m_end; ++t) {
+          const int ur = static_cast<int>(base + (t < longer ? 1 : 0));
           const T* xs[kTilePixels];
           T* outs[kTilePixels];
           for (int u = 0; u < ur; ++u) {
