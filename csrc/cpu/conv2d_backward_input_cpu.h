@@ -1,5 +1,6 @@
 // conv2d_backward_input on the CPU: the backend behind the op front
-// (conv2d_front.h), running the path select_path names (conv2d_cpu_plan.h).
+// (conv2d_front.h; registered in conv2d_cpu_ops.cpp, one copy per ISA:
+// conv2d_cpu_isa.h), running the path select_path names (conv2d_cpu_plan.h).
 // Every element is accumulated by one thread in a fixed order on all paths:
 // no atomics, identical results run to run and across thread counts.
 #pragma once

@@ -1,5 +1,6 @@
 // conv2d_forward on the CPU: the backend behind the op front
-// (conv2d_front.h), running the path select_path names (conv2d_cpu_plan.h).
+// (conv2d_front.h; registered in conv2d_cpu_ops.cpp, one copy per ISA:
+// conv2d_cpu_isa.h), running the path select_path names (conv2d_cpu_plan.h).
 // Every output element is summed in a fixed order by one thread on all
 // paths, so results are identical run to run and across thread counts.
 #pragma once
