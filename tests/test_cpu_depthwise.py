@@ -35,6 +35,11 @@ CASES = [
     ("1x1_plane", 3, 9, 1, 1, 3, 3, 1, 1, 1),
     ("kernel_equals_input", 2, 5, 4, 6, 4, 6, 1, 0, 1),
     ("wide_rows_tail", 1, 3, 5, 70, 3, 3, 1, 1, 1),
+    # Narrow rows run channel-blocked: full and partial channel blocks,
+    # input rows/columns past the last one read (stride 2, no padding).
+    ("narrow_37ch", 2, 37, 9, 6, 3, 3, 1, 1, 1),
+    ("narrow_s2_dilated_asym", 1, 19, 11, 9, 5, 3, 2, (2, 1), (2, 1)),
+    ("narrow_s2_unread_edge", 1, 18, 8, 8, 3, 3, 2, 0, 1),
 ]
 
 

@@ -34,6 +34,15 @@ at::Tensor depthwise_backward_input_cpu(const at::Tensor& grad_output, const at:
     return gx;
   }
   auto grad_input = at::empty(p.input_sizes(), grad_output.options());
+  if (depthwise::nhwc_input_grad_as_forward(p) &&
+      depthwise::use_channel_blocks(depthwise::input_grad_forward_shape(p), simd::Vec<T>::size)) {
+    // Narrow planes: the channel-blocked forward with the rotated filter.
+    const at::Tensor wt = weight.flip({2, 3}).reshape({p.C, p.taps()}).t().contiguous();
+    depthwise::forward_channel_blocks<T>(grad_output.contiguous(), wt.const_data_ptr<T>(), nullptr,
+                                         grad_input.mutable_data_ptr<T>(),
+                                         depthwise::input_grad_forward_shape(p));
+    return grad_input;
+  }
   const at::Tensor w = weight.contiguous();
   const at::Tensor gy = grad_output.stride(3) == 1 ? grad_output : grad_output.contiguous();
   depthwise::backward_input_planes<T>(gy, w.const_data_ptr<T>(), grad_input.mutable_data_ptr<T>(), p);

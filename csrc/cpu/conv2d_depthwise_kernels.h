@@ -32,12 +32,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "../conv2d_params.h"
-#include "conv2d_cpu_common.h"  // valid_output_range, phase_tap_list
+#include "conv2d_cpu_common.h"  // grain_for, valid_output_range, phase_tap_list
 #include "simd.h"
 
 namespace conv_ext {
@@ -50,13 +51,6 @@ inline constexpr int kMaxTileVectors = 8;
 // One vector of zeros: what a tap outside the image reads.
 template <typename T>
 alignas(64) inline constexpr T kZeroVector[simd::Vec<T>::size] = {};
-
-// Grain of at::parallel_for for items of `work` multiply-adds: a thread gets
-// at least ~32K of work.
-inline int64_t grain(int64_t work_per_item) {
-  constexpr int64_t kMinWork = int64_t{1} << 15;
-  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_item));
-}
 
 // One plane problem: an input plane of H x W placed at (top, left) in an
 // otherwise zero padded plane, P x Q outputs. Forward: top/left = padding.
@@ -398,7 +392,7 @@ void forward_planes(const at::Tensor& input, const T* w, const T* bias, T* out,
   const int64_t buf_elems = plan.g.buffer_elems(L);
   const int64_t scratch_elems = plan.scratch_elems(L);
   const int64_t m = p.K_per_group;
-  at::parallel_for(0, p.N * p.K, grain(p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.K, grain_for(p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(buf_elems, T(0));  // padding cells stay zero
     std::vector<T> scratch(scratch_elems);
     int64_t filled = -1;  // input plane n * C + c now in buf
@@ -481,7 +475,7 @@ void backward_input_planes(const at::Tensor& gy, const T* w, T* gx, const Conv2d
   const T* y = gy.const_data_ptr<T>();
   const int64_t sn = gy.stride(0), sc = gy.stride(1), sh = gy.stride(2), sw = gy.stride(3);
   const int64_t m = p.K_per_group;
-  at::parallel_for(0, p.N * p.C, grain(p.P * p.Q * taps * m), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.C, grain_for(p.P * p.Q * taps * m), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(buf_elems, T(0));  // one buffer per phase; padding stays zero
     std::vector<T> scratch(scratch_elems);
     for (int64_t nc = begin; nc < end; ++nc) {
@@ -558,7 +552,7 @@ void backward_weight_planes(const at::Tensor& gy, const at::Tensor& input, T* gw
   const T* y = gy.const_data_ptr<T>();
   const int64_t gsn = gy.stride(0), gsc = gy.stride(1), gsh = gy.stride(2), gsw = gy.stride(3);
   const int64_t m = p.K_per_group;
-  at::parallel_for(0, p.K, grain(p.N * p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.K, grain_for(p.N * p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(plan.g.buffer_elems(L), T(0));
     std::vector<T> gys(plan.scratch_elems(L), T(0));  // junk columns stay zero
     simd::VecArray<T> acc(taps);
@@ -594,6 +588,24 @@ void backward_weight_planes(const at::Tensor& gy, const at::Tensor& input, T* gw
 // ---------------------------------------------------------------------------
 // channels_last.
 
+// One channel vector of a tile: all lanes, or the first `lanes` (the
+// channel tail) when kPartial.
+template <typename T, bool kPartial>
+inline typename simd::Vec<T>::type load_lanes(const T* p, int lanes) {
+  return kPartial ? simd::Vec<T>::load_partial(p, lanes) : simd::Vec<T>::load(p);
+}
+
+template <typename T, int UQ, bool kPartial>
+inline void store_pixels(T* const* out, const typename simd::Vec<T>::type* acc, int lanes) {
+  for (int u = 0; u < UQ; ++u) {
+    if (kPartial) {
+      simd::Vec<T>::store_partial(out[u], acc[u], lanes);
+    } else {
+      simd::Vec<T>::store(out[u], acc[u]);
+    }
+  }
+}
+
 // UQ output pixels (input pixel pointers x[u], tap (0, 0)) x one vector of
 // channels; taps_r x taps_s taps starting at w (tap stride C), input tap
 // strides xr (rows) and xs (columns).
@@ -607,21 +619,15 @@ inline void nhwc_tile(const T* const* x, const T* w, int64_t C, int64_t r0, int6
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t s = s0; s < s1; ++s) {
       const T* wp = w + (r * S + s) * C;
-      const typename V::type wv = kPartial ? V::load_partial(wp, lanes) : V::load(wp);
+      const typename V::type wv = load_lanes<T, kPartial>(wp, lanes);
       const int64_t o = r * xr + s * xs;
       for (int u = 0; u < UQ; ++u) {
-        const typename V::type xv = kPartial ? V::load_partial(x[u] + o, lanes) : V::load(x[u] + o);
+        const typename V::type xv = load_lanes<T, kPartial>(x[u] + o, lanes);
         acc[u] = simd::fmadd(xv, wv, acc[u]);
       }
     }
   }
-  for (int u = 0; u < UQ; ++u) {
-    if (kPartial) {
-      V::store_partial(out[u], acc[u], lanes);
-    } else {
-      V::store(out[u], acc[u]);
-    }
-  }
+  store_pixels<T, UQ, kPartial>(out, acc, lanes);
 }
 
 // The same for pixels near the left/right edge: a tap column outside the
@@ -639,22 +645,16 @@ inline void nhwc_border_tile(const T* xrow, int64_t iw0, int64_t stride_w, const
     const T* row = xrow + r * xr;
     for (int64_t s = 0; s < S; ++s) {
       const T* wp = w + (r * S + s) * C;
-      const typename V::type wv = kPartial ? V::load_partial(wp, lanes) : V::load(wp);
+      const typename V::type wv = load_lanes<T, kPartial>(wp, lanes);
       for (int u = 0; u < UQ; ++u) {
         const int64_t iw = iw0 + u * stride_w + s * dw;
         const T* ptr = iw >= 0 && iw < W ? row + iw * sw : zeros;
-        const typename V::type xv = kPartial ? V::load_partial(ptr, lanes) : V::load(ptr);
+        const typename V::type xv = load_lanes<T, kPartial>(ptr, lanes);
         acc[u] = simd::fmadd(xv, wv, acc[u]);
       }
     }
   }
-  for (int u = 0; u < UQ; ++u) {
-    if (kPartial) {
-      V::store_partial(out[u], acc[u], lanes);
-    } else {
-      V::store(out[u], acc[u]);
-    }
-  }
+  store_pixels<T, UQ, kPartial>(out, acc, lanes);
 }
 
 // f.template operator()<N>() for N = n (1..kMaxTileVectors).
@@ -688,7 +688,7 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
   const int64_t last_ok = p.W - 1 - (p.S - 1) * p.dilation_w + p.pad_w;  // ow*sw <= last_ok
   const int64_t q_hi = std::max(q_lo, std::min(p.Q, last_ok < 0 ? 0 : last_ok / p.stride_w + 1));
   const T* zeros = kZeroVector<T>;  // taps outside the image
-  at::parallel_for(0, p.N * p.P, grain(p.Q * C * p.R * p.S), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.P, grain_for(p.Q * C * p.R * p.S), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / p.P, oh = item % p.P;
       const int64_t ih0 = oh * p.stride_h - p.pad_h;
@@ -737,6 +737,153 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
   });
 }
 
+// ---------------------------------------------------------------------------
+// NCHW on narrow planes, channel-blocked.
+//
+// The per-plane kernels run vectors along a row: a 7-wide output row fills
+// 7 of 16 lanes (the flat plan's junk columns grow with the kernel). Here
+// the planes of L channels of one image are transposed, L x L elements at a
+// time in registers, into a zero-padded [Hp][Wp][L] block; the channels_last
+// tile runs on the block with every lane busy and no bounds checks; and the
+// [P*Q][L] result is transposed back into the L output planes. The
+// transposes cost O(H*W) shuffles against O(P*Q*R*S) multiply-adds.
+
+template <int L, int B, typename E>
+constexpr std::array<E, L> block_swap_mask(bool second) {
+  std::array<E, L> m{};
+  for (int l = 0; l < L; ++l) {
+    if (!second) {
+      m[l] = static_cast<E>((l & B) ? L + (l ^ B) : l);
+    } else {
+      m[l] = static_cast<E>((l & B) ? L + l : (l ^ B));
+    }
+  }
+  return m;
+}
+
+// One round of the transpose: rows i and i | B (bit B of i clear) swap
+// their off-diagonal B x B blocks; rounds B = L/2, ..., 1 transpose v.
+template <typename T, int B>
+inline void transpose_round(typename simd::Vec<T>::type* v) {
+  using IV = simd::IndexVec<T>;
+  constexpr int L = simd::Vec<T>::size;
+  static constexpr auto kFirst = block_swap_mask<L, B, typename IV::element>(false);
+  static constexpr auto kSecond = block_swap_mask<L, B, typename IV::element>(true);
+  typename IV::type first, second;
+  std::memcpy(&first, kFirst.data(), sizeof first);
+  std::memcpy(&second, kSecond.data(), sizeof second);
+  for (int i = 0; i < L; ++i) {
+    if (i & B) continue;
+    const typename simd::Vec<T>::type a = v[i], c = v[i | B];
+    v[i] = __builtin_shuffle(a, c, first);
+    v[i | B] = __builtin_shuffle(a, c, second);
+  }
+  if constexpr (B > 1) transpose_round<T, B / 2>(v);
+}
+
+// v[i][j] <- v[j][i] for L vectors of L lanes.
+template <typename T>
+inline void transpose_square(typename simd::Vec<T>::type* v) {
+  transpose_round<T, simd::Vec<T>::size / 2>(v);
+}
+
+// Narrow output rows (less than one vector per row for the per-plane
+// kernels), channel multiplier 1, and a block that stays in L2 (up to 256K
+// elements: a tall narrow plane goes per plane instead).
+inline bool use_channel_blocks(const Conv2dShape& p, int L) {
+  const int64_t block = input_span(p.P, p.stride_h, p.R, p.dilation_h) *
+                        input_span(p.Q, p.stride_w, p.S, p.dilation_w) * L;
+  return p.K_per_group == 1 && p.Q < L && block <= (int64_t{1} << 18);
+}
+
+// input: NCHW with contiguous planes (stride(3) == 1, stride(2) == W);
+// wt: weights as [R][S][C]; bias: C values or null; out: contiguous NCHW.
+template <typename T>
+void forward_channel_blocks(const at::Tensor& input, const T* wt, const T* bias, T* out,
+                            const Conv2dShape& p) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  const T* x = input.const_data_ptr<T>();
+  const int64_t sn = input.stride(0), sc = input.stride(1);
+  const int64_t HW = p.H * p.W, PQ = p.P * p.Q, C = p.C;
+  const int64_t Hp = input_span(p.P, p.stride_h, p.R, p.dilation_h);
+  const int64_t Wp = input_span(p.Q, p.stride_w, p.S, p.dilation_w);
+  // Block position of each input element (-1: never read, past the block).
+  std::vector<int64_t> slot(HW);
+  for (int64_t h = 0; h < p.H; ++h) {
+    for (int64_t w = 0; w < p.W; ++w) {
+      const int64_t hp = h + p.pad_h, wp = w + p.pad_w;
+      slot[h * p.W + w] = hp < Hp && wp < Wp ? (hp * Wp + wp) * L : -1;
+    }
+  }
+  const int64_t blocks = (C + L - 1) / L;
+  const int64_t xr = p.dilation_h * Wp * L, xs = p.dilation_w * L;
+  at::parallel_for(0, p.N * blocks, grain_for(L * PQ * p.R * p.S), [&](int64_t begin, int64_t end) {
+    std::vector<T> block(Hp * Wp * L, T(0));  // padding cells stay zero
+    std::vector<T> result(PQ * L);
+    typename V::type v[L];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / blocks, c0 = (item % blocks) * L;
+      const int lanes = static_cast<int>(std::min<int64_t>(L, C - c0));
+      // In: L elements of each of the L planes, transposed to L pixels.
+      const T* xc = x + n * sn + c0 * sc;
+      for (int64_t m0 = 0; m0 < HW; m0 += L) {
+        const int count = static_cast<int>(std::min<int64_t>(L, HW - m0));
+        for (int l = 0; l < L; ++l) {
+          v[l] = l >= lanes     ? V::zero()
+                 : count == L   ? V::load(xc + l * sc + m0)
+                                : V::load_partial(xc + l * sc + m0, count);
+        }
+        transpose_square<T>(v);
+        for (int j = 0; j < count; ++j) {
+          const int64_t at = slot[m0 + j];
+          if (at >= 0) V::store(block.data() + at, v[j]);
+        }
+      }
+      // The channels_last tile over the block: tiles of up to 8 pixels.
+      const typename V::type b = bias == nullptr ? V::zero()
+                                 : lanes == L    ? V::load(bias + c0)
+                                                 : V::load_partial(bias + c0, lanes);
+      const T* wc = wt + c0;
+      for (int64_t oh = 0; oh < p.P; ++oh) {
+        const T* xrow = block.data() + oh * p.stride_h * Wp * L;
+        for (int64_t q = 0; q < p.Q; q += kMaxTileVectors) {
+          const int count = static_cast<int>(std::min<int64_t>(kMaxTileVectors, p.Q - q));
+          with_tile_size(count, [&]<int UQ>() {
+            const T* xs_ptr[kMaxTileVectors];
+            T* outs[kMaxTileVectors];
+            for (int u = 0; u < UQ; ++u) {
+              xs_ptr[u] = xrow + (q + u) * p.stride_w * L;
+              outs[u] = result.data() + (oh * p.Q + q + u) * L;
+            }
+            if (lanes == L) {
+              nhwc_tile<T, UQ, false>(xs_ptr, wc, C, 0, p.R, 0, p.S, p.S, xr, xs, b, outs, lanes);
+            } else {
+              nhwc_tile<T, UQ, true>(xs_ptr, wc, C, 0, p.R, 0, p.S, p.S, xr, xs, b, outs, lanes);
+            }
+          });
+        }
+      }
+      // Out: L pixels of L channels, transposed to L elements of each plane.
+      T* oc = out + (n * C + c0) * PQ;
+      for (int64_t m0 = 0; m0 < PQ; m0 += L) {
+        const int count = static_cast<int>(std::min<int64_t>(L, PQ - m0));
+        for (int j = 0; j < L; ++j) {
+          v[j] = j < count ? V::load(result.data() + (m0 + j) * L) : V::zero();
+        }
+        transpose_square<T>(v);
+        for (int l = 0; l < lanes; ++l) {
+          if (count == L) {
+            V::store(oc + l * PQ + m0, v[l]);
+          } else {
+            V::store_partial(oc + l * PQ + m0, v[l], count);
+          }
+        }
+      }
+    }
+  });
+}
+
 // grad-input at stride 1 is the forward with the filter rotated by 180
 // degrees and padding (R-1)*dilation - pad on grad_output (when that is not
 // negative): the shape of that forward problem.
@@ -764,7 +911,7 @@ template <typename T, bool kPartial>
 inline typename simd::Vec<T>::type nhwc_row_dot(const T* g, const T* x, int64_t count,
                                                 int64_t C, int64_t x_step, int lanes) {
   using V = simd::Vec<T>;
-  auto ld = [&](const T* ptr) { return kPartial ? V::load_partial(ptr, lanes) : V::load(ptr); };
+  auto ld = [&](const T* ptr) { return load_lanes<T, kPartial>(ptr, lanes); };
   typename V::type a0 = V::zero(), a1 = V::zero();
   int64_t q = 0;
   for (; q + 2 <= count; q += 2) {

@@ -21,6 +21,45 @@ namespace conv_ext {
 namespace cpu {
 namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
+// Every tap (r, s) with the output rows `rows` and columns [q0, q1) = `cols`
+// whose input lies inside the image (row_ranges, column_ranges): output
+// (oh, q) reads input row input_row(p, oh, r), column
+// col0 + (q - q0) * stride_w. Calls f(r, s, rows, cols, col0).
+template <typename F>
+void for_each_tap(const Conv2dShape& p, const std::vector<ValidRange>& rows,
+                  const std::vector<ValidRange>& cols, const F& f) {
+  for (int64_t r = 0; r < p.R; ++r) {
+    for (int64_t s = 0; s < p.S; ++s) {
+      f(r, s, rows[r], cols[s], cols[s].lo * p.stride_w + s * p.dilation_w - p.pad_w);
+    }
+  }
+}
+
+inline int64_t input_row(const Conv2dShape& p, int64_t oh, int64_t r) {
+  return oh * p.stride_h + r * p.dilation_h - p.pad_h;
+}
+
+// y[i] += a * x[i * stride] for i < count (the forward's gather).
+template <typename acc_t, typename scalar_t>
+inline void gather_axpy(acc_t* y, acc_t a, const scalar_t* x, int64_t stride, int64_t count) {
+  if (stride == 1) {  // a separate loop: it vectorizes
+    for (int64_t i = 0; i < count; ++i) y[i] += a * static_cast<acc_t>(x[i]);
+  } else {
+    for (int64_t i = 0; i < count; ++i) y[i] += a * static_cast<acc_t>(x[i * stride]);
+  }
+}
+
+// y[i * stride] += a * x[i] for i < count (grad-input's scatter).
+template <typename acc_t, typename scalar_t>
+inline void scatter_axpy(acc_t* y, int64_t stride, acc_t a, const scalar_t* x, int64_t count) {
+  if (stride == 1) {
+    for (int64_t i = 0; i < count; ++i) y[i] += a * static_cast<acc_t>(x[i]);
+  } else {
+    for (int64_t i = 0; i < count; ++i) y[i * stride] += a * static_cast<acc_t>(x[i]);
+  }
+}
+
+// Forward: one output plane (n, k) per task.
 template <typename scalar_t>
 void conv2d_forward_planes(const scalar_t* input, const scalar_t* weight,
                            const scalar_t* bias, scalar_t* output,
@@ -36,30 +75,16 @@ void conv2d_forward_planes(const scalar_t* input, const scalar_t* weight,
       std::fill(acc.begin(), acc.end(),
                 bias != nullptr ? static_cast<acc_t>(bias[k]) : acc_t(0));
       for (int64_t c = 0; c < p.C_per_group; ++c) {
-        const scalar_t* x =
-            input + ((n * p.C + g * p.C_per_group + c) * p.H) * p.W;
+        const scalar_t* x = input + ((n * p.C + g * p.C_per_group + c) * p.H) * p.W;
         const scalar_t* w = weight + ((k * p.C_per_group + c) * p.R) * p.S;
-        for (int64_t r = 0; r < p.R; ++r) {
-          for (int64_t s = 0; s < p.S; ++s) {
-            const acc_t wv = static_cast<acc_t>(w[r * p.S + s]);
-            const int64_t q0 = cols[s].lo, q1 = cols[s].hi;
-            const int64_t col0 = q0 * p.stride_w + s * p.dilation_w - p.pad_w;
-            for (int64_t oh = rows[r].lo; oh < rows[r].hi; ++oh) {
-              const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_h;
-              const scalar_t* xrow = x + ih * p.W + col0;
-              acc_t* out = acc.data() + oh * p.Q;
-              if (p.stride_w == 1) {
-                for (int64_t q = q0; q < q1; ++q) {
-                  out[q] += wv * static_cast<acc_t>(xrow[q - q0]);
-                }
-              } else {
-                for (int64_t q = q0; q < q1; ++q) {
-                  out[q] += wv * static_cast<acc_t>(xrow[(q - q0) * p.stride_w]);
-                }
-              }
-            }
+        for_each_tap(p, rows, cols, [&](int64_t r, int64_t s, ValidRange rr, ValidRange cr,
+                                        int64_t col0) {
+          const acc_t wv = static_cast<acc_t>(w[r * p.S + s]);
+          for (int64_t oh = rr.lo; oh < rr.hi; ++oh) {
+            gather_axpy(acc.data() + oh * p.Q + cr.lo, wv, x + input_row(p, oh, r) * p.W + col0,
+                        p.stride_w, cr.hi - cr.lo);
           }
-        }
+        });
       }
       scalar_t* y = output + nk * plane;
       for (int64_t i = 0; i < plane; ++i) y[i] = static_cast<scalar_t>(acc[i]);
@@ -67,6 +92,8 @@ void conv2d_forward_planes(const scalar_t* input, const scalar_t* weight,
   });
 }
 
+// grad-input: the transpose of the forward loop nest, one grad_input plane
+// (n, c) per task.
 template <typename scalar_t>
 void conv2d_backward_input_planes(const scalar_t* grad_output,
                                   const scalar_t* weight, scalar_t* grad_input,
@@ -85,27 +112,14 @@ void conv2d_backward_input_planes(const scalar_t* grad_output,
         const int64_t k = g * p.K_per_group + kk;
         const scalar_t* gy = grad_output + (n * p.K + k) * p.P * p.Q;
         const scalar_t* w = weight + ((k * p.C_per_group + cg) * p.R) * p.S;
-        for (int64_t r = 0; r < p.R; ++r) {
-          for (int64_t s = 0; s < p.S; ++s) {
-            const acc_t wv = static_cast<acc_t>(w[r * p.S + s]);
-            const int64_t q0 = cols[s].lo, q1 = cols[s].hi;
-            const int64_t col0 = q0 * p.stride_w + s * p.dilation_w - p.pad_w;
-            for (int64_t oh = rows[r].lo; oh < rows[r].hi; ++oh) {
-              const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_h;
-              acc_t* gx = acc.data() + ih * p.W + col0;
-              const scalar_t* gyrow = gy + oh * p.Q;
-              if (p.stride_w == 1) {
-                for (int64_t q = q0; q < q1; ++q) {
-                  gx[q - q0] += wv * static_cast<acc_t>(gyrow[q]);
-                }
-              } else {
-                for (int64_t q = q0; q < q1; ++q) {
-                  gx[(q - q0) * p.stride_w] += wv * static_cast<acc_t>(gyrow[q]);
-                }
-              }
-            }
+        for_each_tap(p, rows, cols, [&](int64_t r, int64_t s, ValidRange rr, ValidRange cr,
+                                        int64_t col0) {
+          const acc_t wv = static_cast<acc_t>(w[r * p.S + s]);
+          for (int64_t oh = rr.lo; oh < rr.hi; ++oh) {
+            scatter_axpy(acc.data() + input_row(p, oh, r) * p.W + col0, p.stride_w, wv,
+                         gy + oh * p.Q + cr.lo, cr.hi - cr.lo);
           }
-        }
+        });
       }
       scalar_t* out = grad_input + nc * plane;
       for (int64_t i = 0; i < plane; ++i) out[i] = static_cast<scalar_t>(acc[i]);
@@ -136,6 +150,7 @@ inline acc_t strided_dot(const scalar_t* a, const scalar_t* b,
   return sum;
 }
 
+// grad-weight: one (k, c) filter slice per task, reducing over N, P and Q.
 template <typename scalar_t>
 void conv2d_backward_weight_slices(const scalar_t* grad_output,
                                    const scalar_t* input,
@@ -154,19 +169,15 @@ void conv2d_backward_weight_slices(const scalar_t* grad_output,
       for (int64_t n = 0; n < p.N; ++n) {
         const scalar_t* gy = grad_output + (n * p.K + k) * p.P * p.Q;
         const scalar_t* x = input + (n * p.C + c) * p.H * p.W;
-        for (int64_t r = 0; r < p.R; ++r) {
-          for (int64_t s = 0; s < p.S; ++s) {
-            const int64_t q0 = cols[s].lo, q1 = cols[s].hi;
-            const int64_t col0 = q0 * p.stride_w + s * p.dilation_w - p.pad_w;
-            acc_t sum = 0;
-            for (int64_t oh = rows[r].lo; oh < rows[r].hi; ++oh) {
-              const int64_t ih = oh * p.stride_h + r * p.dilation_h - p.pad_h;
-              sum += strided_dot<acc_t>(gy + oh * p.Q + q0, x + ih * p.W + col0,
-                                        p.stride_w, q1 - q0);
-            }
-            acc[r * p.S + s] += sum;
+        for_each_tap(p, rows, cols, [&](int64_t r, int64_t s, ValidRange rr, ValidRange cr,
+                                        int64_t col0) {
+          acc_t sum = 0;
+          for (int64_t oh = rr.lo; oh < rr.hi; ++oh) {
+            sum += strided_dot<acc_t>(gy + oh * p.Q + cr.lo, x + input_row(p, oh, r) * p.W + col0,
+                                      p.stride_w, cr.hi - cr.lo);
           }
-        }
+          acc[r * p.S + s] += sum;
+        });
       }
       scalar_t* gw = grad_weight + kc * taps;
       for (int64_t i = 0; i < taps; ++i) gw[i] = static_cast<scalar_t>(acc[i]);
