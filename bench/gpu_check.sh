@@ -53,14 +53,19 @@ fi
 if [ -z "${SKIP_BENCH:-}" ]; then
   say "GPU benchmark"
   # Configurations in priority order (the budget may cut the last ones):
-  # float32 rows carry TF32-off and TF32-on columns.
+  # float32 rows carry TF32-off and TF32-on columns (conv_ext timed under
+  # the same flag, so the TF32 column runs its tensor-core kernels: forward,
+  # stride-1 grad-input, grad-weight); bf16 rows run the bf16 tensor-core
+  # kernels.
   CONFIGS=(
     "fp32_forward:--pass forward"
     "fp32_grad_input:--pass grad_input"
     "fp32_grad_weight:--pass grad_weight"
     "bf16_forward:--pass forward --dtype bfloat16"
+    "bf16_grad_weight:--pass grad_weight --dtype bfloat16"
     "fp32_cl_forward:--pass forward --channels-last"
     "bf16_cl_forward:--pass forward --dtype bfloat16 --channels-last"
+    "bf16_cl_grad_weight:--pass grad_weight --dtype bfloat16 --channels-last"
   )
   budget=${BENCH_SECONDS:-240}
   t_bench=$(date +%s)

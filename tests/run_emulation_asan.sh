@@ -21,4 +21,4 @@ CXX_LIB=$(${CC:-gcc} -print-file-name=libstdc++.so)
 CONV_EXT_EMU_SANITIZE=address LD_PRELOAD="$ASAN_LIB $CXX_LIB" \
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   "$PYTHON" -m pytest tests/test_cuda_emulation.py tests/test_cuda_warp_primitives.py \
-  tests/test_cuda_mma_emulation.py -q --capture=sys "$@"
+  tests/test_cuda_mma_emulation.py tests/test_cuda_mma_wgrad_emulation.py -q --capture=sys "$@"

@@ -61,6 +61,15 @@ void launch_sum_splits(const Launcher& launch, const LaunchPlan& plan,
          workspace.const_data_ptr<acc_t>(), plan.splits, count, out);
 }
 
+}  // namespace cuda
+}  // namespace conv_ext
+
+// Needs dims_of and launch_sum_splits.
+#include "conv2d_backward_weight_mma.h"
+
+namespace conv_ext {
+namespace cuda {
+
 // The backends behind the op fronts (conv2d_front.h): contiguous NCHW
 // operands (channels_last for the tensor cores), results in contiguous NCHW
 // or `format`.
@@ -159,6 +168,14 @@ template <typename Launcher>
 at::Tensor conv2d_backward_weight_cuda_backend(const Launcher& launch,
                                                const at::Tensor& grad_output,
                                                const at::Tensor& input, const Conv2dShape& g) {
+  // The tensor cores where they apply (conv2d_backward_weight_mma.h);
+  // computed channels_last.
+  at::Tensor mma_grad_weight;
+  if (try_conv2d_backward_weight_mma(
+          launch, g, grad_output, input,
+          input.scalar_type() == at::kFloat && torch_allows_tf32_conv(), mma_grad_weight)) {
+    return mma_grad_weight;
+  }
   auto grad_weight = at::empty(g.weight_sizes(), grad_output.options());
   const auto gy = grad_output.contiguous();
   const auto x = input.contiguous();

@@ -18,7 +18,8 @@
 namespace conv_ext {
 namespace cuda {
 
-enum class KernelKind { kGemmSmall, kGemmLarge, kGemmHuge, kDepthwise, kDepthwiseTiled };
+// kMma: a tensor-core kernel (conv2d_*_mma.h plan those).
+enum class KernelKind { kGemmSmall, kGemmLarge, kGemmHuge, kDepthwise, kDepthwiseTiled, kMma };
 
 inline const char* kernel_kind_name(KernelKind kind) {
   switch (kind) {
@@ -27,6 +28,7 @@ inline const char* kernel_kind_name(KernelKind kind) {
     case KernelKind::kGemmHuge: return "gemm_huge";
     case KernelKind::kDepthwise: return "depthwise";
     case KernelKind::kDepthwiseTiled: return "depthwise_tiled";
+    case KernelKind::kMma: return "mma";
   }
   return "?";
 }

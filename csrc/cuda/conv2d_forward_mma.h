@@ -44,14 +44,20 @@ inline bool torch_allows_tf32_conv() {
 // float32 with TF32 allowed; channels per group a whole number of 16-byte
 // vectors; a device with mma.sync (sm_80+); not overridden by a forced SIMT
 // tile (tests). Pointers are checked for 16-byte alignment at launch.
+// The one rule of which dtypes run on the tensor cores: channels per 16-byte
+// vector (8 bf16/fp16; 4 float32 on TF32 where allowed), 0 where none.
+inline int64_t mma_vector_channels(at::ScalarType dtype, bool allow_tf32) {
+  if (dtype == at::kHalf || dtype == at::kBFloat16) return 8;
+  if (dtype == at::kFloat && allow_tf32) return 4;
+  return 0;
+}
+
 inline bool forward_mma_applies(const Conv2dShape& s, at::ScalarType dtype, bool allow_tf32,
                                 bool device_has_mma) {
   if (!device_has_mma || s.C_per_group <= 1) return false;
   const std::string& forced = forced_tile();
   if (!forced.empty() && forced != "mma") return false;
-  int64_t vector = 0;
-  if (dtype == at::kHalf || dtype == at::kBFloat16) vector = 8;
-  if (dtype == at::kFloat && allow_tf32) vector = 4;
+  const int64_t vector = mma_vector_channels(dtype, allow_tf32);
   return vector > 0 && s.C_per_group % vector == 0;
 }
 

@@ -73,6 +73,13 @@ std::string describe_plan(const std::string& op, std::vector<int64_t> input_size
   if (op == "forward") return cuda::plan_conv2d_forward(shape, at::kFloat).describe();
   if (op == "backward_input") return cuda::plan_conv2d_backward_input(shape, at::kFloat).describe();
   if (op == "backward_weight") return cuda::plan_conv2d_backward_weight(shape, at::kFloat).describe();
+  // The tensor-core grad-weight's plan (bf16: 32 pixels a slab; tf32: 16).
+  if (op == "backward_weight_mma") {
+    return cuda::plan_backward_weight_mma(shape, at::kBFloat16).describe();
+  }
+  if (op == "backward_weight_mma_tf32") {
+    return cuda::plan_backward_weight_mma(shape, at::kFloat).describe();
+  }
   TORCH_CHECK(false, "unknown op ", op);
 }
 
@@ -87,6 +94,7 @@ void force_wide_index(bool wide) { cuda::forced_wide_index() = wide; }
 
 std::string last_dense_path(const std::string& op) {
   if (op == "forward") return cuda::last_dense_forward_path();
+  if (op == "backward_weight") return cuda::last_dense_backward_weight_path();
   TORCH_CHECK(op == "backward_input", "unknown op ", op);
   return cuda::last_dense_backward_input_path();
 }
@@ -105,6 +113,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("force_tile", &force_tile,
         "'small', 'large', 'huge', 'elementwise' (untiled depthwise) or '' (by shape)");
   m.def("force_wide_index", &force_wide_index, "depthwise kernels: 64-bit index decoding");
-  m.def("last_dense_path", &last_dense_path, "'mma' or 'simt': the last forward/backward_input");
+  m.def("last_dense_path", &last_dense_path, "'mma' or 'simt': the last forward/backward_input/backward_weight");
   register_warp_primitive_tests(m);
 }
