@@ -31,9 +31,30 @@ namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 // Register tile: UR output pixels x NB vectors of output channels. The
 // accumulators, NB weight vectors and one broadcast must fit the register
-// file: 32 vector registers with AVX-512 (6 x 4), 16 otherwise (6 x 2).
+// file: 32 vector registers with AVX-512 (24 accumulators: 6 x 4, 8 x 3,
+// 12 x 2), 16 otherwise (12: 6 x 2, 12 x 1). A layer takes the widest NB
+// that splits its K evenly (dense_tile_shape), UR = accumulators / NB.
 inline constexpr int kTileNB = simd::kVectorBytes == 64 ? 4 : 2;
-inline constexpr int kTilePixels = 6;
+inline constexpr int kTileAccumulators = simd::kVectorBytes == 64 ? 24 : 12;
+// NB = 1 would allow 24 pixels, but needs a broadcast per FMA either way.
+inline constexpr int kTilePixels = 12;
+
+constexpr int tile_pixels(int nb) { return std::min(kTilePixels, kTileAccumulators / nb); }
+
+struct DenseTileShape {
+  int64_t groups;  // channel groups of up to nb vectors
+  int nb;          // vectors per group (the last group may have fewer)
+  int ur;          // output pixels per tile
+};
+
+// kb vectors of output channels in groups of near-equal width: K = 96
+// (6 vectors of 16) is 2 x 3 vectors at 8 pixels, not 4 + 2 vectors with the
+// 2-vector tile at a third fewer FMAs per load.
+inline DenseTileShape dense_tile_shape(int64_t kb) {
+  const int64_t groups = (kb + kTileNB - 1) / kTileNB;
+  const int nb = static_cast<int>((kb + groups - 1) / groups);
+  return {groups, nb, tile_pixels(nb)};
+}
 // Packed weights of one tile column (NB vectors x R*S*C) above this many
 // bytes are split along C so they stay in L2 while the tile sweeps the image.
 inline constexpr int64_t kWeightBlockBytes = 384 * 1024;
@@ -52,20 +73,22 @@ struct DenseTileStrides {
 // One register tile of UR output pixels, anywhere in the output (a tile may
 // span output rows and images, so no row has a short remainder tile).
 // xs[u]: input of pixel u at tap (0, 0) and the first channel; w: packed
-// weights of channel block kb0; outs[u]: output pixel u at channel kb0 * L.
+// weights of channel block kb0; outs[u]: output pixel u at channel kb0 * L,
+// NB whole vectors (dense_tile handles the end of K).
 // accumulate: add to the output instead of starting from bias (C is split).
+// No masked access here: one in this function made GCC 12 spill a weight
+// vector out of the hot loop (a store and UR reloads per reduction step).
 template <typename T, int UR, int NB>
-void dense_tile(const T* const* xs, const T* w, const T* bias, T* const* outs, int64_t k0,
-                const DenseTileStrides& g, bool accumulate) {
+__attribute__((noinline)) void dense_tile_full(const T* const* xs, const T* w, const T* bias,
+                                               T* const* outs, const DenseTileStrides& g,
+                                               bool accumulate) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
   typename V::type acc[UR][NB];
   for (int j = 0; j < NB; ++j) {
-    const int64_t lanes = std::min<int64_t>(L, g.K - k0 - j * L);
     for (int u = 0; u < UR; ++u) {
-      const T* o = outs[u] + j * L;
       if (accumulate) {
-        acc[u][j] = lanes == L ? V::load(o) : V::load_partial(o, static_cast<int>(lanes));
+        acc[u][j] = V::load(outs[u] + j * L);
       } else {
         acc[u][j] = bias != nullptr ? V::load(bias + j * L) : V::zero();
       }
@@ -87,28 +110,45 @@ void dense_tile(const T* const* xs, const T* w, const T* bias, T* const* outs, i
       }
     }
   }
-  for (int j = 0; j < NB; ++j) {
-    const int64_t lanes = std::min<int64_t>(L, g.K - k0 - j * L);
-    for (int u = 0; u < UR; ++u) {
-      T* o = outs[u] + j * L;
-      if (lanes == L) {
-        V::store(o, acc[u][j]);
-      } else {
-        V::store_partial(o, acc[u][j], static_cast<int>(lanes));
-      }
-    }
+  for (int j = 0; j < NB; ++j)
+    for (int u = 0; u < UR; ++u) V::store(outs[u] + j * L, acc[u][j]);
+}
+
+// dense_tile_full at any k0; a tile at the end of K (fewer than NB * L
+// channels left) runs on a full-width scratch tile (packed weights and bias
+// are zero-padded to whole vectors), copied in (accumulate) and out.
+template <typename T, int UR, int NB>
+void dense_tile(const T* const* xs, const T* w, const T* bias, T* const* outs, int64_t k0,
+                const DenseTileStrides& g, bool accumulate) {
+  constexpr int W = NB * simd::Vec<T>::size;
+  const int64_t left = g.K - k0;
+  if (left >= W) return dense_tile_full<T, UR, NB>(xs, w, bias, outs, g, accumulate);
+  alignas(64) T scratch[UR][W];
+  T* tile_outs[UR];
+  for (int u = 0; u < UR; ++u) {
+    tile_outs[u] = scratch[u];
+    if (accumulate) std::memcpy(scratch[u], outs[u], sizeof(T) * left);
   }
+  dense_tile_full<T, UR, NB>(xs, w, bias, tile_outs, g, accumulate);
+  for (int u = 0; u < UR; ++u) std::memcpy(outs[u], scratch[u], sizeof(T) * left);
 }
 
 template <typename T>
 using DenseTileFn = void (*)(const T* const*, const T*, const T*, T* const*, int64_t,
                              const DenseTileStrides&, bool);
 
-// dense_tile<T, ur, nb> for every ur <= kTilePixels, nb <= kTileNB (tails).
+// dense_tile<T, ur, nb> for every ur <= tile_pixels(nb), nb <= kTileNB
+// (tails); null beyond the register file.
 template <typename T>
 const TileTable<DenseTileFn<T>, kTilePixels, kTileNB>& dense_tile_table() {
   static const TileTable<DenseTileFn<T>, kTilePixels, kTileNB> table(
-      []<int UR, int NB>() { return &dense_tile<T, UR, NB>; });
+      []<int UR, int NB>() -> DenseTileFn<T> {
+        if constexpr (UR <= tile_pixels(NB)) {
+          return &dense_tile<T, UR, NB>;
+        } else {
+          return nullptr;
+        }
+      });
   return table;
 }
 
@@ -200,9 +240,10 @@ template <typename T>
 void dense_forward(const T* x, const T* w, const T* bias, T* out, const DenseProblem& d) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t Kb = (d.K + L - 1) / L;
-  const int64_t KG = (Kb + kTileNB - 1) / kTileNB;
+  const DenseTileShape shape = dense_tile_shape(Kb);
+  const int64_t KG = shape.groups;
   // Split C when one tile column of weights would not stay in L2.
-  const int64_t col_bytes = d.R * d.S * d.C * kTileNB * L * static_cast<int64_t>(sizeof(T));
+  const int64_t col_bytes = d.R * d.S * d.C * shape.nb * L * static_cast<int64_t>(sizeof(T));
   const int64_t chunks = std::min<int64_t>(d.C, (col_bytes + kWeightBlockBytes - 1) / kWeightBlockBytes);
   const int64_t chunk_c = (d.C + chunks - 1) / chunks;
   const bool fused = d.dilation_w == 1 && chunks == 1;
@@ -225,9 +266,15 @@ void dense_forward(const T* x, const T* w, const T* bias, T* out, const DensePro
   // so a thread's consecutive items reuse the same packed weights. Pixels are
   // numbered over all images and rows (m = (n * P + oh) * Q + ow).
   const int64_t M = d.N * d.P * d.Q;
-  const int64_t block = kTilePixels * 16;
+  // Blocks of 16 tiles, smaller where that leaves fewer than 4 items per
+  // thread (N = 1, small planes, few channel groups), so every core gets
+  // work. Tiling does not change any output's summation order.
+  const int64_t items_wanted = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t blocks_wanted = std::max<int64_t>(1, (items_wanted + KG - 1) / KG);
+  const int64_t block = std::clamp<int64_t>((M + blocks_wanted - 1) / blocks_wanted, shape.ur,
+                                            shape.ur * 16);
   const int64_t blocks = (M + block - 1) / block;
-  at::parallel_for(0, KG * blocks, grain_for(block * d.R * d.S * d.C * kTileNB), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, KG * blocks, grain_for(block * d.R * d.S * d.C * shape.nb), [&](int64_t begin, int64_t end) {
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t c0 = chunk * chunk_c;
       const int64_t cc = std::min(chunk_c, d.C - c0);
@@ -237,8 +284,8 @@ void dense_forward(const T* x, const T* w, const T* bias, T* out, const DensePro
       for (int64_t item = begin; item < end; ++item) {
         const int64_t kg = item / blocks, m_begin = (item % blocks) * block;
         const int64_t m_end = std::min(M, m_begin + block);
-        const int64_t kb0 = kg * kTileNB;
-        const int nb = static_cast<int>(std::min<int64_t>(kTileNB, Kb - kb0));
+        const int64_t kb0 = kg * shape.nb;
+        const int nb = static_cast<int>(std::min<int64_t>(shape.nb, Kb - kb0));
         const T* wk = w + kb0 * g.w_kb + c0 * L;
         const T* b = bias != nullptr ? bias + kb0 * L : nullptr;
         // Position of pixel m_begin, then stepped pixel by pixel.
@@ -246,7 +293,7 @@ void dense_forward(const T* x, const T* w, const T* bias, T* out, const DensePro
         // The block's pixels in tiles of near-equal size (49 = 4 x 6 + 5 x 5,
         // not 8 x 6 + 1): a 1- or 2-pixel tail tile would run at a fraction
         // of the FMA rate (NB weight loads per UR broadcasts).
-        const int64_t tiles = (m_end - m_begin + kTilePixels - 1) / kTilePixels;
+        const int64_t tiles = (m_end - m_begin + shape.ur - 1) / shape.ur;
         const int64_t base = (m_end - m_begin) / tiles, longer = (m_end - m_begin) % tiles;
         for (int64_t m = m_begin, t = 0; m < m_end; ++t) {
           const int ur = static_cast<int>(base + (t < longer ? 1 : 0));
