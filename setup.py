@@ -3,8 +3,12 @@ and a CUDA build of torch are present (GPU or not).
 
 Environment:
   CONV_EXT_CUDA=0|1        force the CUDA part off or on
-  CONV_EXT_MARCH=<arch>    -march for the CPU kernels (default: native;
-                           'none' leaves it out)
+  CONV_EXT_MARCH=<arch>    -march for the whole build (default: none, the
+                           compiler's baseline). Not needed for speed: the
+                           CPU kernels are compiled for AVX-512, AVX2+FMA and
+                           the baseline (csrc/cpu/conv2d_cpu_kernels_<isa>.cpp,
+                           `#pragma GCC target`) and chosen at run time from
+                           the CPU's features (CONV_EXT_CPU_ISA forces one)
   CONV_EXT_SANITIZE=...    e.g. address,undefined: build with sanitizers
   CONV_EXT_DEBUG=1         -O0 -g
   TORCH_CUDA_ARCH_LIST     CUDA archs; default: the visible GPUs, else 9.0
@@ -87,7 +91,7 @@ def _extension():
     # C++20 explicitly: torch 2.14's headers need it, and an older torch's
     # BuildExtension would default to C++17 (it adds -std only when absent).
     cxx += ["-fopenmp", "-std=c++20"]
-    march = os.environ.get("CONV_EXT_MARCH", "native")
+    march = os.environ.get("CONV_EXT_MARCH", "none")
     if march and march != "none":
         cxx.append(f"-march={march}")
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-std=c++20"]

@@ -16,6 +16,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def vector_cpu_isas():
+    """The vector ISAs (avx512, avx2) whose copy of the CPU kernels this CPU
+    can run; "portable" only where it has none (csrc/cpu/conv2d_cpu_isa.h)."""
+    isas = list(torch.ops.conv_ext_debug.cpu_isas())
+    return [isa for isa in isas if isa != "portable"] or isas
+
+
+@pytest.fixture(params=vector_cpu_isas())
+def cpu_isa(request):
+    """Runs the test once per vector ISA the CPU has: an AVX-512 machine tests
+    the AVX2 kernels too. Use with `pytestmark = pytest.mark.usefixtures("cpu_isa")`."""
+    previous = torch.ops.conv_ext_debug.set_cpu_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        torch.ops.conv_ext_debug.set_cpu_isa(previous)
+
+
 @pytest.fixture(autouse=True)
 def _exact_float32():
     # torch runs float32 convolutions on TF32 by default, and conv_ext's CUDA
@@ -34,3 +52,14 @@ def _fresh_seed(request):
     # (crc32, not hash(): str hashes change from process to process.)
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
     yield
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """The CUDA kernels built for the CPU emulation (tests/cuda_emulation),
+    with no dense tile forced before or after the module's tests."""
+    from cuda_emulation.build import load
+    module = load()
+    module.force_tile("")
+    yield module
+    module.force_tile("")

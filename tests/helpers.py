@@ -12,6 +12,13 @@ TOLERANCES = {
     torch.float16: dict(rtol=5e-3, atol=5e-3),
 }
 
+# Tensor-core kernels: fp32 accumulation of exact 16-bit products, so the
+# error is the result's rounding to the 16-bit type (bf16: 8 bits, fp16: 11).
+MMA_TOLERANCES = {
+    torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+}
+
 
 def make_layout(t, layout):
     """`t` in the given layout: 'contiguous', 'channels_last', or 'strided'

@@ -13,6 +13,8 @@ import conv_ext
 from helpers import compare_with_torch
 
 ops = torch.ops.conv_ext
+# Every test runs once per vector ISA the CPU has (conftest.cpu_isa).
+pytestmark = pytest.mark.usefixtures("cpu_isa")
 
 # (name, N, C, H, W, R, S, stride, padding, dilation)
 CASES = [

@@ -15,6 +15,8 @@ import conv_ext
 from helpers import compare_with_torch
 
 ops = torch.ops.conv_ext
+# Every test runs once per vector ISA the CPU has (conftest.cpu_isa).
+pytestmark = pytest.mark.usefixtures("cpu_isa")
 
 
 def _pair(v):

@@ -13,16 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cases import CONFIGS, config_id
-from cuda_emulation.build import load
 from helpers import TOLERANCES, make_layout
-
-
-@pytest.fixture(scope="module")
-def emu():
-    module = load()
-    module.force_tile("")
-    yield module
-    module.force_tile("")
 
 
 @pytest.fixture

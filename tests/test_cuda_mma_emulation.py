@@ -11,25 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cuda_emulation.build import load
-from helpers import make_layout, set_cudnn_allow_tf32
+from helpers import MMA_TOLERANCES, make_layout, set_cudnn_allow_tf32
 from cases import config_id as _ids
 
-
-@pytest.fixture(scope="module")
-def emu():
-    module = load()
-    module.force_tile("")
-    yield module
-    module.force_tile("")
-
-
-# Accumulation is fp32 over exact 16-bit products, so the error is the
-# output's rounding to the 16-bit type (bf16: 8 bits, fp16: 11 bits).
-MMA_TOLERANCES = {
-    torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
-    torch.float16: dict(rtol=2e-3, atol=2e-3),
-}
 
 MMA_CONFIGS = [
     # (N, C, H, W, K, R, S, stride, padding, dilation, groups)

@@ -8,12 +8,6 @@ ISA's; a kernel built on a wrong layout gets a wrong product here."""
 import pytest
 import torch
 
-from cuda_emulation.build import load
-
-
-@pytest.fixture(scope="module")
-def emu():
-    return load()
 
 
 def _tf32_round(x):

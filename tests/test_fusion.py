@@ -78,12 +78,6 @@ def test_epilogue_cpu_half(dtype):
     torch.testing.assert_close(got, want, **TOLERANCES[dtype])
 
 
-@pytest.fixture(scope="module")
-def emu():
-    from cuda_emulation.build import load
-    return load()
-
-
 # Small problems for the emulation (its thread-per-CUDA-thread launches are
 # slow): the dense GEMM, pointwise and strided depthwise kernels.
 EMULATION_SHAPES = [

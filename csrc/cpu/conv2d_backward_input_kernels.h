@@ -21,6 +21,7 @@
 
 namespace conv_ext {
 namespace cpu {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 // Packs w'[c][k][taps] (K x C x R x S weights, any strides) for the phase
 // problem: forward "K" = C, forward "C" = K, taps (rt[m], st[m']).
@@ -94,5 +95,6 @@ inline bool backward_input_has_empty_phase(const Conv2dShape& p) {
   return false;
 }
 
+}  // namespace CONV_EXT_ISA
 }  // namespace cpu
 }  // namespace conv_ext

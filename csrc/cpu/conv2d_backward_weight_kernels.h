@@ -14,6 +14,7 @@
 
 namespace conv_ext {
 namespace cpu {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 // grad-weight of a dense convolution: gw[k][c][r][s] = sum over (n, oh, ow)
 // of gy[n][oh][ow][k] * x[n][oh*sh + r*dh][ow*sw + s*dw][c] on NHWC copies.
@@ -108,5 +109,6 @@ void dense_backward_weight(const T* x, const T* gy, T* gw, const Conv2dShape& p,
   });
 }
 
+}  // namespace CONV_EXT_ISA
 }  // namespace cpu
 }  // namespace conv_ext

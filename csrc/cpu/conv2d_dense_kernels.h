@@ -27,6 +27,7 @@
 
 namespace conv_ext {
 namespace cpu {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 // Register tile: UR output pixels x NB vectors of output channels. The
 // accumulators, NB weight vectors and one broadcast must fit the register
@@ -314,5 +315,6 @@ void dense_forward(const T* x, const T* w, const T* bias, T* out, const DensePro
   });
 }
 
+}  // namespace CONV_EXT_ISA
 }  // namespace cpu
 }  // namespace conv_ext

@@ -43,6 +43,7 @@
 
 namespace conv_ext {
 namespace cpu {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 namespace depthwise {
 
 inline constexpr int kMaxTileVectors = 8;
@@ -554,7 +555,7 @@ void backward_weight_planes(const at::Tensor& gy, const at::Tensor& input, T* gw
   at::parallel_for(0, p.K, grain_for(p.N * p.P * p.Q * taps), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(plan.g.buffer_elems(L), T(0));
     std::vector<T> gys(plan.scratch_elems(L), T(0));  // junk columns stay zero
-    std::vector<typename V::type> acc(taps);
+    simd::VecArray<T> acc(taps);
     for (int64_t k = begin; k < end; ++k) {
       const int64_t c = k / m;
       std::fill(acc.begin(), acc.end(), V::zero());
@@ -953,7 +954,7 @@ void backward_weight_nhwc(const at::Tensor& gy, const at::Tensor& input, T* gw,
     cols[s] = valid_output_range(s * p.dilation_w - p.pad_w, p.stride_w, p.W, p.Q);
   const int64_t blocks = (C + L - 1) / L;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<typename V::type> acc(taps);
+    simd::VecArray<T> acc(taps);
     for (int64_t cb = begin; cb < end; ++cb) {
       const int64_t c0 = cb * L;
       const int lanes = static_cast<int>(std::min<int64_t>(L, C - c0));
@@ -983,5 +984,6 @@ void backward_weight_nhwc(const at::Tensor& gy, const at::Tensor& input, T* gw,
 }
 
 }  // namespace depthwise
+}  // namespace CONV_EXT_ISA
 }  // namespace cpu
 }  // namespace conv_ext

@@ -15,9 +15,11 @@
 #include <vector>
 
 #include "conv2d_cpu_common.h"
+#include "simd.h"
 
 namespace conv_ext {
 namespace cpu {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 // Every tap (r, s) with the output rows `rows` and columns [q0, q1) = `cols`
 // whose input lies inside the image (row_ranges, column_ranges): output
@@ -183,5 +185,6 @@ void conv2d_backward_weight_slices(const scalar_t* grad_output,
   });
 }
 
+}  // namespace CONV_EXT_ISA
 }  // namespace cpu
 }  // namespace conv_ext

@@ -34,6 +34,7 @@
 
 namespace conv_ext {
 namespace cpu {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 namespace grouped {
 
 template <typename T>
@@ -617,5 +618,6 @@ at::Tensor backward_weight_op(const at::Tensor& grad_output, const at::Tensor& i
 
 }  // namespace grouped
 
+}  // namespace CONV_EXT_ISA
 }  // namespace cpu
 }  // namespace conv_ext

@@ -17,6 +17,7 @@
 
 namespace conv_ext {
 namespace cpu {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 // Pointwise (1x1, no padding) on NCHW data is a GEMM per image,
 // Y[K][HW] = W[K][C] X[C][HW], with no layout change: vectors run along the
@@ -168,5 +169,6 @@ at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight2d,
   return out;
 }
 
+}  // namespace CONV_EXT_ISA
 }  // namespace cpu
 }  // namespace conv_ext

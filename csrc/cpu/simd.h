@@ -1,20 +1,30 @@
 // The one SIMD abstraction of the fast CPU kernels: a vector of `Vec<T>::size`
 // elements of T (float or double) as a GCC vector extension, whose width is
-// chosen at compile time from the target ISA (-march): 64 bytes with
-// AVX-512, 32 with AVX/AVX2, 16 otherwise (SSE, NEON or plain scalar code,
-// which the compiler lowers). Kernels are written once against this.
+// chosen at compile time from the target ISA: 64 bytes with AVX-512, 32 with
+// AVX/AVX2, 16 otherwise (SSE, NEON or plain scalar code, which the compiler
+// lowers). Kernels are written once against this. The kernels are compiled
+// once per ISA (conv2d_cpu_kernels_<isa>.cpp sets the target with
+// `#pragma GCC target`, which also sets the __AVX512F__/__AVX__ macros read
+// here) into the namespace conv_ext::cpu::CONV_EXT_ISA; conv2d_cpu_isa.h.
 #pragma once
 
 #include <cstdint>
+#include <cstddef>
 #include <cstring>
+#include <new>
 #include <type_traits>
 
-#if defined(__AVX512F__) || defined(__AVX__)
+#ifndef CONV_EXT_ISA
+#error "the CPU kernel headers are compiled per ISA: include them from a conv2d_cpu_kernels_<isa>.cpp (conv2d_cpu_isa.h)"
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
 
 namespace conv_ext {
 namespace cpu {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 namespace simd {
 
 #if defined(__AVX512F__)
@@ -43,6 +53,34 @@ struct Vec {
   // x86 (a variable-length memcpy would be a library call per row tail).
   static inline type load_partial(const T* p, int n);
   static inline void store_partial(T* p, type v, int n);
+};
+
+// A heap array of n zeroed vectors, aligned to the vector size. Use this,
+// not std::vector<Vec<T>::type>: std::allocator's code is compiled before the
+// ISA's target pragma (conv2d_cpu_isa.h), where g++ does not see the vector
+// type's alignment, and hands out 16-byte-aligned memory.
+template <typename T>
+class VecArray {
+ public:
+  using type = typename Vec<T>::type;
+  explicit VecArray(size_t n)
+      : data_(static_cast<type*>(::operator new(sizeof(type) * (n > 0 ? n : 1),
+                                                std::align_val_t{kVectorBytes}))),
+        size_(n) {
+    for (size_t i = 0; i < n; ++i) data_[i] = type{};
+  }
+  ~VecArray() { ::operator delete(data_, std::align_val_t{kVectorBytes}); }
+  VecArray(const VecArray&) = delete;
+  VecArray& operator=(const VecArray&) = delete;
+
+  type* data() { return data_; }
+  type* begin() { return data_; }
+  type* end() { return data_ + size_; }
+  type& operator[](size_t i) { return data_[i]; }
+
+ private:
+  type* data_;
+  size_t size_;
 };
 
 // Integer vector with Vec<T>'s lane count, for __builtin_shuffle masks.
@@ -163,5 +201,6 @@ inline Vec<double>::type fmadd(Vec<double>::type a, Vec<double>::type b, Vec<dou
 }
 
 }  // namespace simd
+}  // namespace CONV_EXT_ISA
 }  // namespace cpu
 }  // namespace conv_ext

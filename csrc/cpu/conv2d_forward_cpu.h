@@ -1,10 +1,10 @@
 // conv2d_forward on the CPU: the backend behind the op front
-// (conv2d_front.h), running the path select_path names (conv2d_cpu_plan.h).
+// (conv2d_front.h; registered in conv2d_cpu_ops.cpp, one copy per ISA:
+// conv2d_cpu_isa.h), running the path select_path names (conv2d_cpu_plan.h).
 // Every output element is summed in a fixed order by one thread on all
 // paths, so results are identical run to run and across thread counts.
-#include <torch/library.h>
+#pragma once
 
-#include "../conv2d_front.h"
 #include "conv2d_cpu_plan.h"
 #include "conv2d_dense_kernels.h"
 #include "conv2d_depthwise_kernels.h"
@@ -14,7 +14,7 @@
 
 namespace conv_ext {
 namespace cpu {
-namespace {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 // Dense, first-layer and channels_last pointwise paths: padded NHWC copy +
 // packed weights + the register-blocked kernel, output written NHWC.
@@ -112,18 +112,6 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const 
   return result;
 }
 
-at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
-                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  return conv2d_forward_front(input, weight, bias, stride, padding, dilation, groups,
-                              forward_cpu);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(conv_ext, CPU, m) {
-  m.impl("conv2d_forward", &conv2d_forward_cpu);
-}
-
+}  // namespace CONV_EXT_ISA
 }  // namespace cpu
 }  // namespace conv_ext

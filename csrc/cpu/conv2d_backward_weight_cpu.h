@@ -1,10 +1,10 @@
 // conv2d_backward_weight on the CPU: the backend behind the op front
-// (conv2d_front.h), running the path select_path names (conv2d_cpu_plan.h).
+// (conv2d_front.h; registered in conv2d_cpu_ops.cpp, one copy per ISA:
+// conv2d_cpu_isa.h), running the path select_path names (conv2d_cpu_plan.h).
 // Each result element is reduced by one thread in a fixed order on all
 // paths: no atomics, identical results run to run and across thread counts.
-#include <torch/library.h>
+#pragma once
 
-#include "../conv2d_front.h"
 #include "conv2d_backward_weight_kernels.h"
 #include "conv2d_cpu_plan.h"
 #include "conv2d_depthwise_kernels.h"
@@ -13,7 +13,7 @@
 
 namespace conv_ext {
 namespace cpu {
-namespace {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 // Depthwise: one channel per task on the forward's phase-split planes, or
 // vectors along the channels on channels_last (conv2d_depthwise_kernels.h).
@@ -87,19 +87,6 @@ at::Tensor backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& 
   return result;
 }
 
-at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                      at::IntArrayRef weight_size, at::IntArrayRef stride,
-                                      at::IntArrayRef padding, at::IntArrayRef dilation,
-                                      int64_t groups) {
-  return conv2d_backward_weight_front(grad_output, input, weight_size, stride, padding,
-                                      dilation, groups, backward_weight_cpu);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(conv_ext, CPU, m) {
-  m.impl("conv2d_backward_weight", &conv2d_backward_weight_cpu);
-}
-
+}  // namespace CONV_EXT_ISA
 }  // namespace cpu
 }  // namespace conv_ext

@@ -1,10 +1,10 @@
 // conv2d_backward_input on the CPU: the backend behind the op front
-// (conv2d_front.h), running the path select_path names (conv2d_cpu_plan.h).
+// (conv2d_front.h; registered in conv2d_cpu_ops.cpp, one copy per ISA:
+// conv2d_cpu_isa.h), running the path select_path names (conv2d_cpu_plan.h).
 // Every element is accumulated by one thread in a fixed order on all paths:
 // no atomics, identical results run to run and across thread counts.
-#include <torch/library.h>
+#pragma once
 
-#include "../conv2d_front.h"
 #include "conv2d_backward_input_kernels.h"
 #include "conv2d_cpu_plan.h"
 #include "conv2d_depthwise_kernels.h"
@@ -14,7 +14,7 @@
 
 namespace conv_ext {
 namespace cpu {
-namespace {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 // Depthwise: per plane and stride phase, a forward problem on the
 // grad_output plane with the rotated sub-filter (conv2d_depthwise_kernels.h).
@@ -104,19 +104,6 @@ at::Tensor backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& w
   return result;
 }
 
-at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
-                                     at::IntArrayRef input_size, at::IntArrayRef stride,
-                                     at::IntArrayRef padding, at::IntArrayRef dilation,
-                                     int64_t groups) {
-  return conv2d_backward_input_front(grad_output, weight, input_size, stride, padding, dilation,
-                                     groups, backward_input_cpu);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(conv_ext, CPU, m) {
-  m.impl("conv2d_backward_input", &conv2d_backward_input_cpu);
-}
-
+}  // namespace CONV_EXT_ISA
 }  // namespace cpu
 }  // namespace conv_ext

@@ -1,0 +1,111 @@
+// Which ISA's copy of the CPU kernels runs (conv2d_cpu_isa.h). Compiled for
+// the baseline ISA: it must run on any CPU.
+#include "conv2d_cpu_isa.h"
+
+#include <c10/util/Exception.h>
+
+#include <atomic>
+#include <cstdlib>
+
+namespace conv_ext {
+namespace cpu {
+namespace {
+
+constexpr bool kX86 =
+#if defined(__x86_64__) || defined(__i386__)
+    true;
+#else
+    false;
+#endif
+
+// Every feature the ISA's translation unit was compiled with
+// (conv2d_cpu_kernels_<isa>.cpp); __builtin_cpu_supports also checks that
+// the OS saves the vector registers.
+bool cpu_supports(CpuIsa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  switch (isa) {
+    case CpuIsa::kAvx512:
+      return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    case CpuIsa::kAvx2:
+      return avx2;
+    case CpuIsa::kPortable:
+      return true;
+  }
+  return false;
+#else
+  return isa == CpuIsa::kPortable;
+#endif
+}
+
+// Best first.
+std::vector<const CpuBackends*> all_backends() {
+  if constexpr (kX86) return {&avx512::kBackends, &avx2::kBackends, &portable::kBackends};
+  return {&portable::kBackends};
+}
+
+const CpuBackends& backends_named(const std::string& name) {
+  std::string known;
+  for (const CpuBackends* b : all_backends()) {
+    known += known.empty() ? "" : ", ";
+    known += b->name;
+    if (name != b->name) continue;
+    TORCH_CHECK(cpu_supports(b->isa), "conv_ext: the CPU kernels for ", name,
+                " were asked for, but this CPU lacks that ISA (it supports: ",
+                c10::Join(", ", supported_isas()), ")");
+    return *b;
+  }
+  TORCH_CHECK(false, "conv_ext: unknown CPU ISA '", name, "' (expected auto, ", known, ")");
+}
+
+const CpuBackends& best_backends() {
+  for (const CpuBackends* b : all_backends()) {
+    if (cpu_supports(b->isa)) return *b;
+  }
+  return portable::kBackends;
+}
+
+// CONV_EXT_CPU_ISA=avx512|avx2|portable|auto, read once.
+const CpuBackends& initial_backends() {
+  const char* env = std::getenv("CONV_EXT_CPU_ISA");
+  if (env == nullptr || *env == '\0' || std::string(env) == "auto") return best_backends();
+  try {
+    return backends_named(env);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "CONV_EXT_CPU_ISA=", env, ": ", e.msg());
+  }
+}
+
+std::atomic<const CpuBackends*> g_active{nullptr};
+
+}  // namespace
+
+const CpuBackends& active_backends() {
+  const CpuBackends* b = g_active.load(std::memory_order_acquire);
+  if (b != nullptr) return *b;
+  // Raises (every call, until the variable is fixed) for an ISA the CPU lacks.
+  static const CpuBackends& initial = initial_backends();
+  const CpuBackends* expected = nullptr;
+  g_active.compare_exchange_strong(expected, &initial, std::memory_order_acq_rel);
+  return *g_active.load(std::memory_order_acquire);
+}
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> names;
+  for (const CpuBackends* b : all_backends()) {
+    if (cpu_supports(b->isa)) names.emplace_back(b->name);
+  }
+  return names;
+}
+
+std::string set_active_isa(const std::string& name) {
+  const std::string previous = active_backends().name;
+  const CpuBackends& next = name == "auto" ? best_backends() : backends_named(name);
+  g_active.store(&next, std::memory_order_release);
+  return previous;
+}
+
+}  // namespace cpu
+}  // namespace conv_ext

@@ -1,0 +1,46 @@
+// The CPU ops: the op fronts (conv2d_front.h) run the backends of the
+// active ISA's copy of the kernels (conv2d_cpu_isa.h; the backends are
+// conv2d_forward_cpu.h, conv2d_backward_input_cpu.h,
+// conv2d_backward_weight_cpu.h).
+#include <torch/library.h>
+
+#include "../conv2d_front.h"
+#include "conv2d_cpu_isa.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace {
+
+at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return conv2d_forward_front(input, weight, bias, stride, padding, dilation, groups,
+                              active_backends().forward);
+}
+
+at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
+                                     at::IntArrayRef input_size, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     int64_t groups) {
+  return conv2d_backward_input_front(grad_output, weight, input_size, stride, padding, dilation,
+                                     groups, active_backends().backward_input);
+}
+
+at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                      at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation,
+                                      int64_t groups) {
+  return conv2d_backward_weight_front(grad_output, input, weight_size, stride, padding,
+                                      dilation, groups, active_backends().backward_weight);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(conv_ext, CPU, m) {
+  m.impl("conv2d_forward", &conv2d_forward_cpu);
+  m.impl("conv2d_backward_input", &conv2d_backward_input_cpu);
+  m.impl("conv2d_backward_weight", &conv2d_backward_weight_cpu);
+}
+
+}  // namespace cpu
+}  // namespace conv_ext
