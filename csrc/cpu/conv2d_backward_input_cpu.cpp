@@ -37,8 +37,8 @@ at::Tensor depthwise_backward_input_cpu(const at::Tensor& grad_output, const at:
   if (depthwise::nhwc_input_grad_as_forward(p) &&
       depthwise::use_channel_blocks(depthwise::input_grad_forward_shape(p), simd::Vec<T>::size)) {
     // Narrow planes: the channel-blocked forward with the rotated filter.
-    const at::Tensor wt = weight.flip({2, 3}).reshape({p.C, p.taps()}).t().contiguous();
-    depthwise::forward_channel_blocks<T>(grad_output.contiguous(), wt.const_data_ptr<T>(), nullptr,
+    const at::Tensor w = weight.flip({2, 3}).contiguous();
+    depthwise::forward_channel_blocks<T>(grad_output.contiguous(), w.const_data_ptr<T>(), nullptr,
                                          grad_input.mutable_data_ptr<T>(),
                                          depthwise::input_grad_forward_shape(p));
     return grad_input;

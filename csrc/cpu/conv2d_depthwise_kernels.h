@@ -606,10 +606,10 @@ inline void store_pixels(T* const* out, const typename simd::Vec<T>::type* acc, 
 }
 
 // UQ output pixels (input pixel pointers x[u], tap (0, 0)) x one vector of
-// channels; taps_r x taps_s taps starting at w (tap stride C), input tap
+// channels; taps_r x taps_s taps starting at w (tap stride w_tap), input tap
 // strides xr (rows) and xs (columns).
 template <typename T, int UQ, bool kPartial>
-inline void nhwc_tile(const T* const* x, const T* w, int64_t C, int64_t r0, int64_t r1,
+inline void nhwc_tile(const T* const* x, const T* w, int64_t w_tap, int64_t r0, int64_t r1,
                       int64_t s0, int64_t s1, int64_t S, int64_t xr, int64_t xs,
                       typename simd::Vec<T>::type bias, T* const* out, int lanes) {
   using V = simd::Vec<T>;
@@ -617,7 +617,7 @@ inline void nhwc_tile(const T* const* x, const T* w, int64_t C, int64_t r0, int6
   for (int u = 0; u < UQ; ++u) acc[u] = bias;
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t s = s0; s < s1; ++s) {
-      const T* wp = w + (r * S + s) * C;
+      const T* wp = w + (r * S + s) * w_tap;
       const typename V::type wv = load_lanes<T, kPartial>(wp, lanes);
       const int64_t o = r * xr + s * xs;
       for (int u = 0; u < UQ; ++u) {
@@ -633,7 +633,7 @@ inline void nhwc_tile(const T* const* x, const T* w, int64_t C, int64_t r0, int6
 // image reads a zero vector instead. xrow: input row ih0 at column 0 and the
 // tile's first channel; pixel u's tap s is at column iw0 + u * stride_w + s * dw.
 template <typename T, int UQ, bool kPartial>
-inline void nhwc_border_tile(const T* xrow, int64_t iw0, int64_t stride_w, const T* w, int64_t C,
+inline void nhwc_border_tile(const T* xrow, int64_t iw0, int64_t stride_w, const T* w, int64_t w_tap,
                              int64_t r0, int64_t r1, int64_t S, int64_t xr, int64_t dw,
                              int64_t sw, int64_t W, const T* zeros,
                              typename simd::Vec<T>::type bias, T* const* out, int lanes) {
@@ -643,7 +643,7 @@ inline void nhwc_border_tile(const T* xrow, int64_t iw0, int64_t stride_w, const
   for (int64_t r = r0; r < r1; ++r) {
     const T* row = xrow + r * xr;
     for (int64_t s = 0; s < S; ++s) {
-      const T* wp = w + (r * S + s) * C;
+      const T* wp = w + (r * S + s) * w_tap;
       const typename V::type wv = load_lanes<T, kPartial>(wp, lanes);
       for (int u = 0; u < UQ; ++u) {
         const int64_t iw = iw0 + u * stride_w + s * dw;
@@ -671,6 +671,22 @@ inline void with_tile_size(int n, F&& f) {
   }
 }
 
+// Weights w[c * c_stride + t * tap_stride] as [C / L][taps][L], lanes past
+// C zero: the taps of one channel vector are adjacent. (As [R][S][C] they
+// sit C elements apart: for C = 1024 that is 4 KB, all taps in one L1 set.)
+template <typename T>
+std::vector<T> pack_channel_blocks(const T* w, int64_t C, int64_t taps, int64_t c_stride,
+                                   int64_t tap_stride) {
+  constexpr int L = simd::Vec<T>::size;
+  std::vector<T> packed(((C + L - 1) / L) * taps * L, T(0));
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t t = 0; t < taps; ++t) {
+      packed[((c / L) * taps + t) * L + c % L] = w[c * c_stride + t * tap_stride];
+    }
+  }
+  return packed;
+}
+
 // input: channels-contiguous (stride(1) == 1), any other strides;
 // wt: weights as [R][S][C]; bias: C values or null; out: NHWC contiguous.
 template <typename T>
@@ -687,7 +703,9 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
   const int64_t last_ok = p.W - 1 - (p.S - 1) * p.dilation_w + p.pad_w;  // ow*sw <= last_ok
   const int64_t q_hi = std::max(q_lo, std::min(p.Q, last_ok < 0 ? 0 : last_ok / p.stride_w + 1));
   const T* zeros = kZeroVector<T>;  // taps outside the image
-  at::parallel_for(0, p.N * p.P, grain_for(p.Q * C * p.R * p.S), [&](int64_t begin, int64_t end) {
+  const int64_t taps = p.R * p.S;
+  const std::vector<T> packed = pack_channel_blocks<T>(wt, C, taps, 1, C);
+  at::parallel_for(0, p.N * p.P, grain_for(p.Q * C * taps), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / p.P, oh = item % p.P;
       const int64_t ih0 = oh * p.stride_h - p.pad_h;
@@ -702,7 +720,7 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
         const typename V::type b = bias == nullptr ? V::zero()
                                    : lanes == L    ? V::load(bias + c0)
                                                    : V::load_partial(bias + c0, lanes);
-        const T* wc = wt + c0;
+        const T* wc = packed.data() + (c0 / L) * taps * L;
         // Tiles of up to 8 pixels along the row; those with a pixel near
         // the left/right edge check every tap column.
         for (int64_t q = 0; q < p.Q; q += kMaxTileVectors) {
@@ -715,17 +733,17 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
               const T* xs_ptr[kMaxTileVectors];
               for (int u = 0; u < UQ; ++u) xs_ptr[u] = xrow + ((q + u) * p.stride_w - p.pad_w) * sw + c0;
               if (lanes == L) {
-                nhwc_tile<T, UQ, false>(xs_ptr, wc, C, r0, r1, 0, p.S, p.S, xr, xs, b, outs, lanes);
+                nhwc_tile<T, UQ, false>(xs_ptr, wc, L, r0, r1, 0, p.S, p.S, xr, xs, b, outs, lanes);
               } else {
-                nhwc_tile<T, UQ, true>(xs_ptr, wc, C, r0, r1, 0, p.S, p.S, xr, xs, b, outs, lanes);
+                nhwc_tile<T, UQ, true>(xs_ptr, wc, L, r0, r1, 0, p.S, p.S, xr, xs, b, outs, lanes);
               }
             } else {
               const int64_t iw0 = q * p.stride_w - p.pad_w;
               if (lanes == L) {
-                nhwc_border_tile<T, UQ, false>(xrow + c0, iw0, p.stride_w, wc, C, r0, r1, p.S, xr,
+                nhwc_border_tile<T, UQ, false>(xrow + c0, iw0, p.stride_w, wc, L, r0, r1, p.S, xr,
                                                p.dilation_w, sw, p.W, zeros, b, outs, lanes);
               } else {
-                nhwc_border_tile<T, UQ, true>(xrow + c0, iw0, p.stride_w, wc, C, r0, r1, p.S, xr,
+                nhwc_border_tile<T, UQ, true>(xrow + c0, iw0, p.stride_w, wc, L, r0, r1, p.S, xr,
                                               p.dilation_w, sw, p.W, zeros, b, outs, lanes);
               }
             }
@@ -786,23 +804,26 @@ inline void transpose_square(typename simd::Vec<T>::type* v) {
   transpose_round<T, simd::Vec<T>::size / 2>(v);
 }
 
-// Narrow output rows (less than one vector per row for the per-plane
-// kernels), channel multiplier 1, and a block that stays in L2 (up to 256K
-// elements: a tall narrow plane goes per plane instead).
+// Output rows of up to 4 vectors (the per-plane kernels waste lanes at each
+// row end; measured faster from 7x7 to 56x56 planes), channel multiplier 1,
+// and a block that stays in L2 (up to 256K elements: a tall narrow plane
+// goes per plane instead).
 inline bool use_channel_blocks(const Conv2dShape& p, int L) {
   const int64_t block = input_span(p.P, p.stride_h, p.R, p.dilation_h) *
                         input_span(p.Q, p.stride_w, p.S, p.dilation_w) * L;
-  return p.K_per_group == 1 && p.Q < L && block <= (int64_t{1} << 18);
+  return p.K_per_group == 1 && p.Q < 4 * L && block <= (int64_t{1} << 18);
 }
 
 // input: NCHW with contiguous planes (stride(3) == 1, stride(2) == W);
-// wt: weights as [R][S][C]; bias: C values or null; out: contiguous NCHW.
+// w: contiguous C x R x S; bias: C values or null; out: contiguous NCHW.
 template <typename T>
-void forward_channel_blocks(const at::Tensor& input, const T* wt, const T* bias, T* out,
+void forward_channel_blocks(const at::Tensor& input, const T* w, const T* bias, T* out,
                             const Conv2dShape& p) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
   const T* x = input.const_data_ptr<T>();
+  const int64_t taps = p.R * p.S;
+  const std::vector<T> packed = pack_channel_blocks<T>(w, p.C, taps, taps, 1);
   const int64_t sn = input.stride(0), sc = input.stride(1);
   const int64_t HW = p.H * p.W, PQ = p.P * p.Q, C = p.C;
   const int64_t Hp = input_span(p.P, p.stride_h, p.R, p.dilation_h);
@@ -843,7 +864,7 @@ void forward_channel_blocks(const at::Tensor& input, const T* wt, const T* bias,
       const typename V::type b = bias == nullptr ? V::zero()
                                  : lanes == L    ? V::load(bias + c0)
                                                  : V::load_partial(bias + c0, lanes);
-      const T* wc = wt + c0;
+      const T* wc = packed.data() + (c0 / L) * taps * L;
       for (int64_t oh = 0; oh < p.P; ++oh) {
         const T* xrow = block.data() + oh * p.stride_h * Wp * L;
         for (int64_t q = 0; q < p.Q; q += kMaxTileVectors) {
@@ -855,11 +876,8 @@ void forward_channel_blocks(const at::Tensor& input, const T* wt, const T* bias,
               xs_ptr[u] = xrow + (q + u) * p.stride_w * L;
               outs[u] = result.data() + (oh * p.Q + q + u) * L;
             }
-            if (lanes == L) {
-              nhwc_tile<T, UQ, false>(xs_ptr, wc, C, 0, p.R, 0, p.S, p.S, xr, xs, b, outs, lanes);
-            } else {
-              nhwc_tile<T, UQ, true>(xs_ptr, wc, C, 0, p.R, 0, p.S, p.S, xr, xs, b, outs, lanes);
-            }
+            // all lanes: the block and the packed weights are zero past C
+            nhwc_tile<T, UQ, false>(xs_ptr, wc, L, 0, p.R, 0, p.S, p.S, xr, xs, b, outs, L);
           });
         }
       }

@@ -59,8 +59,8 @@ at::Tensor depthwise_forward_cpu(const at::Tensor& input, const at::Tensor& weig
   }
   auto out = at::empty(p.output_sizes(), input.options());
   if (depthwise::use_channel_blocks(p, simd::Vec<T>::size)) {
-    const at::Tensor wt = weight.reshape({p.C, p.taps()}).t().contiguous();
-    depthwise::forward_channel_blocks<T>(input.contiguous(), wt.const_data_ptr<T>(), bp,
+    const at::Tensor w = weight.contiguous();
+    depthwise::forward_channel_blocks<T>(input.contiguous(), w.const_data_ptr<T>(), bp,
                                          out.mutable_data_ptr<T>(), p);
     return out;
   }
