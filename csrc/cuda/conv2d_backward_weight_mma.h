@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <limits>
 #include <string>
 
 #include "conv2d_backward_weight_mma_kernels.cuh"
@@ -58,10 +60,17 @@ bool run_backward_weight_mma(const Launcher& launch, const Conv2dShape& s,
   const at::ScalarType dtype = input.scalar_type();
   if (!forward_mma_applies(s, dtype, allow_tf32, launch.has_mma())) return false;
   if (s.K_per_group % mma_vector_channels(dtype, allow_tf32) != 0) return false;
+  // The kernel's offsets within an image are 32-bit, and it counts a
+  // chunk's slabs in an int.
+  const LaunchPlan plan = plan_backward_weight_mma(s, dtype);
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  if (s.H * s.W * s.C > kIntMax ||
+      ceil_div(plan.chunk, WgradTile::rows(static_cast<int>(c10::elementSize(dtype)))) > kIntMax) {
+    return false;
+  }
   const auto gy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
   const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
   if (!aligned16(gy.const_data_ptr()) || !aligned16(x.const_data_ptr())) return false;
-  const LaunchPlan plan = plan_backward_weight_mma(s, dtype);
   // fp32 partials from torch's caching allocator; the sum casts into the
   // channels_last weight (K x R x S x Cg in memory).
   const auto workspace =

@@ -93,35 +93,48 @@ __global__ void __launch_bounds__(Tile::kThreads)
   const int load_row = tid / kThreadsPerRow, load_vector = tid % kThreadsPerRow;
   const int64_t PQ = g.P * g.Q, reduction = g.N * PQ;
   const int64_t columns = g.R * g.S * g.C_per_group;
+  // Offsets within an image are 32-bit (the host checks that an image fits);
+  // image bases and pixel rows of grad_output are 64-bit pointers.
   const int64_t image_elements = g.H * g.W * g.C;
   // A slab advances the pixel (n, p, q) by kRows = step_n*PQ + step_p*Q + step_q.
-  const int64_t step_n = kRows / PQ;
+  const int64_t image_step = (kRows / PQ) * image_elements;
+  const int64_t a_step = static_cast<int64_t>(kRows) * g.K;
   const int step_p = static_cast<int>((kRows % PQ) / g.Q), step_q = static_cast<int>(kRows % g.Q);
   const int P = static_cast<int>(g.P), Q = static_cast<int>(g.Q);
-  const int H = static_cast<int>(g.H), W = static_cast<int>(g.W);
+  const auto H = static_cast<uint32_t>(g.H), W = static_cast<uint32_t>(g.W);
+  const auto C = static_cast<uint32_t>(g.C);
+  const auto stride_h = static_cast<uint32_t>(g.stride_h);
+  const auto stride_w = static_cast<uint32_t>(g.stride_w);
 
   // z walks (split, group), y the output-channel tiles, x the filter-column tiles.
   for (int64_t tile_z = blockIdx.z; tile_z < p.splits * g.groups; tile_z += gridDim.z) {
     const int64_t split = tile_z / g.groups, group = tile_z % g.groups;
     const int64_t k_begin = split * p.chunk;
     const int64_t k_end = k_begin + p.chunk < reduction ? k_begin + p.chunk : reduction;
-    const int64_t slabs = (k_end - k_begin + kRows - 1) / kRows;
+    // Whole slabs but the last (rows past k_end load zeros); the host
+    // checks that the count fits an int.
+    const int slabs = static_cast<int>((k_end - k_begin + kRows - 1) / kRows);
+    const int tail_rows = static_cast<int>(k_end - k_begin - static_cast<int64_t>(slabs - 1) * kRows);
+    // Slabs in which this thread's pixel row is inside the chunk.
+    const int my_slabs = load_row < tail_rows ? slabs : slabs - 1;
     for (int64_t tile_y = blockIdx.y; tile_y < p.tiles_m; tile_y += gridDim.y) {
       const int64_t m0 = tile_y * Tile::BM;
       for (int64_t tile_x = blockIdx.x; tile_x < p.tiles_n; tile_x += gridDim.x) {
         const int64_t n0 = tile_x * Tile::BN;
         // Per-column state, once per tile: A's channel offset; B's tap
         // (as receptive-field offsets) and channel.
-        int64_t a_channel[kVectorsA];
+        int a_channel[kVectorsA];
         bool a_valid[kVectorsA];
 #pragma unroll
         for (int j = 0; j < kVectorsA; ++j) {
           const int64_t m = m0 + (load_vector + j * kThreadsPerRow) * kVector;
           a_valid[j] = m < g.K_per_group;
-          a_channel[j] = group * g.K_per_group + m;
+          a_channel[j] = static_cast<int>(group * g.K_per_group + m);
         }
-        int b_dh[kVectorsB], b_dw[kVectorsB];
-        int64_t b_channel[kVectorsB];
+        // B: the column's tap as a receptive-field offset (dh, dw) and its
+        // offset within an image, (dh * W + dw) * C + channel (mod 2^32: the
+        // sum with a pixel's offset is exact wherever the tap is inside).
+        uint32_t b_dh[kVectorsB], b_dw[kVectorsB], b_offset[kVectorsB];
         bool b_valid[kVectorsB];
 #pragma unroll
         for (int j = 0; j < kVectorsB; ++j) {
@@ -129,42 +142,43 @@ __global__ void __launch_bounds__(Tile::kThreads)
           b_valid[j] = n < columns;
           const int64_t nn = b_valid[j] ? n : 0;
           const int64_t rs = nn / g.C_per_group, c = nn % g.C_per_group;
-          b_dh[j] = static_cast<int>((rs / g.S) * g.dilation_h - g.pad_h);
-          b_dw[j] = static_cast<int>((rs % g.S) * g.dilation_w - g.pad_w);
-          b_channel[j] = group * g.C_per_group + c;
+          const int64_t dh = (rs / g.S) * g.dilation_h - g.pad_h;
+          const int64_t dw = (rs % g.S) * g.dilation_w - g.pad_w;
+          b_dh[j] = static_cast<uint32_t>(dh);
+          b_dw[j] = static_cast<uint32_t>(dw);
+          b_offset[j] = static_cast<uint32_t>((dh * g.W + dw) * g.C + group * g.C_per_group + c);
         }
-        // This thread's pixel of the next slab: flat index k and (n, p, q),
-        // advanced by counters (no division in the main loop).
-        int64_t load_k = k_begin + load_row;
-        int64_t load_n = load_k / PQ;
-        int load_p = static_cast<int>((load_k % PQ) / g.Q), load_q = static_cast<int>(load_k % g.Q);
-        int64_t loaded = 0;
-        const auto load_slab = [&](int stage) {
-          auto* a_smem = reinterpret_cast<scalar_t*>(ring + stage * Tile::kStageBytes);
+        // This thread's pixel of the next slab: its grad_output row, its
+        // image and (p, q), advanced by counters (no division in the loop).
+        const int64_t first_k = k_begin + load_row;
+        const scalar_t* a_pixel = p.grad_output + first_k * g.K;
+        const scalar_t* b_image = p.input + (first_k / PQ) * image_elements;
+        int load_p = static_cast<int>((first_k % PQ) / g.Q), load_q = static_cast<int>(first_k % g.Q);
+        int loaded = 0, load_stage = 0;
+        const auto load_slab = [&]() {
+          auto* a_smem = reinterpret_cast<scalar_t*>(ring + load_stage * Tile::kStageBytes);
           scalar_t* b_smem = a_smem + kRows * kPitchA;
-          const bool k_valid = load_k < k_end;
+          const bool k_valid = loaded < my_slabs;
 #pragma unroll
           for (int j = 0; j < kVectorsA; ++j) {
             const bool valid = k_valid && a_valid[j];
-            const scalar_t* src = valid ? p.grad_output + load_k * g.K + a_channel[j] : p.grad_output;
             cp_async<16>(a_smem + load_row * kPitchA + (load_vector + j * kThreadsPerRow) * kVector,
-                         src, valid);
+                         valid ? a_pixel + a_channel[j] : p.grad_output, valid);
           }
-          const int ih0 = load_p * static_cast<int>(g.stride_h);
-          const int iw0 = load_q * static_cast<int>(g.stride_w);
+          // Unsigned: a negative ih or iw compares as huge, one test per side.
+          const uint32_t ih0 = static_cast<uint32_t>(load_p) * stride_h;
+          const uint32_t iw0 = static_cast<uint32_t>(load_q) * stride_w;
+          const uint32_t pixel_offset = (ih0 * W + iw0) * C;
 #pragma unroll
           for (int j = 0; j < kVectorsB; ++j) {
-            const int ih = ih0 + b_dh[j], iw = iw0 + b_dw[j];
-            const bool valid = k_valid && b_valid[j] && ih >= 0 && ih < H && iw >= 0 && iw < W;
-            const scalar_t* src =
-                valid ? p.input + load_n * image_elements +
-                            (static_cast<int64_t>(ih) * W + iw) * g.C + b_channel[j]
-                      : p.input;
+            const bool valid =
+                k_valid && b_valid[j] && ih0 + b_dh[j] < H && iw0 + b_dw[j] < W;
             cp_async<16>(b_smem + load_row * kPitchB + (load_vector + j * kThreadsPerRow) * kVector,
-                         src, valid);
+                         valid ? b_image + (pixel_offset + b_offset[j]) : p.input, valid);
           }
           // Advance by kRows pixels: each carry is at most one.
-          load_k += kRows;
+          a_pixel += a_step;
+          b_image += image_step;
           load_q += step_q;
           if (load_q >= Q) {
             load_q -= Q;
@@ -173,10 +187,10 @@ __global__ void __launch_bounds__(Tile::kThreads)
           load_p += step_p;
           if (load_p >= P) {
             load_p -= P;
-            ++load_n;
+            b_image += image_elements;
           }
-          load_n += step_n;
           ++loaded;
+          load_stage = load_stage + 1 == Tile::kStages ? 0 : load_stage + 1;
         };
 
         float acc[Tile::kFragsM][Tile::kFragsN][4];
@@ -193,20 +207,22 @@ __global__ void __launch_bounds__(Tile::kThreads)
         // keep the group count, and so the waits, uniform).
 #pragma unroll
         for (int stage = 0; stage < Tile::kStages - 1; ++stage) {
-          if (loaded < slabs) load_slab(stage);
+          if (loaded < slabs) load_slab();
           cp_async_commit();
         }
-        for (int64_t t = 0; t < slabs; ++t) {
+        int read_stage = 0;
+        for (int t = 0; t < slabs; ++t) {
           // Slab t has landed (this thread's copies; after the barrier,
           // everyone's), and everyone is done with slab t - 1, whose stage
           // the next load reuses.
           cp_async_wait<Tile::kStages - 2>();
           __syncthreads();
-          if (loaded < slabs) load_slab(static_cast<int>((t + Tile::kStages - 1) % Tile::kStages));
+          if (loaded < slabs) load_slab();
           cp_async_commit();
 
           const auto* a_smem =
-              reinterpret_cast<const scalar_t*>(ring + (t % Tile::kStages) * Tile::kStageBytes);
+              reinterpret_cast<const scalar_t*>(ring + read_stage * Tile::kStageBytes);
+          read_stage = read_stage + 1 == Tile::kStages ? 0 : read_stage + 1;
           const scalar_t* b_smem = a_smem + kRows * kPitchA;
 #pragma unroll
           for (int step = 0; step < kRows / kStepRows; ++step) {
