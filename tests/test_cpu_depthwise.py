@@ -40,6 +40,14 @@ CASES = [
     ("narrow_37ch", 2, 37, 9, 6, 3, 3, 1, 1, 1),
     ("narrow_s2_dilated_asym", 1, 19, 11, 9, 5, 3, 2, (2, 1), (2, 1)),
     ("narrow_s2_unread_edge", 1, 18, 8, 8, 3, 3, 2, 0, 1),
+    # Sliding-window tiles (unit horizontal stride and dilation): rows split
+    # into several one-row tiles, rows that share no input row (vertical
+    # dilation or stride), kernels wider than a tile (13x13 at 8-wide tiles,
+    # 31x31), two-row tiles over an odd number of rows.
+    ("window_wide_rows", 2, 21, 10, 45, 5, 5, 1, 2, 1),
+    ("window_dilated_rows", 1, 17, 13, 30, 3, 7, 1, (2, 3), (2, 1)),
+    ("window_strided_rows", 1, 16, 15, 20, 5, 5, (2, 1), 2, 1),
+    ("window_two_rows_odd", 2, 19, 9, 16, 13, 13, 1, 6, 1),
 ]
 
 

@@ -110,6 +110,8 @@ PATH_CASES = {
     "dense": (2, 21, 9, 11, 19, 3, 3, 1, 1, 1, 1),
     "dense_strided_dilated": (3, 10, 12, 9, 13, 3, 2, (2, 1), (2, 0), (1, 2), 1),
     "depthwise": (2, 20, 11, 13, 20, 3, 3, 2, 1, 1, 20),
+    # sliding-window tiles: two-row tiles on 13-wide rows, kernel wider than a tile
+    "depthwise_window": (2, 20, 11, 13, 20, 7, 9, 1, (3, 4), 1, 20),
     "grouped": (2, 12, 8, 7, 18, 3, 3, 1, 1, 1, 3),
 }
 
