@@ -108,6 +108,7 @@ PATH_CASES = {
     "pointwise": (2, 19, 7, 9, 21, 1, 1, 1, 0, 1, 1),
     "first_layer": (2, 3, 13, 11, 10, 5, 5, 2, 2, 1, 1),
     "dense": (2, 21, 9, 11, 19, 3, 3, 1, 1, 1, 1),
+    "dense_wide_rows": (2, 35, 6, 40, 33, 3, 3, 1, 1, 1, 1),  # whole transpose blocks
     "dense_strided_dilated": (3, 10, 12, 9, 13, 3, 2, (2, 1), (2, 0), (1, 2), 1),
     "depthwise": (2, 20, 11, 13, 20, 3, 3, 2, 1, 1, 20),
     # sliding-window tiles: two-row tiles on 13-wide rows, kernel wider than a tile
