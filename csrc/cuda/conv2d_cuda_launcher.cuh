@@ -20,7 +20,12 @@ struct CudaLauncher {
   template <typename... KernelArgs, typename... Args>
   void operator()(void (*kernel)(KernelArgs...), const LaunchDims& dims,
                   const Args&... args) const {
-    kernel<<<dim3(dims.grid[0], dims.grid[1], dims.grid[2]), dim3(dims.block), 0,
+    // Above 48 KB a kernel must opt in to its dynamic shared memory.
+    if (dims.shared_bytes > 48 * 1024) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(dims.shared_bytes)));
+    }
+    kernel<<<dim3(dims.grid[0], dims.grid[1], dims.grid[2]), dim3(dims.block), dims.shared_bytes,
              c10::cuda::getCurrentCUDAStream()>>>(args...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
