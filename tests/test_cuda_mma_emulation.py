@@ -205,7 +205,7 @@ def mma_tile(emu, request):
 @pytest.mark.parametrize("mma_tile", ["128x64", "128x64deep", "128x128", "64x64"], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("config", [MMA_CONFIGS[0], MMA_CONFIGS[3], MMA_CONFIGS[4], MMA_CONFIGS[5],
-                                    (2, 72, 9, 7, 136, 3, 3, 1, 1, 1, 1)], ids=_ids)
+                                    (1, 72, 5, 6, 136, 3, 3, 1, 1, 1, 1)], ids=_ids)
 def test_each_forward_tile(emu, mma_tile, config, dtype, request):
     # Every tensor-core tile (forced; conv2d_forward_mma.h picks one by
     # shape): ragged M and N tiles, a ragged last slab (48 and 72 channels),
@@ -241,10 +241,10 @@ def test_unknown_forward_tile_is_an_error(emu):
         emu.force_tile("")
 
 
-@pytest.mark.parametrize("splits", [2, 3, 50])
+@pytest.mark.parametrize("splits", [2, 50])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("config", [MMA_CONFIGS[0], MMA_CONFIGS[3], MMA_CONFIGS[4],
-                                    (2, 72, 9, 7, 136, 3, 3, 1, 1, 1, 1)], ids=_ids)
+                                    (1, 72, 5, 6, 136, 3, 3, 1, 1, 1, 1)], ids=_ids)
 def test_split_reduction_forward(emu, config, dtype, splits, request):
     # The reduction split over blocks (fp32 partials, bias in split 0's,
     # summed in a fixed order); 50 is more splits than slabs (clamped).
