@@ -40,6 +40,9 @@ CASES = [
     ("dense_dilated_w_only", 2, 8, 9, 13, 8, 3, 3, (2, 1), (1, 0), (1, 2), 1, "dense"),
     ("dense_even_kernel_no_pad", 1, 11, 8, 9, 6, 2, 4, 1, 0, 1, 1, "dense"),
     ("dense_c_split", 1, 700, 5, 4, 9, 3, 3, 1, 1, 1, 1, "dense"),
+    # whole 16 x 16 blocks and edges in the layout transposes (C and W past
+    # two vectors), output blocks spanning images
+    ("dense_wide_rows", 2, 35, 6, 40, 33, 3, 3, 1, 1, 1, 1, "dense"),
     ("depthwise_s1", 2, 12, 11, 13, 12, 3, 3, 1, 1, 1, 12, "depthwise"),
     ("depthwise_s2", 2, 10, 12, 41, 10, 3, 3, 2, 1, 1, 10, "depthwise"),
     ("depthwise_wide_rows", 1, 3, 5, 70, 3, 3, 3, 1, 1, 1, 3, "depthwise"),
@@ -114,7 +117,8 @@ def test_gradcheck_float64(case):
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
-    "pointwise", "first_layer_7x7_s2", "dense_3x3", "dense_c_split", "depthwise_s1")],
+    "pointwise", "first_layer_7x7_s2", "dense_3x3", "dense_c_split", "dense_wide_rows",
+    "depthwise_s1")],
     ids=_case_id)
 def test_bitwise_reproducible_across_runs_and_threads(case):
     _, N, C, H, W, K, R, S, stride, padding, dilation, groups, _ = case

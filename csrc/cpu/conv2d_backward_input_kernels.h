@@ -17,6 +17,7 @@
 
 #include "conv2d_cpu_common.h"
 #include "conv2d_dense_kernels.h"
+#include "conv2d_layout_kernels.h"
 #include "simd.h"
 
 namespace conv_ext {

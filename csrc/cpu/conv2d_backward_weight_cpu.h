@@ -10,6 +10,7 @@
 #include "conv2d_depthwise_kernels.h"
 #include "conv2d_generic_kernels.h"
 #include "conv2d_grouped_kernels.h"
+#include "conv2d_layout_kernels.h"
 
 namespace conv_ext {
 namespace cpu {

@@ -1,7 +1,9 @@
-// Helpers shared by the CPU kernels: the parallel grain, the range of output
+// Helpers shared by the CPU kernels, compiled once for the build's baseline
+// ISA (conv2d_cpu_isa_prelude.h): the parallel grain, the range of output
 // positions whose input lies inside the image (so inner loops carry no bounds
-// checks), the table of register-tile kernels for tail tiles, and the layout
-// copies (zero-padded NHWC in, NHWC back to NCHW out).
+// checks), the table of register-tile kernels for tail tiles. Nothing here
+// may move data in bulk: such loops go into the per-ISA headers (the layout
+// copies: conv2d_layout_kernels.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -110,92 +112,6 @@ class TileTable {
   }
   std::array<std::array<Fn, B>, A> fn_{};
 };
-
-// d[w * d_pixel + c] = s[c * sc + w * sw] for c < C, w < W: one image row
-// from NCHW to NHWC. Whole 8 x 8 blocks go through a local array with fixed
-// loop bounds, which GCC turns into vector shuffles: 1.9x (AVX-512) and 1.3x
-// (AVX2) faster than the scalar strided loop, which is left for the edges.
-template <typename T>
-void transpose_rows(const T* s, int64_t sc, int64_t sw, int64_t C, int64_t W, T* d,
-                    int64_t d_pixel) {
-  constexpr int B = 8;
-  const int64_t C_full = sw == 1 ? C / B * B : 0, W_full = sw == 1 ? W / B * B : 0;
-  for (int64_t c0 = 0; c0 < C_full; c0 += B) {
-    for (int64_t w0 = 0; w0 < W_full; w0 += B) {
-      T t[B][B];
-      for (int c = 0; c < B; ++c)
-        for (int w = 0; w < B; ++w) t[c][w] = s[(c0 + c) * sc + w0 + w];
-      for (int w = 0; w < B; ++w)
-        for (int c = 0; c < B; ++c) d[(w0 + w) * d_pixel + c0 + c] = t[c][w];
-    }
-    for (int64_t c = c0; c < c0 + B; ++c)
-      for (int64_t w = W_full; w < W; ++w) d[w * d_pixel + c] = s[c * sc + w * sw];
-  }
-  for (int64_t c = C_full; c < C; ++c)
-    for (int64_t w = 0; w < W; ++w) d[w * d_pixel + c] = s[c * sc + w * sw];
-}
-
-// Zero-padded NHWC copy of `input` (any strides): [N][H + 2 pad_h][W + 2 pad_w][C].
-// With channels_to > C, channels C..channels_to-1 are zero.
-template <typename T>
-at::Tensor padded_nhwc(const at::Tensor& input, int64_t pad_h, int64_t pad_w,
-                       int64_t channels_to = 0) {
-  const int64_t N = input.size(0), C0 = input.size(1), H = input.size(2), W = input.size(3);
-  const int64_t C = std::max(C0, channels_to);
-  const int64_t Hp = H + 2 * pad_h, Wp = W + 2 * pad_w;
-  auto out = at::empty({N, Hp, Wp, C}, input.options());
-  const T* src = input.const_data_ptr<T>();
-  T* dst = out.mutable_data_ptr<T>();
-  const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
-                sw = input.stride(3);
-  at::parallel_for(0, N * Hp, grain_for(Wp * C), [&](int64_t begin, int64_t end) {
-    for (int64_t nh = begin; nh < end; ++nh) {
-      const int64_t n = nh / Hp, hp = nh % Hp, h = hp - pad_h;
-      T* row = dst + nh * Wp * C;
-      if (h < 0 || h >= H) {
-        std::fill(row, row + Wp * C, T(0));
-        continue;
-      }
-      std::fill(row, row + pad_w * C, T(0));
-      std::fill(row + (pad_w + W) * C, row + Wp * C, T(0));
-      const T* s = src + n * sn + h * sh;
-      T* d = row + pad_w * C;
-      if (C > C0) std::fill(d, d + W * C, T(0));
-      if (sc == 1) {  // channels_last source: rows of C
-        for (int64_t w = 0; w < W; ++w) std::memcpy(d + w * C, s + w * sw, sizeof(T) * C0);
-      } else {  // NCHW source: transpose C x W
-        transpose_rows<T>(s, sc, sw, C0, W, d, C);
-      }
-    }
-  });
-  return out;
-}
-
-// dst[n][c][hw] = src[n][hw][c]: NHWC to NCHW, in cache-sized tiles.
-template <typename T>
-void nhwc_to_nchw(const T* src, T* dst, int64_t N, int64_t C, int64_t HW) {
-  constexpr int64_t kTileHW = 64;
-  const int64_t hw_tiles = (HW + kTileHW - 1) / kTileHW;
-  at::parallel_for(0, N * hw_tiles, grain_for(kTileHW * C), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / hw_tiles, hw0 = (item % hw_tiles) * kTileHW;
-      const int64_t hw1 = std::min(HW, hw0 + kTileHW);
-      // d[c][hw] = s[hw][c] over this tile's pixels, all channels
-      transpose_rows<T>(src + (n * HW + hw0) * C, C, 1, hw1 - hw0, C, dst + n * C * HW + hw0, HW);
-    }
-  });
-}
-
-// An NHWC result (channels_last tensor `nhwc`) in `format`: as it is for
-// channels_last, else a contiguous NCHW copy.
-template <typename T>
-at::Tensor nhwc_in_format(const at::Tensor& nhwc, at::MemoryFormat format) {
-  if (format == at::MemoryFormat::ChannelsLast) return nhwc;
-  auto out = at::empty(nhwc.sizes(), nhwc.options().memory_format(at::MemoryFormat::Contiguous));
-  nhwc_to_nchw<T>(nhwc.const_data_ptr<T>(), out.mutable_data_ptr<T>(), nhwc.size(0),
-                  nhwc.size(1), nhwc.size(2) * nhwc.size(3));
-  return out;
-}
 
 // A bfloat16/float16 tensor as float32 (memory format kept), or undefined.
 inline at::Tensor to_float(const at::Tensor& t) {

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "conv2d_cpu_common.h"
+#include "conv2d_layout_kernels.h"
 #include "simd.h"
 
 namespace conv_ext {
@@ -219,11 +220,14 @@ at::Tensor pack_weights(const at::Tensor& weight) {
 //   x: padded NHWC [N][Hp][Wp][C], w: packed [Kb][R][S][C][L],
 //   bias: padded to Kb*L or null, out: NHWC with pixel stride out_pixel,
 //   row stride out_row, image stride out_image (strided outputs let
-//   grad-input write one stride phase of its result).
+//   grad-input write one stride phase of its result), or, with nchw,
+//   contiguous NCHW [N][K][P][Q] (the out_* strides unused; only where
+//   dense_writes_nchw).
 struct DenseProblem {
   int64_t N, C, Hp, Wp, K, R, S, P, Q;
   int64_t stride_h, stride_w, dilation_h, dilation_w;
   int64_t out_image, out_row, out_pixel;
+  bool nchw = false;
 };
 
 // The forward of problem p on its padded NHWC input (padding p.pad_h, p.pad_w)
@@ -236,15 +240,34 @@ inline DenseProblem dense_forward_problem(const Conv2dShape& p) {
                       .out_image = p.P * p.Q * p.K, .out_row = p.Q * p.K, .out_pixel = p.K};
 }
 
+// Chunks of C (outer loop of dense_forward): one tile column of weights
+// (NB vectors x R*S*C) above kWeightBlockBytes is split so it stays in L2
+// while the tiles sweep the image.
+template <typename T>
+int64_t dense_c_chunks(const DenseProblem& d) {
+  constexpr int L = simd::Vec<T>::size;
+  const DenseTileShape shape = dense_tile_shape((d.K + L - 1) / L);
+  const int64_t col_bytes = d.R * d.S * d.C * shape.nb * L * static_cast<int64_t>(sizeof(T));
+  return std::min<int64_t>(d.C, (col_bytes + kWeightBlockBytes - 1) / kWeightBlockBytes);
+}
+
+// Whether dense_forward can write problem d's output as NCHW: each work item
+// transposes its block of output pixels into the NCHW result while the
+// block is in cache (no NHWC output buffer, no second pass over it). Not
+// with C chunks, whose later passes add to the output the earlier wrote.
+template <typename T>
+bool dense_writes_nchw(const DenseProblem& d) {
+  return dense_c_chunks<T>(d) == 1;
+}
+
 template <typename T>
 void dense_forward(const T* x, const T* w, const T* bias, T* out, const DenseProblem& d) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t Kb = (d.K + L - 1) / L;
   const DenseTileShape shape = dense_tile_shape(Kb);
   const int64_t KG = shape.groups;
-  // Split C when one tile column of weights would not stay in L2.
-  const int64_t col_bytes = d.R * d.S * d.C * shape.nb * L * static_cast<int64_t>(sizeof(T));
-  const int64_t chunks = std::min<int64_t>(d.C, (col_bytes + kWeightBlockBytes - 1) / kWeightBlockBytes);
+  const int64_t chunks = dense_c_chunks<T>(d);
+  TORCH_INTERNAL_ASSERT(!d.nchw || chunks == 1, "dense_forward: NCHW output with C chunks");
   const int64_t chunk_c = (d.C + chunks - 1) / chunks;
   const bool fused = d.dilation_w == 1 && chunks == 1;
   DenseTileStrides g;
@@ -274,13 +297,19 @@ void dense_forward(const T* x, const T* w, const T* bias, T* out, const DensePro
   const int64_t block = std::clamp<int64_t>((M + blocks_wanted - 1) / blocks_wanted, shape.ur,
                                             shape.ur * 16);
   const int64_t blocks = (M + block - 1) / block;
+  // NCHW output: the tiles of one work item write [pixel][nb * L] here
+  // (whole vectors: packed weights and bias are zero-padded to Kb * L), then
+  // the block goes to NCHW.
+  const int64_t block_width = shape.nb * L;
   at::parallel_for(0, KG * blocks, grain_for(block * d.R * d.S * d.C * shape.nb), [&](int64_t begin, int64_t end) {
+    std::vector<T> block_out(d.nchw ? block * block_width : 0);
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t c0 = chunk * chunk_c;
       const int64_t cc = std::min(chunk_c, d.C - c0);
       if (cc <= 0) break;
       DenseTileStrides gc = g;
       if (!fused) gc.inner = cc;
+      if (d.nchw) gc.K = Kb * L;  // no end-of-K tiles: block_out has whole vectors
       for (int64_t item = begin; item < end; ++item) {
         const int64_t kg = item / blocks, m_begin = (item % blocks) * block;
         const int64_t m_end = std::min(M, m_begin + block);
@@ -301,7 +330,8 @@ void dense_forward(const T* x, const T* w, const T* bias, T* out, const DensePro
           T* outs[kTilePixels];
           for (int u = 0; u < ur; ++u) {
             xs[u] = x + ((n * d.Hp + oh * d.stride_h) * d.Wp + ow * d.stride_w) * d.C + c0;
-            outs[u] = out + n * d.out_image + oh * d.out_row + ow * d.out_pixel + kb0 * L;
+            outs[u] = d.nchw ? block_out.data() + (m - m_begin + u) * block_width
+                             : out + n * d.out_image + oh * d.out_row + ow * d.out_pixel + kb0 * L;
             if (++ow == d.Q) {
               ow = 0;
               if (++oh == d.P) oh = 0, ++n;
@@ -309,6 +339,15 @@ void dense_forward(const T* x, const T* w, const T* bias, T* out, const DensePro
           }
           table(ur, nb)(xs, wk, b, outs, kb0 * L, gc, chunk > 0);
           m += ur;
+        }
+        if (d.nchw) {  // the block's pixels, image by image, to NCHW
+          const int64_t PQ = d.P * d.Q, channels = std::min<int64_t>(block_width, d.K - kb0 * L);
+          for (int64_t a = m_begin; a < m_end;) {
+            const int64_t image = a / PQ, e = std::min(m_end, (image + 1) * PQ);
+            transpose_plane<T>(block_out.data() + (a - m_begin) * block_width, block_width, e - a,
+                               channels, out + (image * d.K + kb0 * L) * PQ + a - image * PQ, PQ);
+            a = e;
+          }
         }
       }
     }

@@ -10,6 +10,7 @@
 #include "conv2d_depthwise_kernels.h"
 #include "conv2d_generic_kernels.h"
 #include "conv2d_grouped_kernels.h"
+#include "conv2d_layout_kernels.h"
 #include "conv2d_pointwise_kernels.h"
 
 namespace conv_ext {
@@ -17,7 +18,8 @@ namespace cpu {
 namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 // Dense, first-layer and channels_last pointwise paths: padded NHWC copy +
-// packed weights + the register-blocked kernel, output written NHWC.
+// packed weights + the register-blocked kernel, output written NHWC, or NCHW
+// block by block from the kernel's work items (dense_writes_nchw).
 template <typename T>
 at::Tensor dense_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                              const at::Tensor& bias, const Conv2dShape& p, CpuPath path,
@@ -34,11 +36,14 @@ at::Tensor dense_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
     b = at::zeros({Kb * L}, weight.options());
     b.narrow(0, 0, p.K).copy_(bias);
   }
-  auto out = at::empty(p.output_sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  DenseProblem d = dense_forward_problem(p);
+  d.nchw = format == at::MemoryFormat::Contiguous && dense_writes_nchw<T>(d);
+  auto out = at::empty(p.output_sizes(),
+                       input.options().memory_format(d.nchw ? at::MemoryFormat::Contiguous
+                                                            : at::MemoryFormat::ChannelsLast));
   dense_forward<T>(x.const_data_ptr<T>(), w.const_data_ptr<T>(),
-                   b.defined() ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(),
-                   dense_forward_problem(p));
-  return nhwc_in_format<T>(out, format);
+                   b.defined() ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(), d);
+  return d.nchw ? out : nhwc_in_format<T>(out, format);
 }
 
 // Depthwise: NCHW planes through a phase-split buffer, or channels_last

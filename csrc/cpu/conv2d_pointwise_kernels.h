@@ -85,54 +85,79 @@ const TileTable<PointwiseTileFn<T>, kPwK, kPwV>& pointwise_tile_table() {
   return table;
 }
 
-// x: [N][C][x_row], w packed by
-// pack_pointwise_weights, bias padded to a multiple of kPwK or null,
-// out: [N][K][HW] contiguous.
+// x: [N][C][x_row], w packed by pack_pointwise_weights, bias padded to a
+// multiple of kPwK or null, out: [N][K][HW] contiguous.
+//
+// Pixels are numbered across images (m = n * HW + hw) and cut into tiles of
+// kPwV * L: on small planes a tile takes the end of one image and the start
+// of the next (7x7: 8 images are 392 pixels, 25 vectors of 16, instead of
+// 8 x 4 vectors of which 49/64 lanes are used). Each output element still
+// sums its C products alone, in order: results do not depend on the tiling
+// (bitwise identical for any batch split).
 template <typename T>
 void pointwise_forward(const T* x, int64_t x_row, const T* w, const T* bias, T* out, int64_t N,
                        int64_t C, int64_t K, int64_t HW) {
   constexpr int L = simd::Vec<T>::size;
   constexpr int64_t tile_px = kPwV * L;
+  const int64_t M = N * HW;
   // Pixel blocks whose C rows stay in L2 while all output channels sweep them.
   const int64_t block_px = std::max<int64_t>(
       tile_px, (256 * 1024 / static_cast<int64_t>(sizeof(T)) / std::max<int64_t>(C, 1)) / tile_px * tile_px);
-  const int64_t hw_blocks = (HW + block_px - 1) / block_px;
+  const int64_t blocks = (M + block_px - 1) / block_px;
   const int64_t Kt = (K + kPwK - 1) / kPwK;
   constexpr int64_t k_tiles_per_group = 8;
   const int64_t KG = (Kt + k_tiles_per_group - 1) / k_tiles_per_group;
   const auto& table = pointwise_tile_table<T>();
-  at::parallel_for(0, N * hw_blocks * KG, grain_for(block_px * C * k_tiles_per_group), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, blocks * KG, grain_for(block_px * C * k_tiles_per_group), [&](int64_t begin, int64_t end) {
     // The block of X as [pixel tile][C][tile_px]: every tile then streams one
     // contiguous run instead of C rows a whole image apart (which costs a TLB
     // entry per row for large C).
     std::vector<T> packed(static_cast<size_t>(C * block_px));
+    // A tile spanning images writes here first, then each image's part.
+    T spanning[kPwK][tile_px];
     int64_t packed_block = -1;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t kg = item % KG, hb = (item / KG) % hw_blocks, n = item / (KG * hw_blocks);
-      const int64_t hw0 = hb * block_px, hw1 = std::min(HW, hw0 + block_px);
-      const T* xn = x + n * C * x_row;
-      if (packed_block != item / KG) {
-        packed_block = item / KG;
-        for (int64_t hw = hw0, t = 0; hw < hw1; hw += tile_px, ++t) {
-          const int64_t count = std::min(tile_px, hw1 - hw);
+      const int64_t kg = item % KG, hb = item / KG;
+      const int64_t m0 = hb * block_px, m1 = std::min(M, m0 + block_px);
+      if (packed_block != hb) {
+        packed_block = hb;
+        for (int64_t m = m0, t = 0; m < m1; m += tile_px, ++t) {
+          const int64_t count = std::min(tile_px, m1 - m);
           T* dst = packed.data() + t * C * tile_px;
           for (int64_t c = 0; c < C; ++c) {
-            std::memcpy(dst + c * tile_px, xn + c * x_row + hw, sizeof(T) * count);
-            std::fill(dst + c * tile_px + count, dst + (c + 1) * tile_px, T(0));
+            T* d = dst + c * tile_px;
+            for (int64_t a = m; a < m + count;) {  // image by image
+              const int64_t n = a / HW, hw = a - n * HW, len = std::min(m + count - a, HW - hw);
+              std::memcpy(d + (a - m), x + (n * C + c) * x_row + hw, sizeof(T) * len);
+              a += len;
+            }
+            std::fill(d + count, d + tile_px, T(0));
           }
         }
       }
-      T* yn = out + n * K * HW;
       const int64_t kt_end = std::min(Kt, (kg + 1) * k_tiles_per_group);
       for (int64_t kt = kg * k_tiles_per_group; kt < kt_end; ++kt) {
         const int uk = static_cast<int>(std::min<int64_t>(kPwK, K - kt * kPwK));
         const T* wt = w + kt * C * kPwK;
         const T* bt = bias != nullptr ? bias + kt * kPwK : nullptr;
-        for (int64_t hw = hw0, t = 0; hw < hw1; hw += tile_px, ++t) {
-          const int64_t lanes = std::min<int64_t>(tile_px, hw1 - hw);
+        for (int64_t m = m0, t = 0; m < m1; m += tile_px, ++t) {
+          const int64_t lanes = std::min<int64_t>(tile_px, m1 - m);
           const int uv = static_cast<int>((lanes + L - 1) / L);
-          table(uk, uv)(packed.data() + t * C * tile_px, tile_px, wt, C, bt,
-                                   yn + kt * kPwK * HW + hw, HW, lanes);
+          const T* xt = packed.data() + t * C * tile_px;
+          const int64_t n = m / HW, hw = m - n * HW;
+          if (hw + lanes <= HW) {  // within image n
+            table(uk, uv)(xt, tile_px, wt, C, bt, out + (n * K + kt * kPwK) * HW + hw, HW, lanes);
+            continue;
+          }
+          table(uk, uv)(xt, tile_px, wt, C, bt, &spanning[0][0], tile_px, lanes);
+          for (int64_t a = m; a < m + lanes;) {
+            const int64_t an = a / HW, ahw = a - an * HW, len = std::min(m + lanes - a, HW - ahw);
+            for (int i = 0; i < uk; ++i) {
+              std::memcpy(out + (an * K + kt * kPwK + i) * HW + ahw, &spanning[i][a - m],
+                          sizeof(T) * len);
+            }
+            a += len;
+          }
         }
       }
     }

@@ -96,6 +96,14 @@ struct IndexVec {
   }
 };
 
+// Whether load_partial/store_partial are single masked instructions (else
+// a memcpy of n elements, which costs a library call).
+#if defined(__AVX512F__) || defined(__AVX2__)
+inline constexpr bool kMaskedAccess = true;
+#else
+inline constexpr bool kMaskedAccess = false;
+#endif
+
 #if defined(__AVX512F__)
 template <>
 inline Vec<float>::type Vec<float>::load_partial(const float* p, int n) {

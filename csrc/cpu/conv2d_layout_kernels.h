@@ -1,0 +1,229 @@
+// The layout copies of the dense paths: NCHW (any strides) into a zero-padded
+// NHWC buffer, NHWC back to NCHW, and the L x L in-register transpose they
+// are made of. Compiled per ISA (namespace CONV_EXT_ISA, conv2d_cpu_isa.h):
+// in the shared conv2d_cpu_common.h they compiled for the baseline (SSE2)
+// only, and took 10-20% of a 56x56 layer's time.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "conv2d_cpu_common.h"
+#include "simd.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
+
+// v[i][j] <- v[j][i] for L = Vec<T>::size vectors of L lanes.
+// float with AVX-512 (16 x 16) and AVX (8 x 8): the classic unpack / shuffle
+// sequence, L * log2(L) one-cycle shuffles; anything else: log2(L) rounds
+// of two-vector shuffles swapping off-diagonal blocks (GCC picks the
+// instructions for each __builtin_shuffle).
+template <typename T, int B>
+inline void transpose_swap_round(typename simd::Vec<T>::type* v) {
+  using IV = simd::IndexVec<T>;
+  constexpr int L = simd::Vec<T>::size;
+  // Rows i and i | B (bit B of i clear) swap their off-diagonal B x B blocks.
+  typename IV::type first, second;
+  for (int l = 0; l < L; ++l) {
+    first[l] = (l & B) ? L + (l ^ B) : l;
+    second[l] = (l & B) ? L + l : (l ^ B);
+  }
+  for (int i = 0; i < L; ++i) {
+    if (i & B) continue;
+    const typename simd::Vec<T>::type a = v[i], c = v[i | B];
+    v[i] = __builtin_shuffle(a, c, first);
+    v[i | B] = __builtin_shuffle(a, c, second);
+  }
+  if constexpr (B > 1) transpose_swap_round<T, B / 2>(v);
+}
+
+template <typename T>
+inline void transpose_square(typename simd::Vec<T>::type* v) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    // 1: pairs of rows interleaved per 128-bit chunk; 2: 4 x 4 transposes
+    // within each chunk (u[4k + j], chunk q: rows 4k..4k+3 at column 4q + j);
+    // 3, 4: chunks gathered across the four row groups.
+    __m512 t[16], u[16];
+    for (int k = 0; k < 16; k += 2) {
+      t[k] = _mm512_unpacklo_ps(v[k], v[k + 1]);
+      t[k + 1] = _mm512_unpackhi_ps(v[k], v[k + 1]);
+    }
+    for (int k = 0; k < 16; k += 4) {
+      const __m512d a = _mm512_castps_pd(t[k]), b = _mm512_castps_pd(t[k + 1]),
+                    c = _mm512_castps_pd(t[k + 2]), d = _mm512_castps_pd(t[k + 3]);
+      u[k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+      u[k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+      u[k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+      u[k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int j = 0; j < 4; ++j) {
+      const __m512 s0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44);
+      const __m512 s1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
+      const __m512 s2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
+      const __m512 s3 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
+      v[j] = _mm512_shuffle_f32x4(s0, s2, 0x88);
+      v[4 + j] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
+      v[8 + j] = _mm512_shuffle_f32x4(s1, s3, 0x88);
+      v[12 + j] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
+    }
+    return;
+  }
+#elif defined(__AVX__)
+  if constexpr (std::is_same_v<T, float>) {
+    __m256 t[8], u[8];
+    for (int k = 0; k < 8; k += 2) {
+      t[k] = _mm256_unpacklo_ps(v[k], v[k + 1]);
+      t[k + 1] = _mm256_unpackhi_ps(v[k], v[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {  // u[k + j]: rows k..k+3 at columns j, 4 + j
+      u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+      u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+      u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+      u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; ++j) {
+      v[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+      v[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+    }
+    return;
+  }
+#endif
+  transpose_swap_round<T, simd::Vec<T>::size / 2>(v);
+}
+
+// d[j * d_row + i] = s[i * s_row + j] for i, j < L: one whole block through registers.
+template <typename T>
+inline void transpose_block(const T* s, int64_t s_row, T* d, int64_t d_row) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  typename V::type v[L];
+  for (int i = 0; i < L; ++i) v[i] = V::load(s + i * s_row);
+  transpose_square<T>(v);
+  for (int j = 0; j < L; ++j) V::store(d + j * d_row, v[j]);
+}
+
+// The same for i < rows, j < cols (both <= L): a block at the edge, masked.
+template <typename T>
+__attribute__((noinline)) void transpose_edge_block(const T* s, int64_t s_row, int rows, int cols,
+                                                    T* d, int64_t d_row) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  if constexpr (!simd::kMaskedAccess) {  // a partial load would be a memcpy call
+    for (int i = 0; i < rows; ++i)
+      for (int j = 0; j < cols; ++j) d[j * d_row + i] = s[i * s_row + j];
+    return;
+  }
+  typename V::type v[L];
+  for (int i = 0; i < L; ++i) {
+    v[i] = i >= rows   ? V::zero()
+           : cols == L ? V::load(s + i * s_row)
+                       : V::load_partial(s + i * s_row, cols);
+  }
+  transpose_square<T>(v);
+  for (int j = 0; j < cols; ++j) {
+    if (rows == L) {
+      V::store(d + j * d_row, v[j]);
+    } else {
+      V::store_partial(d + j * d_row, v[j], rows);
+    }
+  }
+}
+
+// d[j * d_row + i] = s[i * s_row + j] for i < rows, j < cols: a rows x cols
+// matrix transposed in L x L blocks.
+template <typename T>
+void transpose_plane(const T* s, int64_t s_row, int64_t rows, int64_t cols, T* d, int64_t d_row) {
+  constexpr int L = simd::Vec<T>::size;
+  const int64_t rows_full = rows / L * L, cols_full = cols / L * L;
+  for (int64_t i0 = 0; i0 < rows; i0 += L) {
+    const T* si = s + i0 * s_row;
+    T* di = d + i0;
+    if (i0 < rows_full) {
+      for (int64_t j0 = 0; j0 < cols_full; j0 += L)
+        transpose_block<T>(si + j0, s_row, di + j0 * d_row, d_row);
+    }
+    const int bi = static_cast<int>(std::min<int64_t>(L, rows - i0));
+    for (int64_t j0 = i0 < rows_full ? cols_full : 0; j0 < cols; j0 += L) {
+      const int bj = static_cast<int>(std::min<int64_t>(L, cols - j0));
+      transpose_edge_block<T>(si + j0, s_row, bi, bj, di + j0 * d_row, d_row);
+    }
+  }
+}
+
+// Zero-padded NHWC copy of `input` (any strides): [N][H + 2 pad_h][W + 2 pad_w][C].
+// With channels_to > C, channels C..channels_to-1 are zero.
+template <typename T>
+at::Tensor padded_nhwc(const at::Tensor& input, int64_t pad_h, int64_t pad_w,
+                       int64_t channels_to = 0) {
+  const int64_t N = input.size(0), C0 = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t C = std::max(C0, channels_to);
+  const int64_t Hp = H + 2 * pad_h, Wp = W + 2 * pad_w;
+  auto out = at::empty({N, Hp, Wp, C}, input.options());
+  const T* src = input.const_data_ptr<T>();
+  T* dst = out.mutable_data_ptr<T>();
+  const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
+                sw = input.stride(3);
+  at::parallel_for(0, N * Hp, grain_for(Wp * C), [&](int64_t begin, int64_t end) {
+    for (int64_t nh = begin; nh < end; ++nh) {
+      const int64_t n = nh / Hp, hp = nh % Hp, h = hp - pad_h;
+      T* row = dst + nh * Wp * C;
+      if (h < 0 || h >= H) {
+        std::fill(row, row + Wp * C, T(0));
+        continue;
+      }
+      std::fill(row, row + pad_w * C, T(0));
+      std::fill(row + (pad_w + W) * C, row + Wp * C, T(0));
+      const T* s = src + n * sn + h * sh;
+      T* d = row + pad_w * C;
+      if (C > C0) {
+        for (int64_t w = 0; w < W; ++w) std::fill(d + w * C + C0, d + (w + 1) * C, T(0));
+      }
+      if (sc == 1) {  // channels_last source: rows of C
+        for (int64_t w = 0; w < W; ++w) std::memcpy(d + w * C, s + w * sw, sizeof(T) * C0);
+      } else if (sw == 1) {  // NCHW source: transpose C x W
+        transpose_plane<T>(s, sc, C0, W, d, C);
+      } else {
+        for (int64_t c = 0; c < C0; ++c)
+          for (int64_t w = 0; w < W; ++w) d[w * C + c] = s[c * sc + w * sw];
+      }
+    }
+  });
+  return out;
+}
+
+// dst[n][c][hw] = src[n][hw][c]: NHWC to NCHW, in cache-sized tiles.
+template <typename T>
+void nhwc_to_nchw(const T* src, T* dst, int64_t N, int64_t C, int64_t HW) {
+  constexpr int64_t kTileHW = 64;
+  const int64_t hw_tiles = (HW + kTileHW - 1) / kTileHW;
+  at::parallel_for(0, N * hw_tiles, grain_for(kTileHW * C), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / hw_tiles, hw0 = (item % hw_tiles) * kTileHW;
+      const int64_t hw1 = std::min(HW, hw0 + kTileHW);
+      transpose_plane<T>(src + (n * HW + hw0) * C, C, hw1 - hw0, C, dst + n * C * HW + hw0, HW);
+    }
+  });
+}
+
+// An NHWC result (channels_last tensor `nhwc`) in `format`: as it is for
+// channels_last, else a contiguous NCHW copy.
+template <typename T>
+at::Tensor nhwc_in_format(const at::Tensor& nhwc, at::MemoryFormat format) {
+  if (format == at::MemoryFormat::ChannelsLast) return nhwc;
+  auto out = at::empty(nhwc.sizes(), nhwc.options().memory_format(at::MemoryFormat::Contiguous));
+  nhwc_to_nchw<T>(nhwc.const_data_ptr<T>(), out.mutable_data_ptr<T>(), nhwc.size(0),
+                  nhwc.size(1), nhwc.size(2) * nhwc.size(3));
+  return out;
+}
+
+}  // namespace CONV_EXT_ISA
+}  // namespace cpu
+}  // namespace conv_ext
