@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "conv2d_cpu_common.h"
+#include "conv2d_layout_kernels.h"
 #include "simd.h"
 
 namespace conv_ext {
@@ -27,16 +28,33 @@ inline constexpr int kPwK = 6;
 inline constexpr int kPwV = simd::kVectorBytes == 64 ? 4 : 2;
 
 // W[K][C] (any strides) packed as [ceil(K/kPwK)][C][kPwK], zero beyond K:
-// the kPwK broadcasts of one c come from one cache line.
+// the kPwK broadcasts of one c come from one cache line. Rows along C (the
+// forward's weights) go through the in-register transposes; the grad-input's
+// transposed view has its kPwK values of one c next to each other already.
 template <typename T>
 at::Tensor pack_pointwise_weights(const at::Tensor& weight2d) {
   const int64_t K = weight2d.size(0), C = weight2d.size(1);
+  const int64_t sk = weight2d.stride(0), sc = weight2d.stride(1);
   const int64_t Kt = (K + kPwK - 1) / kPwK;
-  auto packed = at::zeros({Kt, C, kPwK}, weight2d.options());
-  auto acc = weight2d.accessor<T, 2>();
+  auto packed = at::empty({Kt, C, kPwK}, weight2d.options());
+  const T* src = weight2d.const_data_ptr<T>();
   T* dst = packed.mutable_data_ptr<T>();
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < C; ++c) dst[((k / kPwK) * C + c) * kPwK + k % kPwK] = acc[k][c];
+  at::parallel_for(0, Kt, grain_for(C * kPwK), [&](int64_t begin, int64_t end) {
+    for (int64_t kt = begin; kt < end; ++kt) {
+      const int uk = static_cast<int>(std::min<int64_t>(kPwK, K - kt * kPwK));
+      const T* s = src + kt * kPwK * sk;
+      T* d = dst + kt * C * kPwK;
+      if (sc == 1) {
+        transpose_plane<T>(s, sk, uk, C, d, kPwK);
+      } else {
+        for (int64_t c = 0; c < C; ++c)
+          for (int i = 0; i < uk; ++i) d[c * kPwK + i] = s[i * sk + c * sc];
+      }
+      if (uk < kPwK) {
+        for (int64_t c = 0; c < C; ++c) std::fill(d + c * kPwK + uk, d + (c + 1) * kPwK, T(0));
+      }
+    }
+  });
   return packed;
 }
 
