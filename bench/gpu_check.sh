@@ -38,7 +38,7 @@ status=0
 if [ -z "${SKIP_TESTS:-}" ]; then
   say "CUDA tests"
   t0=$(date +%s)
-  $PY -m pytest tests/test_cuda.py -m cuda -q -x --no-header -p no:cacheprovider \
+  $PY -m pytest tests/test_cuda.py -m cuda -q --no-header -rf --timeout=300 -p no:cacheprovider \
       ${PYTEST_ARGS:-} 2>&1 | tail -n 40 | tee -a "$LOG"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   say "tests took $(( $(date +%s) - t0 ))s, status $status"

@@ -191,7 +191,14 @@ def analyse(extension, cuobjdump=None):
     usage = _resource_usage(subprocess.run([cuobjdump, "-res-usage", extension],
                                            capture_output=True, text=True, check=True).stdout)
     stats = []
+    seen = set()
     for mangled, body in _sass_functions(sass):
+        # A kernel template instantiated in several translation units (one
+        # per op, csrc/cuda/conv2d_cuda_<op>.cu) is in several cubins, the
+        # same code each time: count it once.
+        if mangled in seen:
+            continue
+        seen.add(mangled)
         s = KernelStats(mangled=mangled, instructions=len(body))
         s.registers, s.shared_bytes, s.local_bytes = usage.get(mangled, (0, 0, 0))
         ops = collections.Counter(_opcode(x) for _, x in body)

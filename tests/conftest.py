@@ -61,5 +61,7 @@ def emu():
     from cuda_emulation.build import load
     module = load()
     module.force_tile("")
+    module.force_mma_splits(0)
     yield module
     module.force_tile("")
+    module.force_mma_splits(0)

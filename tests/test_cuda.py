@@ -203,3 +203,44 @@ def test_module_on_cuda_matches_nn_conv2d():
     ref(x).square().sum().backward()
     torch.testing.assert_close(mine.weight.grad, ref.weight.grad)
     torch.testing.assert_close(mine.bias.grad, ref.bias.grad)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("config", [
+    (3, 64, 29, 31, 96, 3, 3, 1, 1, 1, 1),
+    (2, 128, 28, 28, 256, 1, 1, 2, 0, 1, 1),
+    (2, 96, 23, 23, 80, 3, 3, 2, 1, 1, 1),
+    (2, 64, 40, 40, 64, 3, 3, 1, 2, 2, 4),
+], ids=config_id)
+def test_tf32_tensor_cores_match_float64(config, layout):
+    # torch's default for float32 convolutions on a GPU is TF32; conv_ext then
+    # runs its tensor-core kernels (forward, grad-input, grad-weight). Each
+    # pass must be within TF32 rounding of the float64 reference, and must
+    # differ from the exact float32 result (else the TF32 kernels did not run).
+    from helpers import set_cudnn_allow_tf32
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = config
+    args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    x = make_layout(torch.randn(N, C, H, W, device="cuda"), layout).requires_grad_()
+    w = make_layout(torch.randn(K, C // groups, R, S, device="cuda"), layout).requires_grad_()
+    gy = None
+    results = {}
+    before = torch.backends.cudnn.allow_tf32
+    try:
+        for tf32 in (False, True):
+            set_cudnn_allow_tf32(tf32)
+            y = conv_ext.conv2d(x, w, None, **args)
+            if gy is None:
+                gy = torch.randn(y.shape, device="cuda")
+            results[tf32] = (y, *torch.autograd.grad(y, (x, w), gy))
+    finally:
+        set_cudnn_allow_tf32(before)
+    y_ref, grads_ref = _reference(x, w, None, gy, args)
+    for name, want, exact, tf32 in zip(("output", "grad input", "grad weight"), (y_ref, *grads_ref),
+                                      results[False], results[True]):
+        _assert_close_scaled(exact, want, torch.float32, name + " (fp32)")
+        got = tf32.detach().cpu().double()
+        scale = want.abs().max().item() + 1.0
+        err = (got - want).abs().max().item()
+        assert err <= 5e-3 * scale, f"{name} (tf32): max error {err:.3g} > 5e-3 x {scale:.3g}"
+        if name != "grad input" or stride == 1:  # stride-2 grad-input has no TF32 kernel yet
+            assert not torch.equal(tf32, exact), f"{name}: TF32 result equals the float32 one"

@@ -274,3 +274,20 @@ def test_depthwise_falls_back_when_the_tile_cannot_fit(emu):
     assert _plan(emu, "backward_input", config).startswith("depthwise ")
     x, w, b, args = _random_problem(config, torch.float64)
     check_emulated(emu, x, w, b, **args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 72, 9, 15), (3, 65, 1, 67), (2, 130, 8, 9)],
+                         ids=str)
+def test_memory_format_copy_is_exact(emu, shape, dtype):
+    # The transpose kernel behind the CUDA backends' NCHW <-> channels_last
+    # copies: exact both ways, partial tiles on both axes included.
+    x = torch.randn(shape).to(dtype)
+    cl = emu.to_memory_format(x, True)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, x)
+    back = emu.to_memory_format(cl, False)
+    assert back.is_contiguous() and torch.equal(back, x)
+    # Views that are neither layout take torch's copy, also exact.
+    view = x[:, :, ::2]
+    assert torch.equal(emu.to_memory_format(view, True), view)

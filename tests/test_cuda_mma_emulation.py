@@ -155,9 +155,13 @@ GRAD_INPUT_CONFIGS = [c for c in MMA_CONFIGS if c[7] == 1 and (c[4] // c[10]) % 
 ]
 
 
-def _grad_input(emu, x, w, args):
+def _grad_input(emu, x, w, args, round_tf32=False):
+    """grad-input through the emulation and its float64 reference (on the
+    inputs rounded to TF32 where round_tf32: what the tensor cores see)."""
     gy = torch.randn(F.conv2d(x.double(), w.double(), None, *args).shape).to(x.dtype)
     got = emu.conv2d_backward_input(gy, w, list(x.shape), *args)
+    if round_tf32:
+        w, gy = _tf32(w), _tf32(gy)
     want = torch.nn.grad.conv2d_input(x.shape, w.double(), gy.double(), *args)
     return got, want
 
@@ -189,3 +193,77 @@ def test_grad_input_outside_stride_1_takes_simt(emu, config):
     got, want = _grad_input(emu, x, w, args)
     assert emu.last_dense_path("backward_input") == "simt"
     torch.testing.assert_close(got.double(), want, **MMA_TOLERANCES[torch.bfloat16])
+
+
+@pytest.fixture
+def mma_tile(emu, request):
+    emu.force_tile("mma:" + request.param)
+    yield request.param
+    emu.force_tile("")
+
+
+@pytest.mark.parametrize("mma_tile", ["128x64", "128x64deep", "128x128", "64x64"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("config", [MMA_CONFIGS[0], MMA_CONFIGS[3], MMA_CONFIGS[4], MMA_CONFIGS[5],
+                                    (1, 72, 5, 6, 136, 3, 3, 1, 1, 1, 1)], ids=_ids)
+def test_each_forward_tile(emu, mma_tile, config, dtype, request):
+    # Every tensor-core tile (forced; conv2d_forward_mma.h picks one by
+    # shape): ragged M and N tiles, a ragged last slab (48 and 72 channels),
+    # groups, output channels that are whole 16-byte vectors (the staged
+    # epilogue's vector stores) and that are not (70).
+    if dtype == torch.float32:
+        request.getfixturevalue("tf32")
+    x, w, b, args = _problem(config, dtype)
+    out = emu.conv2d_forward(x, w, b, *args)
+    assert emu.last_dense_path("forward") == "mma"
+    if dtype == torch.float32:
+        want = F.conv2d(_tf32(x).double(), _tf32(w).double(), b.double(), *args)
+        torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-4)
+    else:
+        want = F.conv2d(x.double(), w.double(), b.double(), *args)
+        torch.testing.assert_close(out.double(), want, **MMA_TOLERANCES[dtype])
+    vector = 4 if dtype == torch.float32 else 8
+    on_mma = args[0] == [1, 1] and (config[4] // config[10]) % vector == 0
+    got, want = _grad_input(emu, x, w, args, round_tf32=on_mma and dtype == torch.float32)
+    if on_mma:
+        assert emu.last_dense_path("backward_input") == "mma"
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else MMA_TOLERANCES[dtype]
+    torch.testing.assert_close(got.double(), want, **tol)
+
+
+def test_unknown_forward_tile_is_an_error(emu):
+    x, w, b, args = _problem(MMA_CONFIGS[0], torch.bfloat16)
+    emu.force_tile("mma:96x96")
+    try:
+        with pytest.raises(RuntimeError, match="unknown tensor-core tile"):
+            emu.conv2d_forward(x, w, b, *args)
+    finally:
+        emu.force_tile("")
+
+
+@pytest.mark.parametrize("splits", [2, 50])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("config", [MMA_CONFIGS[0], MMA_CONFIGS[3], MMA_CONFIGS[4],
+                                    (1, 72, 5, 6, 136, 3, 3, 1, 1, 1, 1)], ids=_ids)
+def test_split_reduction_forward(emu, config, dtype, splits, request):
+    # The reduction split over blocks (fp32 partials, bias in split 0's,
+    # summed in a fixed order); 50 is more splits than slabs (clamped).
+    if dtype == torch.float32:
+        request.getfixturevalue("tf32")
+    x, w, b, args = _problem(config, dtype)
+    emu.force_mma_splits(splits)
+    try:
+        out = emu.conv2d_forward(x, w, b, *args)
+        assert emu.last_dense_path("forward") == "mma"
+        assert torch.equal(out, emu.conv2d_forward(x, w, b, *args))  # fixed order
+        got, want_gi = _grad_input(emu, x, w, args, round_tf32=dtype == torch.float32)
+    finally:
+        emu.force_mma_splits(0)
+    if dtype == torch.float32:
+        want = F.conv2d(_tf32(x).double(), _tf32(w).double(), b.double(), *args)
+        torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(got.double(), want_gi, rtol=1e-5, atol=1e-4)
+    else:
+        want = F.conv2d(x.double(), w.double(), b.double(), *args)
+        torch.testing.assert_close(out.double(), want, **MMA_TOLERANCES[dtype])
+        torch.testing.assert_close(got.double(), want_gi, **MMA_TOLERANCES[dtype])

@@ -68,8 +68,8 @@ bool run_backward_weight_mma(const Launcher& launch, const Conv2dShape& s,
       ceil_div(plan.chunk, WgradTile::rows(static_cast<int>(c10::elementSize(dtype)))) > kIntMax) {
     return false;
   }
-  const auto gy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
-  const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor gy = to_memory_format(launch, grad_output, at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = to_memory_format(launch, input, at::MemoryFormat::ChannelsLast);
   if (!aligned16(gy.const_data_ptr()) || !aligned16(x.const_data_ptr())) return false;
   // fp32 partials from torch's caching allocator; the sum casts into the
   // channels_last weight (K x R x S x Cg in memory).

@@ -8,6 +8,7 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "conv2d_cuda_geometry.h"
@@ -73,6 +74,16 @@ __device__ __forceinline__ void load_four(const T* p, T (&out)[4]) {
   }
 }
 
+// Copies 16 bytes between 16-byte aligned addresses (global or shared) in
+// one 128-bit load and store; the emulation copies bytes.
+__device__ __forceinline__ void copy16(void* dst, const void* src) {
+#ifdef CONV_EXT_CUDA_EMULATION
+  std::memcpy(dst, src, 16);
+#else
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+#endif
+}
+
 // The block's shared-memory array number Id of N elements of T. Kernels get
 // all shared memory through this (never a bare __shared__ declaration): the
 // emulation gives each array its own heap allocation of exactly N elements,
@@ -86,6 +97,19 @@ __device__ __forceinline__ T* shared_array() {
   // 16-byte aligned for load_four.
   __shared__ __align__(16) T storage[N];
   return storage;
+#endif
+}
+
+// The block's dynamic shared memory, Bytes of it (the launch passes
+// LaunchDims::shared_bytes = Bytes): tiles over 48 KB need it. The emulation
+// gives it its own bounds-checked array, as shared_array does.
+template <int Bytes, int Id>
+__device__ __forceinline__ unsigned char* dynamic_shared_bytes() {
+#ifdef CONV_EXT_CUDA_EMULATION
+  return ::cuda_emulation::shared_array<unsigned char, Bytes, Id>();
+#else
+  extern __shared__ __align__(16) unsigned char dynamic_shared[];
+  return dynamic_shared;
 #endif
 }
 

@@ -26,6 +26,7 @@ namespace cuda {
 struct LaunchDims {
   uint32_t grid[3];
   uint32_t block;
+  uint32_t shared_bytes = 0;  // dynamic shared memory (dynamic_shared_bytes)
 };
 
 }  // namespace cuda
@@ -84,10 +85,10 @@ at::Tensor conv2d_forward_cuda_backend(const Launcher& launch, const at::Tensor&
   if (try_conv2d_forward_mma(launch, g, input, weight, b,
                              input.scalar_type() == at::kFloat && torch_allows_tf32_conv(),
                              mma_output)) {
-    return mma_output.contiguous(format);
+    return to_memory_format(launch, mma_output, format);
   }
   auto output = at::empty(g.output_sizes(), input.options());
-  const auto x = input.contiguous();
+  const at::Tensor x = to_memory_format(launch, input, at::MemoryFormat::Contiguous);
   const auto w = weight.contiguous();
   const LaunchPlan plan = plan_conv2d_forward(g, input.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -115,7 +116,7 @@ at::Tensor conv2d_forward_cuda_backend(const Launcher& launch, const at::Tensor&
           launch(conv2d_forward_gemm_kernel<scalar_t, decltype(tile)>, dims_of(plan), params);
         });
       });
-  return output;
+  return to_memory_format(launch, output, format);
 }
 
 template <typename Launcher>
@@ -129,10 +130,10 @@ at::Tensor conv2d_backward_input_cuda_backend(const Launcher& launch,
   if (try_conv2d_backward_input_mma(
           launch, g, grad_output, weight,
           grad_output.scalar_type() == at::kFloat && torch_allows_tf32_conv(), mma_grad_input)) {
-    return mma_grad_input.contiguous(format);
+    return to_memory_format(launch, mma_grad_input, format);
   }
   auto grad_input = at::empty(g.input_sizes(), grad_output.options());
-  const auto gy = grad_output.contiguous();
+  const at::Tensor gy = to_memory_format(launch, grad_output, at::MemoryFormat::Contiguous);
   const auto w = weight.contiguous();
   const LaunchPlan plan = plan_conv2d_backward_input(g, grad_output.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -161,7 +162,7 @@ at::Tensor conv2d_backward_input_cuda_backend(const Launcher& launch,
           launch(conv2d_backward_input_gemm_kernel<scalar_t, decltype(tile)>, dims_of(plan), params);
         });
       });
-  return grad_input;
+  return to_memory_format(launch, grad_input, format);
 }
 
 template <typename Launcher>
@@ -177,8 +178,8 @@ at::Tensor conv2d_backward_weight_cuda_backend(const Launcher& launch,
     return mma_grad_weight;
   }
   auto grad_weight = at::empty(g.weight_sizes(), grad_output.options());
-  const auto gy = grad_output.contiguous();
-  const auto x = input.contiguous();
+  const at::Tensor gy = to_memory_format(launch, grad_output, at::MemoryFormat::Contiguous);
+  const at::Tensor x = to_memory_format(launch, input, at::MemoryFormat::Contiguous);
   const LaunchPlan plan = plan_conv2d_backward_weight(g, grad_output.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_output.scalar_type(),

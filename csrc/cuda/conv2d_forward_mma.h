@@ -8,9 +8,12 @@
 #include <ATen/Context.h>
 #include <torch/version.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "../conv2d_params.h"
+#include "conv2d_cuda_layout.h"
 #include "conv2d_cuda_plan.h"
 #include "conv2d_forward_mma_kernels.cuh"
 
@@ -56,12 +59,100 @@ inline bool forward_mma_applies(const Conv2dShape& s, at::ScalarType dtype, bool
                                 bool device_has_mma) {
   if (!device_has_mma || s.C_per_group <= 1) return false;
   const std::string& forced = forced_tile();
-  if (!forced.empty() && forced != "mma") return false;
+  if (!forced.empty() && forced.rfind("mma", 0) != 0) return false;  // "mma" or "mma:<tile>"
   const int64_t vector = mma_vector_channels(dtype, allow_tf32);
   return vector > 0 && s.C_per_group % vector == 0;
 }
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The forward's tensor-core tiles (conv2d_forward_mma_kernels.cuh).
+enum class MmaForwardTile { k128x64, k128x64Deep, k128x128, k64x64 };
+
+inline MmaForwardTile mma_forward_tile_by_name(const std::string& name) {
+  if (name == "128x64") return MmaForwardTile::k128x64;
+  if (name == "128x64deep") return MmaForwardTile::k128x64Deep;
+  if (name == "128x128") return MmaForwardTile::k128x128;
+  if (name == "64x64") return MmaForwardTile::k64x64;
+  TORCH_CHECK(false, "conv_ext: unknown tensor-core tile '", name,
+              "' (expected 128x64, 128x64deep, 128x128 or 64x64)");
+}
+
+// The tile of a forward problem: one forced by the test hook (forced_tile()
+// = "mma:<tile>") or by the environment variable CONV_EXT_MMA_TILE (to
+// compare the tiles on a GPU), else 128 x 64.
+inline MmaForwardTile choose_mma_forward_tile(const Conv2dShape&) {
+  const std::string& forced = forced_tile();
+  if (forced.rfind("mma:", 0) == 0) return mma_forward_tile_by_name(forced.substr(4));
+  if (const char* env = std::getenv("CONV_EXT_MMA_TILE"); env != nullptr && *env != 0) {
+    return mma_forward_tile_by_name(env);
+  }
+  return MmaForwardTile::k128x64;
+}
+
+// Test hook: split the tensor-core forward's reduction this many ways (0:
+// choose by shape); the environment variable CONV_EXT_MMA_SPLITS does the
+// same on a GPU.
+inline int& forced_mma_splits() {
+  static int splits = 0;
+  return splits;
+}
+
+// How many ways to split the reduction of a forward problem with `tiles`
+// output tiles and `slabs` reduction steps per tile: 1 unless forced.
+inline int64_t choose_mma_forward_splits(int64_t tiles, int64_t slabs) {
+  (void)tiles;
+  int64_t splits = forced_mma_splits();
+  if (splits == 0) {
+    const char* env = std::getenv("CONV_EXT_MMA_SPLITS");
+    splits = env != nullptr && *env != 0 ? std::atoll(env) : 1;
+  }
+  return std::max<int64_t>(1, std::min<int64_t>({splits, slabs, kMaxGridYZ}));
+}
+
+template <typename Tile, typename Launcher>
+void launch_forward_mma(const Launcher& launch, const Conv2dShape& s, const at::Tensor& x,
+                        const at::Tensor& w, const at::Tensor& bias, at::Tensor& output) {
+  const int64_t M = s.N * s.P * s.Q;
+  const int64_t tiles_m = ceil_div(M, Tile::BM), tiles_n = ceil_div(s.K_per_group, Tile::BN);
+  const int slab_channels = Tile::kSlabBytes / static_cast<int>(x.element_size());
+  const int64_t slabs = s.R * s.S * ceil_div(s.C_per_group, slab_channels);
+  int64_t splits = choose_mma_forward_splits(tiles_m * tiles_n * s.groups, slabs);
+  // Every split non-empty: slabs_per_split * (splits - 1) < slabs.
+  const int64_t slabs_per_split = ceil_div(slabs, splits);
+  splits = ceil_div(slabs, slabs_per_split);
+  // fp32 partials [splits][M][K] from torch's caching allocator.
+  const at::Tensor partials =
+      splits > 1 ? at::empty({splits, M * s.K}, x.options().dtype(at::kFloat)) : at::Tensor();
+  const auto run = [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const LaunchDims dims{
+        {grid_dim(tiles_m, kMaxGridX), grid_dim(tiles_n * s.groups, kMaxGridYZ),
+         static_cast<uint32_t>(splits)},
+        static_cast<uint32_t>(Tile::kThreads),
+        static_cast<uint32_t>(mma_forward_shared_bytes<scalar_t, Tile>())};
+    const MmaForwardParams<scalar_t> params{
+        x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+        bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
+        output.mutable_data_ptr<scalar_t>(), s, tiles_m, tiles_n,
+        tiles_n * s.groups,
+        splits > 1 ? partials.mutable_data_ptr<float>() : nullptr,
+        static_cast<int>(slabs_per_split)};
+    launch(conv2d_forward_mma_kernel<scalar_t, Tile>, dims, params);
+    if (splits > 1) {
+      const int64_t count = M * s.K;
+      launch(sum_splits_kernel<scalar_t, float>,
+             LaunchDims{{grid_dim(ceil_div(count, kReduceThreads), kMaxElementwiseBlocks), 1, 1},
+                        static_cast<uint32_t>(kReduceThreads)},
+             partials.const_data_ptr<float>(), splits, count, output.mutable_data_ptr<scalar_t>());
+    }
+  };
+  switch (x.scalar_type()) {
+    case at::kHalf: run(c10::Half{}); break;
+    case at::kBFloat16: run(c10::BFloat16{}); break;
+    default: run(float{}); break;
+  }
+}
 
 // Runs the forward on the tensor cores into `output` (allocated here,
 // channels_last) if forward_mma_applies and the tensors are aligned;
@@ -71,30 +162,24 @@ bool run_forward_mma(const Launcher& launch, const Conv2dShape& s, const at::Ten
                      const at::Tensor& weight, const at::Tensor& bias, bool allow_tf32,
                      at::Tensor& output) {
   if (!forward_mma_applies(s, input.scalar_type(), allow_tf32, launch.has_mma())) return false;
-  const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
-  const auto w = weight.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = to_memory_format(launch, input, at::MemoryFormat::ChannelsLast);
+  const at::Tensor w = to_memory_format(launch, weight, at::MemoryFormat::ChannelsLast);
   if (!aligned16(x.const_data_ptr()) || !aligned16(w.const_data_ptr())) return false;
-  using Tile = MmaTile128x64;
   output = at::empty(s.output_sizes(),
                      input.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const int64_t M = s.N * s.P * s.Q;
-  const int64_t tiles_m = ceil_div(M, Tile::BM), tiles_n = ceil_div(s.K_per_group, Tile::BN);
-  const LaunchDims dims{
-      {grid_dim(tiles_m, kMaxGridX), grid_dim(tiles_n * s.groups, kMaxGridYZ), 1},
-      static_cast<uint32_t>(Tile::kThreads)};
-  const auto run = [&](auto tag) {
-    using scalar_t = decltype(tag);
-    const MmaForwardParams<scalar_t> params{
-        x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-        bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
-        output.mutable_data_ptr<scalar_t>(), s, tiles_m, tiles_n,
-        tiles_n * s.groups};
-    launch(conv2d_forward_mma_kernel<scalar_t, Tile>, dims, params);
-  };
-  switch (input.scalar_type()) {
-    case at::kHalf: run(c10::Half{}); break;
-    case at::kBFloat16: run(c10::BFloat16{}); break;
-    default: run(float{}); break;
+  switch (choose_mma_forward_tile(s)) {
+    case MmaForwardTile::k128x64Deep:
+      launch_forward_mma<MmaTile128x64Deep>(launch, s, x, w, bias, output);
+      break;
+    case MmaForwardTile::k128x128:
+      launch_forward_mma<MmaTile128x128>(launch, s, x, w, bias, output);
+      break;
+    case MmaForwardTile::k64x64:
+      launch_forward_mma<MmaTile64x64>(launch, s, x, w, bias, output);
+      break;
+    default:
+      launch_forward_mma<MmaTile128x64>(launch, s, x, w, bias, output);
+      break;
   }
   return true;
 }

@@ -26,27 +26,108 @@ namespace conv_ext {
 namespace cuda {
 
 // A block tile of BM x BN outputs, WarpsM x WarpsN warps, Stages slabs in
-// flight. A slab is 64 bytes of reduction per row; shared rows are padded to
-// 80 bytes so that the 8 rows an ldmatrix reads hit distinct banks.
-template <int BM_, int BN_, int WarpsM_, int WarpsN_, int Stages_>
+// flight. A slab is SlabBytes (64 or 128) of reduction per row; shared rows
+// are padded by 16 bytes so that the 8 rows an ldmatrix reads hit distinct
+// banks (row strides of 20 or 36 words).
+template <int BM_, int BN_, int WarpsM_, int WarpsN_, int Stages_, int SlabBytes_ = 64>
 struct MmaTile {
   static constexpr int BM = BM_, BN = BN_, kWarpsM = WarpsM_, kWarpsN = WarpsN_;
   static constexpr int kStages = Stages_;
   static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
   static constexpr int kWarpM = BM / kWarpsM, kWarpN = BN / kWarpsN;  // warp tile
   static constexpr int kFragsM = kWarpM / 16, kFragsN = kWarpN / 8;   // mma tiles per warp
-  static constexpr int kSlabBytes = 64, kRowBytes = 80;
+  static constexpr int kSlabBytes = SlabBytes_, kRowBytes = SlabBytes_ + 16;
   static constexpr int kVectorsPerRow = kSlabBytes / 16;
+  static_assert(kSlabBytes == 64 || kSlabBytes == 128, "64 or 128 bytes of reduction per slab");
   static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "warp tile of whole 16x16 fragments");
   static_assert((BM * kVectorsPerRow) % kThreads == 0 && (BN * kVectorsPerRow) % kThreads == 0,
                 "whole vectors per thread");
-  // Bytes of one stage and of the ring.
+  // Bytes of one stage and of the ring (dynamic shared memory).
   static constexpr int kStageBytes = (BM + BN) * kRowBytes;
   static constexpr int kSharedBytes = kStages * kStageBytes;
 };
 
-// 128 x 64 outputs, 4 warps of 64 x 32, 3 stages: 46 KB of shared memory.
+// The forward's tiles (conv2d_forward_mma.h picks one per problem):
+// 128 x 64 outputs, 4 warps of 64 x 32, 3 stages of 64-byte slabs: 46 KB.
 using MmaTile128x64 = MmaTile<128, 64, 2, 2, 3>;
+// The same with 128-byte slabs (half the barriers and gather set-up per
+// reduction step): 83 KB.
+using MmaTile128x64Deep = MmaTile<128, 64, 2, 2, 3, 128>;
+// 128 x 128 outputs, 8 warps of 64 x 32, 3 stages: 61 KB.
+using MmaTile128x128 = MmaTile<128, 128, 2, 4, 3>;
+// 64 x 64 outputs, 4 warps of 32 x 32, 4 stages: 41 KB; four times the
+// tiles of 128 x 64 for problems with few output pixels.
+using MmaTile64x64 = MmaTile<64, 64, 2, 2, 4>;
+
+// Shared memory of the forward kernel: the ring, or the epilogue's staged
+// output tile (BM rows of BN elements + 16 bytes; fp32 partials when the
+// reduction is split) where that is larger.
+template <typename out_t, typename Tile>
+constexpr int mma_out_row_bytes() {
+  return Tile::BN * static_cast<int>(sizeof(out_t)) + 16;
+}
+template <typename scalar_t, typename Tile>
+constexpr int mma_forward_shared_bytes() {
+  const int out_tile = Tile::BM * mma_out_row_bytes<float, Tile>();
+  return out_tile > Tile::kSharedBytes ? out_tile : Tile::kSharedBytes;
+}
+
+// The epilogue, in two steps so that a tile's stores are whole 16-byte
+// vectors of output rows rather than scattered 2- or 4-byte elements: (1)
+// accumulator (i, j, e), which is D[row gid (+8)][column 2 tig (+1)], plus
+// bias (nullptr: none), as out_t into a BM x BN tile staged in the (idle)
+// ring, rows padded by 16 bytes; (2) the tile's rows out: row m of the tile
+// to out + m * row_stride, columns below `columns`. Ends with a barrier (the
+// next tile's loads reuse the ring).
+template <typename out_t, typename Tile, typename bias_t>
+__device__ __forceinline__ void store_mma_tile(
+    const float (&acc)[Tile::kFragsM][Tile::kFragsN][4], const bias_t* bias,
+    unsigned char* ring, out_t* out, int64_t row_stride, int64_t rows, int64_t columns) {
+  constexpr int kOutRowBytes = mma_out_row_bytes<out_t, Tile>();
+  constexpr int kVector = 16 / static_cast<int>(sizeof(out_t));
+  const int tid = threadIdx.x, lane = lane_id(), warp = tid / 32;
+  const int warp_m = warp % Tile::kWarpsM, warp_n = warp / Tile::kWarpsM;
+  const int gid = lane / 4, tig = lane % 4;
+#pragma unroll
+  for (int j = 0; j < Tile::kFragsN; ++j) {
+    const int col = warp_n * Tile::kWarpN + j * 8 + 2 * tig;
+    float b[2] = {0.f, 0.f};
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (bias != nullptr && col + e < columns) b[e] = load_as<float>(bias + col + e);
+    }
+#pragma unroll
+    for (int i = 0; i < Tile::kFragsM; ++i) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = warp_m * Tile::kWarpM + i * 16 + gid + 8 * half;
+        auto* staged = reinterpret_cast<out_t*>(ring + row * kOutRowBytes) + col;
+        staged[0] = static_cast<out_t>(acc[i][j][2 * half] + b[0]);
+        staged[1] = static_cast<out_t>(acc[i][j][2 * half + 1] + b[1]);
+      }
+    }
+  }
+  __syncthreads();
+  // Whole vectors where every row starts 16-byte aligned and the columns
+  // are whole vectors; else element by element (the same values).
+  const bool whole_vectors = row_stride % kVector == 0 && columns % kVector == 0 &&
+                             reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  constexpr int kVectorsPerOutRow = Tile::BN / kVector;
+  for (int idx = tid; idx < Tile::BM * kVectorsPerOutRow; idx += Tile::kThreads) {
+    const int row = idx / kVectorsPerOutRow, v = idx % kVectorsPerOutRow;
+    const int64_t n = static_cast<int64_t>(v) * kVector;
+    if (row >= rows || n >= columns) continue;
+    out_t* dst = out + row * row_stride + n;
+    const unsigned char* staged = ring + row * kOutRowBytes + v * 16;
+    if (whole_vectors) {
+      copy16(dst, staged);
+    } else {
+      const auto* elems = reinterpret_cast<const out_t*>(staged);
+      for (int e = 0; e < kVector && n + e < columns; ++e) dst[e] = elems[e];
+    }
+  }
+  __syncthreads();
+}
 
 template <typename scalar_t>
 struct MmaForwardParams {
@@ -57,6 +138,12 @@ struct MmaForwardParams {
   Conv2dShape g;
   int64_t tiles_m, tiles_n;
   int64_t tiles_y;  // tiles_n * groups, read from the parameter bank (a register spilled)
+  // Split reduction (gridDim.z = splits > 1): split z sums slabs
+  // [z * slabs_per_split, (z + 1) * slabs_per_split) into fp32 partials
+  // [splits][N*P*Q][K] (bias in split 0's), summed by sum_splits_kernel in
+  // a fixed order; nullptr when not split.
+  float* partials;
+  int slabs_per_split;
 };
 
 // One thread's share of a slab of one operand: Rows rows (kRowStride apart)
@@ -87,8 +174,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
   constexpr int kRowsB = Tile::BN * Tile::kVectorsPerRow / Tile::kThreads;
   static_assert(kTf32 || sizeof(scalar_t) == 2, "bf16/fp16 or tf32");
 
-  auto* ring = reinterpret_cast<unsigned char*>(
-      shared_array<uint32_t, Tile::kSharedBytes / 4, 20>());
+  unsigned char* ring = dynamic_shared_bytes<mma_forward_shared_bytes<scalar_t, Tile>(), 20>();
   const Conv2dShape& g = p.g;
   const int tid = threadIdx.x, lane = lane_id(), warp = tid / 32;
   const int warp_m = warp % Tile::kWarpsM, warp_n = warp / Tile::kWarpsM;
@@ -126,8 +212,17 @@ __global__ void __launch_bounds__(Tile::kThreads)
                     b_rows.vector * kVector;
       }
 
-      // The next slab to load: tap (r, s), channel chunk start c0.
-      int load_r = 0, load_s = 0, load_c0 = 0, loaded = 0;
+      // This block's slabs: all, or its split's range (the host makes every
+      // split non-empty). The next slab to load: tap (r, s), channel chunk
+      // start c0, from the first one.
+      const int first_slab = static_cast<int>(blockIdx.z) * p.slabs_per_split;
+      const int count = p.partials == nullptr ? slabs
+                                                : (slabs - first_slab < p.slabs_per_split
+                                                       ? slabs - first_slab
+                                                       : p.slabs_per_split);
+      const int first_tap = first_slab / c_chunks;
+      int load_r = first_tap / static_cast<int>(g.S), load_s = first_tap % static_cast<int>(g.S);
+      int load_c0 = (first_slab % c_chunks) * kSlabChannels, loaded = 0;
       const auto load_slab = [&](int stage) {
         unsigned char* a_smem = ring + stage * Tile::kStageBytes;
         unsigned char* b_smem = a_smem + Tile::BM * Tile::kRowBytes;
@@ -175,16 +270,16 @@ __global__ void __launch_bounds__(Tile::kThreads)
       // the group count, and so the waits, uniform).
 #pragma unroll
       for (int stage = 0; stage < Tile::kStages - 1; ++stage) {
-        if (loaded < slabs) load_slab(stage);
+        if (loaded < count) load_slab(stage);
         cp_async_commit();
       }
-      for (int t = 0; t < slabs; ++t) {
+      for (int t = 0; t < count; ++t) {
         // Slab t has landed (this thread's copies), and after the barrier
         // everyone's; everyone is also done computing on slab t - 1, whose
         // stage the next load reuses.
         cp_async_wait<Tile::kStages - 2>();
         __syncthreads();
-        if (loaded < slabs) load_slab((t + Tile::kStages - 1) % Tile::kStages);
+        if (loaded < count) load_slab((t + Tile::kStages - 1) % Tile::kStages);
         cp_async_commit();
 
         const unsigned char* a_smem = ring + (t % Tile::kStages) * Tile::kStageBytes;
@@ -239,27 +334,17 @@ __global__ void __launch_bounds__(Tile::kThreads)
       cp_async_wait<0>();
       __syncthreads();
 
-      // Epilogue: accumulator (i, j, e) is D[row g (+8)][column 2t (+1)].
-      const int gid = lane / 4, tig = lane % 4;
-#pragma unroll
-      for (int i = 0; i < Tile::kFragsM; ++i) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int64_t m = m0 + warp_m * Tile::kWarpM + i * 16 + gid + 8 * half;
-          if (m >= M) continue;
-          scalar_t* out = p.output + m * g.K + group * g.K_per_group;
-#pragma unroll
-          for (int j = 0; j < Tile::kFragsN; ++j) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const int64_t n = n0 + warp_n * Tile::kWarpN + j * 8 + 2 * tig + e;
-              if (n >= g.K_per_group) continue;
-              const float bias =
-                  p.bias != nullptr ? load_as<float>(p.bias + group * g.K_per_group + n) : 0.f;
-              out[n] = static_cast<scalar_t>(acc[i][j][2 * half + e] + bias);
-            }
-          }
-        }
+      const int64_t rows = M - m0 < Tile::BM ? M - m0 : Tile::BM;
+      const int64_t columns = g.K_per_group - n0 < Tile::BN ? g.K_per_group - n0 : Tile::BN;
+      const int64_t first_column = group * g.K_per_group + n0;
+      const scalar_t* bias = p.bias == nullptr || blockIdx.z != 0 ? nullptr : p.bias + first_column;
+      if (p.partials == nullptr) {
+        store_mma_tile<scalar_t, Tile>(acc, bias, ring, p.output + m0 * g.K + first_column, g.K,
+                                       rows, columns);
+      } else {
+        float* partials = p.partials + static_cast<int64_t>(blockIdx.z) * M * g.K;
+        store_mma_tile<float, Tile>(acc, bias, ring, partials + m0 * g.K + first_column, g.K,
+                                    rows, columns);
       }
     }
   }

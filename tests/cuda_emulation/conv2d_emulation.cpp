@@ -85,10 +85,19 @@ std::string describe_plan(const std::string& op, std::vector<int64_t> input_size
 
 void force_tile(const std::string& tile) {
   TORCH_CHECK(tile.empty() || tile == "small" || tile == "large" || tile == "huge" || tile == "mma" ||
-                  tile == "elementwise",
+                  tile.rfind("mma:", 0) == 0 || tile == "elementwise",
               "unknown tile ", tile);
   cuda::forced_tile() = tile;
 }
+
+// The memory-format copy of the CUDA backends (conv2d_cuda_layout.h).
+at::Tensor to_memory_format(const at::Tensor& t, bool channels_last) {
+  return cuda::to_memory_format(EmulatedLauncher{}, t,
+                                channels_last ? at::MemoryFormat::ChannelsLast
+                                              : at::MemoryFormat::Contiguous);
+}
+
+void force_mma_splits(int64_t splits) { cuda::forced_mma_splits() = static_cast<int>(splits); }
 
 void force_wide_index(bool wide) { cuda::forced_wide_index() = wide; }
 
@@ -110,6 +119,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv2d_backward_weight", &backward_weight);
   m.def("conv2d_fused", &fused);
   m.def("describe_plan", &describe_plan);
+  m.def("force_mma_splits", &force_mma_splits, "tensor-core forward: split the reduction n ways (0: by shape)");
+  m.def("to_memory_format", &to_memory_format, "NCHW <-> channels_last as the CUDA backends copy");
   m.def("force_tile", &force_tile,
         "'small', 'large', 'huge', 'elementwise' (untiled depthwise) or '' (by shape)");
   m.def("force_wide_index", &force_wide_index, "depthwise kernels: 64-bit index decoding");
