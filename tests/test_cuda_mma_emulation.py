@@ -267,3 +267,16 @@ def test_split_reduction_forward(emu, config, dtype, splits, request):
         want = F.conv2d(x.double(), w.double(), b.double(), *args)
         torch.testing.assert_close(out.double(), want, **MMA_TOLERANCES[dtype])
         torch.testing.assert_close(got.double(), want_gi, **MMA_TOLERANCES[dtype])
+
+
+def test_split_chosen_by_shape(emu):
+    # One tile (of 132 SMs' worth) with 36 slabs of reduction: split in 2
+    # (at least 16 slabs each); a shallow reduction is not split.
+    x, w, b, args = _problem((1, 128, 6, 6, 64, 3, 3, 1, 1, 1, 1), torch.bfloat16)
+    out = emu.conv2d_forward(x, w, b, *args)
+    assert emu.last_dense_path("forward") == "mma" and emu.last_forward_mma_splits() == 2
+    torch.testing.assert_close(out.double(), F.conv2d(x.double(), w.double(), b.double(), *args),
+                               **MMA_TOLERANCES[torch.bfloat16])
+    x, w, b, args = _problem(MMA_CONFIGS[0], torch.bfloat16)
+    emu.conv2d_forward(x, w, b, *args)
+    assert emu.last_forward_mma_splits() == 1

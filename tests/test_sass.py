@@ -133,7 +133,7 @@ def test_tensor_core_kernel_per_pass(kernels, op, dtype):
 # TF32 128 x 64 forward at 168 registers (3 blocks per SM) rather than 202
 # without spills (__launch_bounds__(128, 1)); which is faster needs a GPU.
 KNOWN_TC_SPILLS = {
-    ("forward", "MmaTile<128, 64, 2, 2, 3, 64>", "float"): "4 LDL + 4 STL, 168 registers",
+    ("forward", "MmaTile<128, 64, 2, 2, 3, 64>", "float"): "4 LDL + 3 STL, 168 registers",
 }
 TC_FORWARD_TILES = ["MmaTile<128, 64, 2, 2, 3, 64>", "MmaTile<128, 64, 2, 2, 3, 128>",
                     "MmaTile<128, 128, 2, 4, 3, 64>", "MmaTile<64, 64, 2, 2, 4, 64>"]

@@ -55,6 +55,11 @@ at::Tensor depthwise_backward_input_cpu(const at::Tensor& grad_output, const at:
 template <typename T>
 at::Tensor dense_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
                                     const Conv2dShape& p, at::MemoryFormat format) {
+  if (format == at::MemoryFormat::Contiguous && dense_backward_input_writes_nchw<T>(p)) {
+    auto gx = at::empty(p.input_sizes(), grad_output.options());
+    dense_backward_input<T>(grad_output, weight, gx.mutable_data_ptr<T>(), p, /*nchw=*/true);
+    return gx;
+  }
   const auto options = grad_output.options().memory_format(at::MemoryFormat::ChannelsLast);
   // (at::zeros would ignore the memory format in options)
   auto gx = at::empty(p.input_sizes(), options);

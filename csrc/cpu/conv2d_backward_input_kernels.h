@@ -39,11 +39,25 @@ at::Tensor pack_phase_weights(const at::Tensor& weight, const std::vector<int64_
   return packed;
 }
 
+// Whether dense_backward_input can write grad_input as NCHW: at unit stride
+// its one phase problem covers the whole NHWC-contiguous grad_input, so the
+// dense kernel's NCHW output applies (dense_writes_nchw).
+template <typename T>
+bool dense_backward_input_writes_nchw(const Conv2dShape& p) {
+  return p.stride_h == 1 && p.stride_w == 1 &&
+         dense_writes_nchw<T>(DenseProblem{.N = p.N, .C = p.K, .Hp = 0, .Wp = 0, .K = p.C,
+                                           .R = p.R, .S = p.S, .P = p.H, .Q = p.W,
+                                           .stride_h = 1, .stride_w = 1, .dilation_h = 1,
+                                           .dilation_w = 1, .out_image = 0, .out_row = 0,
+                                           .out_pixel = 0});
+}
+
 // Dense grad-input into an NHWC buffer gx [N][H][W][C] (zeroed by the caller
-// when some phase has no taps).
+// when some phase has no taps), or, with nchw (where
+// dense_backward_input_writes_nchw), a contiguous NCHW one.
 template <typename T>
 void dense_backward_input(const at::Tensor& grad_output, const at::Tensor& weight, T* gx,
-                          const Conv2dShape& p) {
+                          const Conv2dShape& p, bool nchw = false) {
   std::vector<PhaseTapList> rows(p.stride_h), cols(p.stride_w);
   int64_t top = 0, bottom = 0, left = 0, right = 0;
   for (int64_t a = 0; a < p.stride_h; ++a) {
@@ -78,7 +92,7 @@ void dense_backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
                            .Q = ct.count, .stride_h = 1, .stride_w = 1,
                            .dilation_h = rt.spacing, .dilation_w = ct.spacing,
                            .out_image = p.H * p.W * p.C, .out_row = p.stride_h * p.W * p.C,
-                           .out_pixel = p.stride_w * p.C};
+                           .out_pixel = p.stride_w * p.C, .nchw = nchw};
       dense_forward<T>(gy.const_data_ptr<T>() + x_offset, w.const_data_ptr<T>(), nullptr,
                        gx + (ah * p.W + aw) * p.C, d);
     }

@@ -159,11 +159,22 @@ const TileTable<DenseTileFn<T>, kTilePixels, kTileNB>& dense_tile_table() {
 // then stored as whole vectors: the reads run along the source's contiguous
 // axis (taps of one filter row, or L filters' taps) instead of one element
 // per lane from L rows a whole filter apart.
+//
+// Where each lane's (c, t) values are one contiguous run (a contiguous
+// forward filter: c_stride = taps, tap_offset[t] = t), pack_contiguous_lanes
+// instead: L lanes x L values of the run through an in-register transpose.
+template <typename T>
+void pack_contiguous_lanes(const T* src, int64_t lanes, int64_t lane_stride, int64_t C,
+                           int64_t taps, T* dst);
+
 template <typename T>
 void pack_lane_blocks(const T* src, int64_t lanes, int64_t lane_stride, int64_t C,
                       int64_t c_stride, const std::vector<int64_t>& tap_offset, T* dst) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t taps = static_cast<int64_t>(tap_offset.size());
+  bool contiguous = c_stride == taps;
+  for (int64_t t = 0; t < taps; ++t) contiguous = contiguous && tap_offset[t] == t;
+  if (contiguous) return pack_contiguous_lanes<T>(src, lanes, lane_stride, C, taps, dst);
   const int64_t blocks = (lanes + L - 1) / L;
   constexpr int64_t kChannelChunk = 64;
   const int64_t chunks = (C + kChannelChunk - 1) / kChannelChunk;
@@ -181,6 +192,44 @@ void pack_lane_blocks(const T* src, int64_t lanes, int64_t lane_stride, int64_t 
           for (int64_t t = 0; t < taps; ++t) block[t * L + l] = s[l * lane_stride + tap_offset[t]];
         for (int64_t t = 0; t < taps; ++t)
           std::memcpy(out + (t * C + c) * L, block.data() + t * L, sizeof(T) * L);
+      }
+    }
+  });
+}
+
+// dst[b][t][c][l] = src[(b * L + l) * lane_stride + c * taps + t], zero for
+// b * L + l >= lanes. Per lane the (c, t) values are the run f = c * taps + t
+// (f < C * taps); L lanes x L values of it are transposed in registers and
+// each resulting vector of L lanes stored at its (t, c).
+template <typename T>
+void pack_contiguous_lanes(const T* src, int64_t lanes, int64_t lane_stride, int64_t C,
+                           int64_t taps, T* dst) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  const int64_t blocks = (lanes + L - 1) / L, run = C * taps;
+  constexpr int64_t kChunk = 64 * L;  // run elements per work item
+  const int64_t chunks = (run + kChunk - 1) / kChunk;
+  at::parallel_for(0, blocks * chunks, grain_for(kChunk * L), [&](int64_t begin, int64_t end) {
+    typename V::type v[L];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / chunks, f0 = (item % chunks) * kChunk;
+      const int64_t f1 = std::min(run, f0 + kChunk);
+      const int used = static_cast<int>(std::min<int64_t>(L, lanes - b * L));
+      const T* s = src + b * L * lane_stride;
+      T* out = dst + b * taps * C * L;
+      for (int64_t f = f0; f < f1; f += L) {
+        const int count = static_cast<int>(std::min<int64_t>(L, f1 - f));
+        for (int l = 0; l < L; ++l) {
+          v[l] = l >= used     ? V::zero()
+                 : count == L ? V::load(s + l * lane_stride + f)
+                              : V::load_partial(s + l * lane_stride + f, count);
+        }
+        transpose_square<T>(v);
+        int64_t c = f / taps, t = f % taps;
+        for (int j = 0; j < count; ++j) {
+          V::store(out + (t * C + c) * L, v[j]);
+          if (++t == taps) t = 0, ++c;
+        }
       }
     }
   });

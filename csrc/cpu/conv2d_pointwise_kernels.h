@@ -26,26 +26,13 @@ namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 inline constexpr int kPwK = 6;
 inline constexpr int kPwV = simd::kVectorBytes == 64 ? 4 : 2;
 
-// W[K][C] (any strides) packed as [ceil(K/kPwK)][C][kPwK], zero beyond K:
-// the kPwK broadcasts of one c come from one cache line.
-template <typename T>
-at::Tensor pack_pointwise_weights(const at::Tensor& weight2d) {
-  const int64_t K = weight2d.size(0), C = weight2d.size(1);
-  const int64_t Kt = (K + kPwK - 1) / kPwK;
-  auto packed = at::zeros({Kt, C, kPwK}, weight2d.options());
-  auto acc = weight2d.accessor<T, 2>();
-  T* dst = packed.mutable_data_ptr<T>();
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < C; ++c) dst[((k / kPwK) * C + c) * kPwK + k % kPwK] = acc[k][c];
-  return packed;
-}
-
 // One tile: UK output channels x UV vectors of pixels starting at x / out.
 // x: X[0][hw0] with row stride x_row (>= hw0 + UV*L readable in every row);
-// out: Y[k0][hw0] with row stride out_row; lanes: valid pixels (<= UV*L).
+// w: W[k0][0] with row stride w_row (unit stride along C); out: Y[k0][hw0]
+// with row stride out_row; lanes: valid pixels (<= UV*L).
 template <typename T, int UK, int UV>
-void pointwise_tile(const T* x, int64_t x_row, const T* w, int64_t C, const T* bias, T* out,
-                    int64_t out_row, int64_t lanes) {
+void pointwise_tile(const T* x, int64_t x_row, const T* w, int64_t w_row, int64_t C,
+                    const T* bias, T* out, int64_t out_row, int64_t lanes) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
   typename V::type acc[UK][UV];
@@ -57,7 +44,7 @@ void pointwise_tile(const T* x, int64_t x_row, const T* w, int64_t C, const T* b
     typename V::type xv[UV];
     for (int v = 0; v < UV; ++v) xv[v] = V::load(x + c * x_row + v * L);
     for (int i = 0; i < UK; ++i) {
-      const typename V::type wb = V::broadcast(w[c * kPwK + i]);
+      const typename V::type wb = V::broadcast(w[i * w_row + c]);
       for (int v = 0; v < UV; ++v) acc[i][v] = simd::fmadd(wb, xv[v], acc[i][v]);
     }
   }
@@ -75,7 +62,8 @@ void pointwise_tile(const T* x, int64_t x_row, const T* w, int64_t C, const T* b
 }
 
 template <typename T>
-using PointwiseTileFn = void (*)(const T*, int64_t, const T*, int64_t, const T*, T*, int64_t, int64_t);
+using PointwiseTileFn = void (*)(const T*, int64_t, const T*, int64_t, int64_t, const T*, T*,
+                                 int64_t, int64_t);
 
 // pointwise_tile<T, uk, uv> for every uk <= kPwK, uv <= kPwV (tails).
 template <typename T>
@@ -85,8 +73,10 @@ const TileTable<PointwiseTileFn<T>, kPwK, kPwV>& pointwise_tile_table() {
   return table;
 }
 
-// x: [N][C][x_row], w packed by pack_pointwise_weights, bias padded to a
-// multiple of kPwK or null, out: [N][K][HW] contiguous.
+// x: [N][C][x_row], w: [K][C] with row stride w_row (unit stride along C:
+// the UK broadcasts of a step read UK rows, each one sequentially, so no
+// packed copy is needed), bias padded to a multiple of kPwK or null,
+// out: [N][K][HW] contiguous.
 //
 // Pixels are numbered across images (m = n * HW + hw) and cut into tiles of
 // kPwV * L: on small planes a tile takes the end of one image and the start
@@ -95,8 +85,8 @@ const TileTable<PointwiseTileFn<T>, kPwK, kPwV>& pointwise_tile_table() {
 // sums its C products alone, in order: results do not depend on the tiling
 // (bitwise identical for any batch split).
 template <typename T>
-void pointwise_forward(const T* x, int64_t x_row, const T* w, const T* bias, T* out, int64_t N,
-                       int64_t C, int64_t K, int64_t HW) {
+void pointwise_forward(const T* x, int64_t x_row, const T* w, int64_t w_row, const T* bias,
+                       T* out, int64_t N, int64_t C, int64_t K, int64_t HW) {
   constexpr int L = simd::Vec<T>::size;
   constexpr int64_t tile_px = kPwV * L;
   const int64_t M = N * HW;
@@ -138,7 +128,7 @@ void pointwise_forward(const T* x, int64_t x_row, const T* w, const T* bias, T* 
       const int64_t kt_end = std::min(Kt, (kg + 1) * k_tiles_per_group);
       for (int64_t kt = kg * k_tiles_per_group; kt < kt_end; ++kt) {
         const int uk = static_cast<int>(std::min<int64_t>(kPwK, K - kt * kPwK));
-        const T* wt = w + kt * C * kPwK;
+        const T* wt = w + kt * kPwK * w_row;
         const T* bt = bias != nullptr ? bias + kt * kPwK : nullptr;
         for (int64_t m = m0, t = 0; m < m1; m += tile_px, ++t) {
           const int64_t lanes = std::min<int64_t>(tile_px, m1 - m);
@@ -146,10 +136,11 @@ void pointwise_forward(const T* x, int64_t x_row, const T* w, const T* bias, T* 
           const T* xt = packed.data() + t * C * tile_px;
           const int64_t n = m / HW, hw = m - n * HW;
           if (hw + lanes <= HW) {  // within image n
-            table(uk, uv)(xt, tile_px, wt, C, bt, out + (n * K + kt * kPwK) * HW + hw, HW, lanes);
+            table(uk, uv)(xt, tile_px, wt, w_row, C, bt, out + (n * K + kt * kPwK) * HW + hw, HW,
+                        lanes);
             continue;
           }
-          table(uk, uv)(xt, tile_px, wt, C, bt, &spanning[0][0], tile_px, lanes);
+          table(uk, uv)(xt, tile_px, wt, w_row, C, bt, &spanning[0][0], tile_px, lanes);
           for (int64_t a = m; a < m + lanes;) {
             const int64_t an = a / HW, ahw = a - an * HW, len = std::min(m + lanes - a, HW - ahw);
             for (int i = 0; i < uk; ++i) {
@@ -181,14 +172,15 @@ at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight2d,
     x = at::empty({N, C, P, Q}, input.options());
     x.copy_(input.slice(2, 0, H, sh).slice(3, 0, W, sw));
   }
-  const at::Tensor w = pack_pointwise_weights<T>(weight2d);
+  // (grad-input's transposed weight view: one transposing copy)
+  const at::Tensor w = weight2d.stride(1) == 1 ? weight2d : weight2d.contiguous();
   at::Tensor b;
   if (bias.defined()) {
     b = at::zeros({(K + kPwK - 1) / kPwK * kPwK}, weight2d.options());
     b.narrow(0, 0, K).copy_(bias);
   }
   auto out = at::empty({N, K, P, Q}, input.options());
-  pointwise_forward<T>(x.const_data_ptr<T>(), x_row, w.const_data_ptr<T>(),
+  pointwise_forward<T>(x.const_data_ptr<T>(), x_row, w.const_data_ptr<T>(), w.stride(0),
                        b.defined() ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(),
                        N, C, K, HW);
   return out;

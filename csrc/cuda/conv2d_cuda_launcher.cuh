@@ -36,6 +36,12 @@ struct CudaLauncher {
                                           c10::cuda::current_device()));
     return major >= 8;
   }
+  int64_t sm_count() const {
+    int count = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount,
+                                          c10::cuda::current_device()));
+    return count;
+  }
 };
 
 // The op entry points, one per translation unit, registered in conv2d_cuda.cu.

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 #include "../conv2d_params.h"
@@ -92,20 +93,34 @@ inline MmaForwardTile choose_mma_forward_tile(const Conv2dShape&) {
 
 // Test hook: split the tensor-core forward's reduction this many ways (0:
 // choose by shape); the environment variable CONV_EXT_MMA_SPLITS does the
-// same on a GPU.
+// same on a GPU (to time the splits: bench/gpu_tile_sweep.sh).
 inline int& forced_mma_splits() {
   static int splits = 0;
   return splits;
 }
 
+// Test hook: the splits of the last tensor-core forward (1: not split).
+inline int64_t& last_forward_mma_splits() {
+  static int64_t splits = 1;
+  return splits;
+}
+
 // How many ways to split the reduction of a forward problem with `tiles`
-// output tiles and `slabs` reduction steps per tile: 1 unless forced.
-inline int64_t choose_mma_forward_splits(int64_t tiles, int64_t slabs) {
-  (void)tiles;
+// output tiles and `slabs` reduction steps per tile on a device with
+// `sm_count` multiprocessors (unless forced): where the tiles fill at most
+// half the SMs (deep layers on small planes, small batches), split until
+// about one block per SM, keeping at least 16 slabs per split and at most
+// 8 splits (the partials cost 4 bytes per output per split, written and
+// read once).
+inline int64_t choose_mma_forward_splits(int64_t tiles, int64_t slabs, int64_t sm_count) {
   int64_t splits = forced_mma_splits();
   if (splits == 0) {
     const char* env = std::getenv("CONV_EXT_MMA_SPLITS");
-    splits = env != nullptr && *env != 0 ? std::atoll(env) : 1;
+    if (env != nullptr && *env != 0) {
+      splits = std::atoll(env);
+    } else {
+      splits = tiles * 2 <= sm_count ? std::min<int64_t>({sm_count / tiles, slabs / 16, 8}) : 1;
+    }
   }
   return std::max<int64_t>(1, std::min<int64_t>({splits, slabs, kMaxGridYZ}));
 }
@@ -117,10 +132,12 @@ void launch_forward_mma(const Launcher& launch, const Conv2dShape& s, const at::
   const int64_t tiles_m = ceil_div(M, Tile::BM), tiles_n = ceil_div(s.K_per_group, Tile::BN);
   const int slab_channels = Tile::kSlabBytes / static_cast<int>(x.element_size());
   const int64_t slabs = s.R * s.S * ceil_div(s.C_per_group, slab_channels);
-  int64_t splits = choose_mma_forward_splits(tiles_m * tiles_n * s.groups, slabs);
+  int64_t splits =
+      choose_mma_forward_splits(tiles_m * tiles_n * s.groups, slabs, launch.sm_count());
   // Every split non-empty: slabs_per_split * (splits - 1) < slabs.
   const int64_t slabs_per_split = ceil_div(slabs, splits);
   splits = ceil_div(slabs, slabs_per_split);
+  last_forward_mma_splits() = splits;
   // fp32 partials [splits][M][K] from torch's caching allocator.
   const at::Tensor partials =
       splits > 1 ? at::empty({splits, M * s.K}, x.options().dtype(at::kFloat)) : at::Tensor();
@@ -162,6 +179,16 @@ bool run_forward_mma(const Launcher& launch, const Conv2dShape& s, const at::Ten
                      const at::Tensor& weight, const at::Tensor& bias, bool allow_tf32,
                      at::Tensor& output) {
   if (!forward_mma_applies(s, input.scalar_type(), allow_tf32, launch.has_mma())) return false;
+  // The kernel's offsets within an image (and a filter) are 32-bit, its
+  // row and column arithmetic int, and kOutsideImage must stay outside
+  // every tap's reach; larger problems take the SIMT kernels.
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  constexpr int64_t kReach = int64_t{1} << 29;
+  if (s.H * s.W * s.C > kIntMax || s.R * s.S * s.C_per_group > kIntMax ||
+      (s.R - 1) * s.dilation_h >= kReach || (s.S - 1) * s.dilation_w >= kReach ||
+      s.pad_h >= kReach || s.pad_w >= kReach || s.H >= kReach || s.W >= kReach) {
+    return false;
+  }
   const at::Tensor x = to_memory_format(launch, input, at::MemoryFormat::ChannelsLast);
   const at::Tensor w = to_memory_format(launch, weight, at::MemoryFormat::ChannelsLast);
   if (!aligned16(x.const_data_ptr()) || !aligned16(w.const_data_ptr())) return false;

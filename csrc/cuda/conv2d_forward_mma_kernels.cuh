@@ -161,6 +161,10 @@ struct SlabRows {
   }
 };
 
+// A receptive-field origin row that no filter tap brings into the image
+// (taps reach at most (R - 1) * dilation_h < 2^29 rows; the host checks).
+constexpr int kOutsideImage = -(1 << 30);
+
 template <typename scalar_t, typename Tile>
 __global__ void __launch_bounds__(Tile::kThreads)
     conv2d_forward_mma_kernel(MmaForwardParams<scalar_t> p) {
@@ -188,19 +192,30 @@ __global__ void __launch_bounds__(Tile::kThreads)
     const int64_t group = tile_y / p.tiles_n, n0 = (tile_y % p.tiles_n) * Tile::BN;
     for (int64_t tile_x = blockIdx.x; tile_x < p.tiles_m; tile_x += gridDim.x) {
       const int64_t m0 = tile_x * Tile::BM;
-      // Per-row state of the gather, once per tile.
-      const scalar_t* a_base[kRowsA];
+      // Per-row state of the gather, once per tile. Offsets within an image
+      // are 32-bit (the host sends images of 2^31 elements or more to the
+      // SIMT kernels): row i of a slab reads a_image[i] + a_offset[i] +
+      // the slab's tap offset. A row past M gets a receptive-field origin
+      // that no tap brings into the image, so one unsigned test per axis
+      // covers padding, edges and ragged tiles.
+      const int H = static_cast<int>(g.H), W = static_cast<int>(g.W), C = static_cast<int>(g.C);
+      const int Cg = static_cast<int>(g.C_per_group), S = static_cast<int>(g.S);
+      const int dilation_h = static_cast<int>(g.dilation_h);
+      const int dilation_w = static_cast<int>(g.dilation_w);
+      const scalar_t* a_image[kRowsA];
       int a_ih0[kRowsA], a_iw0[kRowsA];
-      bool a_valid[kRowsA];
+      unsigned a_offset[kRowsA];  // mod 2^32: exact where the element is in the image
 #pragma unroll
       for (int i = 0; i < kRowsA; ++i) {
         const int64_t m = m0 + a_rows.row(i);
-        a_valid[i] = m < M;
-        const int64_t mm = a_valid[i] ? m : 0;
+        const bool valid = m < M;
+        const int64_t mm = valid ? m : 0;
         const int64_t n = mm / (g.P * g.Q), pq = mm % (g.P * g.Q);
-        a_ih0[i] = static_cast<int>((pq / g.Q) * g.stride_h - g.pad_h);
+        a_ih0[i] = valid ? static_cast<int>((pq / g.Q) * g.stride_h - g.pad_h) : kOutsideImage;
         a_iw0[i] = static_cast<int>((pq % g.Q) * g.stride_w - g.pad_w);
-        a_base[i] = p.input + n * g.H * g.W * g.C + group * g.C_per_group + a_rows.vector * kVector;
+        a_offset[i] = valid ? (static_cast<unsigned>(a_ih0[i]) * W + static_cast<unsigned>(a_iw0[i])) * C
+                            : 0u;
+        a_image[i] = p.input + n * g.H * g.W * g.C + group * g.C_per_group + a_rows.vector * kVector;
       }
       const scalar_t* b_base[kRowsB];
       bool b_valid[kRowsB];
@@ -213,42 +228,44 @@ __global__ void __launch_bounds__(Tile::kThreads)
       }
 
       // This block's slabs: all, or its split's range (the host makes every
-      // split non-empty). The next slab to load: tap (r, s), channel chunk
-      // start c0, from the first one.
+      // split non-empty). The next slab to load: tap (r, s) (and its index
+      // r * S + s), channel chunk start c0, from the first one.
       const int first_slab = static_cast<int>(blockIdx.z) * p.slabs_per_split;
       const int count = p.partials == nullptr ? slabs
                                                 : (slabs - first_slab < p.slabs_per_split
                                                        ? slabs - first_slab
                                                        : p.slabs_per_split);
-      const int first_tap = first_slab / c_chunks;
-      int load_r = first_tap / static_cast<int>(g.S), load_s = first_tap % static_cast<int>(g.S);
+      int load_tap = first_slab / c_chunks;
+      int load_r = load_tap / S, load_s = load_tap % S;
       int load_c0 = (first_slab % c_chunks) * kSlabChannels, loaded = 0;
       const auto load_slab = [&](int stage) {
         unsigned char* a_smem = ring + stage * Tile::kStageBytes;
         unsigned char* b_smem = a_smem + Tile::BM * Tile::kRowBytes;
-        const int c = load_c0 + a_rows.vector * kVector;  // same column for A and B
-        const bool c_valid = c < g.C_per_group;
-        const int dh = load_r * static_cast<int>(g.dilation_h);
-        const int dw = load_s * static_cast<int>(g.dilation_w);
+        const bool c_valid = load_c0 + a_rows.vector * kVector < Cg;  // same column for A and B
+        const int dh = load_r * dilation_h, dw = load_s * dilation_w;
+        // Unsigned (mod 2^32): an offset is exact, and below 2^31, where its
+        // element is in the image; elsewhere it is never dereferenced.
+        const unsigned tap_offset =
+            (static_cast<unsigned>(dh) * W + static_cast<unsigned>(dw)) * C + load_c0;
 #pragma unroll
         for (int i = 0; i < kRowsA; ++i) {
-          const int ih = a_ih0[i] + dh, iw = a_iw0[i] + dw;
-          const bool valid = a_valid[i] && c_valid && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
-          const scalar_t* src =
-              valid ? a_base[i] + (static_cast<int64_t>(ih) * g.W + iw) * g.C + load_c0 : p.input;
-          cp_async<16>(a_smem + a_rows.smem_offset(i), src, valid);
+          const bool valid = c_valid && static_cast<unsigned>(a_ih0[i] + dh) < static_cast<unsigned>(H) &&
+                             static_cast<unsigned>(a_iw0[i] + dw) < static_cast<unsigned>(W);
+          const int offset = static_cast<int>(a_offset[i] + tap_offset);
+          cp_async<16>(a_smem + a_rows.smem_offset(i), valid ? a_image[i] + offset : p.input, valid);
         }
-        const int64_t tap = (static_cast<int64_t>(load_r) * g.S + load_s) * g.C_per_group + load_c0;
+        const int b_offset = load_tap * Cg + load_c0;
 #pragma unroll
         for (int i = 0; i < kRowsB; ++i) {
           const bool valid = b_valid[i] && c_valid;
-          cp_async<16>(b_smem + b_rows.smem_offset(i), valid ? b_base[i] + tap : p.weight, valid);
+          cp_async<16>(b_smem + b_rows.smem_offset(i), valid ? b_base[i] + b_offset : p.weight, valid);
         }
         // Advance (c0, s, r) without division.
         load_c0 += kSlabChannels;
-        if (load_c0 >= g.C_per_group) {
+        if (load_c0 >= Cg) {
           load_c0 = 0;
-          if (++load_s == g.S) {
+          ++load_tap;
+          if (++load_s == S) {
             load_s = 0;
             ++load_r;
           }

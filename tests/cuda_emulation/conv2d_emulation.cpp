@@ -25,6 +25,8 @@ struct EmulatedLauncher {
   }
   // The emulation has every warp-level instruction the kernels use.
   bool has_mma() const { return true; }
+  // An H100 / H200's multiprocessors, for the plans that depend on them.
+  int64_t sm_count() const { return 132; }
 };
 
 at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
@@ -98,6 +100,7 @@ at::Tensor to_memory_format(const at::Tensor& t, bool channels_last) {
 }
 
 void force_mma_splits(int64_t splits) { cuda::forced_mma_splits() = static_cast<int>(splits); }
+int64_t last_forward_mma_splits() { return cuda::last_forward_mma_splits(); }
 
 void force_wide_index(bool wide) { cuda::forced_wide_index() = wide; }
 
@@ -119,6 +122,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv2d_backward_weight", &backward_weight);
   m.def("conv2d_fused", &fused);
   m.def("describe_plan", &describe_plan);
+  m.def("last_forward_mma_splits", &last_forward_mma_splits, "splits of the last tensor-core forward");
   m.def("force_mma_splits", &force_mma_splits, "tensor-core forward: split the reduction n ways (0: by shape)");
   m.def("to_memory_format", &to_memory_format, "NCHW <-> channels_last as the CUDA backends copy");
   m.def("force_tile", &force_tile,
