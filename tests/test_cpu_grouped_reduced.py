@@ -35,6 +35,10 @@ GROUPED = [
     ("g8_regnet_s2", 2, 64, 9, 9, 64, 3, 3, 2, 1, 1, 8),          # 8 per group (RegNet), stride 2
     ("g2_big_c", 1, 96, 5, 5, 34, 3, 3, 1, 1, 1, 2),              # 48 in, 17 out per group
     ("g6_asym", 1, 18, 8, 10, 12, 2, 3, (1, 2), (0, 1), (2, 1), 6),
+    ("g4_wide_row", 1, 16, 5, 37, 16, 3, 3, 1, 1, 1, 4),          # rows of 2+ vectors and a tail
+    ("g7_c3_k5", 1, 21, 6, 19, 35, 3, 3, 1, 1, 1, 7),             # odd per group, lane gaps
+    ("g2_k32", 2, 32, 7, 9, 64, 3, 3, 1, 1, 1, 2),                # whole vectors: NHWC as is
+    ("g16_c2_s2_dil", 2, 32, 9, 17, 32, 3, 3, 2, 2, 2, 16),       # 2 per group, stride, dilation
 ]
 
 
@@ -89,7 +93,8 @@ def _three_ops(x, w, gy, args):
 
 
 @pytest.mark.parametrize("case", [c for c in GROUPED if c[0] in (
-    "g4_resnext", "g32_c2_s2", "g2_wide_k", "g8_regnet_s2")], ids=_id)
+    "g4_resnext", "g32_c2_s2", "g2_wide_k", "g8_regnet_s2", "g4_wide_row", "g2_k32")],
+    ids=_id)
 def test_grouped_bitwise_across_threads_and_batch(case):
     _, N, C, H, W, K, R, S, stride, padding, dilation, groups = case
     N = 3

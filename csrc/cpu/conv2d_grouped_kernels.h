@@ -30,6 +30,7 @@
 #include "../conv2d_params.h"
 #include "conv2d_backward_input_kernels.h"
 #include "conv2d_cpu_common.h"
+#include "conv2d_layout_kernels.h"
 #include "simd.h"
 
 namespace conv_ext {
@@ -117,6 +118,40 @@ inline int64_t interleaved_channel(int64_t c, int64_t per_group, int GB, int64_t
   return (grp / GB) * block_stride + i * GB + grp % GB;
 }
 
+// For each of `positions` interleaved channels (rounded up to whole
+// vectors), the source channel stored there, or -1 (a zero channel).
+inline std::vector<int64_t> interleaved_sources(int64_t C, int64_t per_group, int GB,
+                                                int64_t block_stride, int64_t positions,
+                                                int lanes) {
+  std::vector<int64_t> src((positions + lanes - 1) / lanes * lanes, -1);
+  for (int64_t c = 0; c < C; ++c) src[interleaved_channel(c, per_group, GB, block_stride)] = c;
+  return src;
+}
+
+// d[j * d_row + i] = rows[i][j] for i < n_out, j < cols (both <= L): an
+// L x L transpose whose source rows come from a list of pointers (null: a
+// zero row), so a channel permutation costs nothing extra.
+template <typename T>
+inline void transpose_listed_rows(const T* const* rows, int cols, T* d, int64_t d_row,
+                                  int n_out) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  typename V::type v[L];
+  for (int i = 0; i < L; ++i) {
+    v[i] = rows[i] == nullptr ? V::zero()
+           : cols == L        ? V::load(rows[i])
+                              : V::load_partial(rows[i], cols);
+  }
+  transpose_square<T>(v);
+  for (int j = 0; j < cols; ++j) {
+    if (n_out == L) {
+      V::store(d + j * d_row, v[j]);
+    } else {
+      V::store_partial(d + j * d_row, v[j], n_out);
+    }
+  }
+}
+
 // Zero-padded NHWC copy of src (N x C x H x W, any strides) with channels
 // interleaved: [N][H + 2 pad_h][W + 2 pad_w][channels], channel c at
 // interleaved_channel(c, per_group, GB, block_stride); the rest zero.
@@ -124,11 +159,18 @@ template <typename T>
 at::Tensor interleaved_padded(const at::Tensor& src, int64_t pad_h, int64_t pad_w,
                               int64_t per_group, int GB, int64_t block_stride,
                               int64_t channels) {
+  constexpr int L = kLanes<T>;
   const int64_t N = src.size(0), C = src.size(1), H = src.size(2), W = src.size(3);
+  // One group per block with no gaps: the interleaving is the identity.
+  if (GB == 1 && block_stride == per_group && channels == C) {
+    return padded_nhwc<T>(src, pad_h, pad_w);
+  }
   const int64_t Hp = H + 2 * pad_h, Wp = W + 2 * pad_w;
   auto out = at::empty({N, Hp, Wp, channels}, src.options());
   std::vector<int64_t> pos(C);
   for (int64_t c = 0; c < C; ++c) pos[c] = interleaved_channel(c, per_group, GB, block_stride);
+  const std::vector<int64_t> source =
+      interleaved_sources(C, per_group, GB, block_stride, channels, L);
   const T* s = src.const_data_ptr<T>();
   T* d = out.mutable_data_ptr<T>();
   const int64_t sn = src.stride(0), sc = src.stride(1), sh = src.stride(2), sw = src.stride(3);
@@ -144,6 +186,23 @@ at::Tensor interleaved_padded(const at::Tensor& src, int64_t pad_h, int64_t pad_
       std::fill(row + (pad_w + W) * channels, row + Wp * channels, T(0));
       const T* sr = s + n * sn + h * sh;
       T* dr = row + pad_w * channels;
+      if (sw == 1 && sc != 1) {
+        // NCHW rows: L pixels x L interleaved channels per register
+        // transpose, source rows listed in interleaved order (gaps zero).
+        for (int64_t w0 = 0; w0 < W; w0 += L) {
+          const int cols = static_cast<int>(std::min<int64_t>(L, W - w0));
+          for (int64_t d0 = 0; d0 < channels; d0 += L) {
+            const T* rows[L];
+            for (int i = 0; i < L; ++i) {
+              const int64_t c = source[d0 + i];
+              rows[i] = c < 0 ? nullptr : sr + c * sc + w0;
+            }
+            transpose_listed_rows<T>(rows, cols, dr + w0 * channels + d0, channels,
+                                     static_cast<int>(std::min<int64_t>(L, channels - d0)));
+          }
+        }
+        continue;
+      }
       if (C < channels) std::fill(dr, dr + W * channels, T(0));  // groups past the last
       if (sc == 1) {
         for (int64_t w = 0; w < W; ++w)
@@ -327,17 +386,22 @@ void forward(const T* x, const T* w, const T* bias, T* out, const Layout& l, con
   });
 }
 
-// Interleaved [N][pixels][out_channels] to the result (N x C x pixels, NCHW
-// or channels_last per `format`); channel c at interleaved_channel(c, ...).
+// The interleaved result `src` ([N][H][W][out_channels]) as an N x C x H x W
+// tensor in `format`; channel c at interleaved_channel(c, ...).
 template <typename T>
-at::Tensor deinterleave(const T* src, const Layout& l, at::IntArrayRef sizes,
+at::Tensor deinterleave(const at::Tensor& src_buffer, const Layout& l, at::IntArrayRef sizes,
                         at::MemoryFormat format, const at::TensorOptions& options) {
   constexpr int L = kLanes<T>;
   const int64_t N = sizes[0], C = sizes[1], HW = sizes[2] * sizes[3];
+  const int64_t Co = l.out_channels;
+  // Whole vectors per group, one group per block: the buffer is NHWC already.
+  if (format == at::MemoryFormat::ChannelsLast && l.GB == 1 && Co == C) {
+    return src_buffer.permute({0, 3, 1, 2});
+  }
+  const T* src = src_buffer.const_data_ptr<T>();
   auto out = at::empty(sizes, options.memory_format(format));
   std::vector<int64_t> pos(C);
   for (int64_t c = 0; c < C; ++c) pos[c] = interleaved_channel(c, l.out_per_group, l.GB, l.vecs * L);
-  const int64_t Co = l.out_channels;
   T* d = out.mutable_data_ptr<T>();
   if (format == at::MemoryFormat::ChannelsLast) {
     at::parallel_for(0, N * HW, grain_for(C), [&](int64_t begin, int64_t end) {
@@ -346,16 +410,38 @@ at::Tensor deinterleave(const T* src, const Layout& l, at::IntArrayRef sizes,
     });
     return out;
   }
-  constexpr int64_t kTile = 16;  // 16 source pixels (lines) stay in L1 across all channels
-  const int64_t tiles = (HW + kTile - 1) / kTile;
-  at::parallel_for(0, N * tiles, grain_for(kTile * C), [&](int64_t begin, int64_t end) {
+  // NCHW: L pixels x L interleaved channels per register transpose; each
+  // transposed vector is one channel's L pixels (gaps dropped).
+  const std::vector<int64_t> channel = interleaved_sources(C, l.out_per_group, l.GB, l.vecs * L, Co, L);
+  const int64_t tiles = (HW + L - 1) / L;
+  constexpr int64_t kTilesPerItem = 4;
+  const int64_t items_per_image = (tiles + kTilesPerItem - 1) / kTilesPerItem;
+  at::parallel_for(0, N * items_per_image, grain_for(kTilesPerItem * L * C),
+                   [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / tiles, p0 = (item % tiles) * kTile, p1 = std::min(HW, p0 + kTile);
+      const int64_t n = item / items_per_image;
+      const int64_t t0 = (item % items_per_image) * kTilesPerItem;
+      const int64_t t1 = std::min(tiles, t0 + kTilesPerItem);
       const T* s = src + n * HW * Co;
-      for (int64_t c = 0; c < C; ++c) {
-        T* dc = d + (n * C + c) * HW;
-        const T* sc = s + pos[c];
-        for (int64_t p = p0; p < p1; ++p) dc[p] = sc[p * Co];
+      T* dn = d + n * C * HW;
+      for (int64_t j0 = 0; j0 < Co; j0 += L) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t p0 = t * L;
+          const int count = static_cast<int>(std::min<int64_t>(L, HW - p0));
+          using V = simd::Vec<T>;
+          typename V::type v[L];
+          for (int u = 0; u < L; ++u) v[u] = u < count ? V::load(s + (p0 + u) * Co + j0) : V::zero();
+          transpose_square<T>(v);
+          for (int j = 0; j < L; ++j) {
+            const int64_t c = channel[j0 + j];
+            if (c < 0) continue;
+            if (count == L) {
+              V::store(dn + c * HW + p0, v[j]);
+            } else {
+              V::store_partial(dn + c * HW + p0, v[j], count);
+            }
+          }
+        }
       }
     }
   });
@@ -524,7 +610,7 @@ at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const a
                   p.P * p.Q * l.out_channels, p.Q * l.out_channels, l.out_channels};
   forward<T>(x.const_data_ptr<T>(), w.const_data_ptr<T>(),
              b.defined() ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(), l, d);
-  return deinterleave<T>(out.const_data_ptr<T>(), l, p.output_sizes(), format, input.options());
+  return deinterleave<T>(out, l, p.output_sizes(), format, input.options());
 }
 
 // grad-input: the grouped convolution of grad_output with the flipped,
@@ -583,7 +669,7 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
                  gx.mutable_data_ptr<T>() + (ah * p.W + aw) * l.out_channels, l, d);
     }
   }
-  return deinterleave<T>(gx.const_data_ptr<T>(), l, p.input_sizes(), format,
+  return deinterleave<T>(gx, l, p.input_sizes(), format,
                          grad_output.options());
 }
 
