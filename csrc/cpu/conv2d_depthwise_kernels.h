@@ -40,6 +40,7 @@
 
 #include "../conv2d_params.h"
 #include "conv2d_cpu_common.h"  // grain_for, valid_output_range, phase_tap_list
+#include "conv2d_layout_kernels.h"  // transpose_square
 #include "simd.h"
 
 namespace conv_ext {
@@ -866,49 +867,6 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
 // tile runs on the block with every lane busy and no bounds checks; and the
 // [P*Q][L] result is transposed back into the L output planes. The
 // transposes cost O(H*W) shuffles against O(P*Q*R*S) multiply-adds.
-
-template <int L, int B, typename E>
-constexpr std::array<E, L> block_swap_mask(bool second) {
-  std::array<E, L> m{};
-  for (int l = 0; l < L; ++l) {
-    if (!second) {
-      m[l] = static_cast<E>((l & B) ? L + (l ^ B) : l);
-    } else {
-      m[l] = static_cast<E>((l & B) ? L + l : (l ^ B));
-    }
-  }
-  return m;
-}
-
-// One round of the transpose: rows i and i | B (bit B of i clear) swap
-// their off-diagonal B x B blocks; rounds B = L/2, ..., 1 transpose v.
-template <typename T, int B>
-[[gnu::always_inline]] inline void transpose_round(typename simd::Vec<T>::type (&v)[simd::Vec<T>::size]) {
-  using IV = simd::IndexVec<T>;
-  constexpr int L = simd::Vec<T>::size;
-  static constexpr auto kFirst = block_swap_mask<L, B, typename IV::element>(false);
-  static constexpr auto kSecond = block_swap_mask<L, B, typename IV::element>(true);
-  typename IV::type first, second;
-  std::memcpy(&first, kFirst.data(), sizeof first);
-  std::memcpy(&second, kSecond.data(), sizeof second);
-#pragma GCC unroll 64
-  for (int i = 0; i < L; ++i) {
-    if (i & B) continue;
-    const typename simd::Vec<T>::type a = v[i], c = v[i | B];
-    v[i] = __builtin_shuffle(a, c, first);
-    v[i | B] = __builtin_shuffle(a, c, second);
-  }
-  if constexpr (B > 1) transpose_round<T, B / 2>(v);
-}
-
-// v[i][j] <- v[j][i] for L vectors of L lanes. Inlined, and every index a
-// constant in the callers (unrolled loops): v stays in registers (not
-// inlined, the rounds loaded and stored v through memory, 13% of a 7x7
-// layer's time).
-template <typename T>
-[[gnu::always_inline]] inline void transpose_square(typename simd::Vec<T>::type (&v)[simd::Vec<T>::size]) {
-  transpose_round<T, simd::Vec<T>::size / 2>(v);
-}
 
 // Output rows of up to 4 vectors (the per-plane kernels waste lanes at each
 // row end; measured faster from 7x7 to 56x56 planes), channel multiplier 1,
