@@ -645,7 +645,10 @@ inline void nhwc_tile(const T* const* x, const T* w, int64_t w_tap, int64_t r0, 
 // sums bias and its taps in (r, s) order, as nhwc_tile: the results are
 // identical. x: pixel 0's input at tap (0, 0); xs: column stride; xr: input
 // row stride; w: taps (r, s) at w + (r * S + s) * w_tap; out[j * UQ + u]:
-// row j, pixel u.
+// row j, pixel u. Output row j sums kernel rows [r0[j], r1[j]) only (the
+// rows that read the image, not its zero padding: on a 7x7 plane a 7x7
+// kernel has 37 of 49 such rows, a 13x13 kernel 49 of 91); skipping a tap
+// whose input is zero leaves the sum as it was.
 inline constexpr int kWindowTilePixels = simd::kVectorBytes == 64 ? 12 : 6;
 inline constexpr int kWindowTwoRowPixels = simd::kVectorBytes == 64 ? 8 : 4;
 
@@ -687,17 +690,25 @@ template <typename T, int RB, int UQ, bool kPartial, int... I>
 }
 
 template <typename T, int RB, int UQ, bool kPartial>
-inline void window_tile(const T* x, int64_t xs, const T* w, int64_t w_tap, int64_t R, int64_t S,
-                        int64_t xr, typename simd::Vec<T>::type bias, T* const* out, int lanes) {
+inline void window_tile(const T* x, int64_t xs, const T* w, int64_t w_tap, const int64_t* r0,
+                        const int64_t* r1, int64_t S, int64_t xr,
+                        typename simd::Vec<T>::type bias, T* const* out, int lanes) {
   using V = simd::Vec<T>;
   using Pixels = std::make_integer_sequence<int, UQ>;
   typename V::type acc[RB * UQ], win[UQ];
 #pragma GCC unroll 32
   for (int u = 0; u < RB * UQ; ++u) acc[u] = bias;
-  for (int64_t i = 0; i < R + RB - 1; ++i) {  // input rows
+  // Input rows: output row j at kernel row r reads input row j + r.
+  int64_t i0 = INT64_MAX, i1 = 0;
+  for (int j = 0; j < RB; ++j) {
+    if (r0[j] >= r1[j]) continue;
+    i0 = std::min(i0, r0[j] + j);
+    i1 = std::max(i1, r1[j] + j);
+  }
+  for (int64_t i = i0; i < i1; ++i) {
     const T* row = x + i * xr;
     const T* wr[RB];  // kernel row i - j of output row j
-    for (int j = 0; j < RB; ++j) wr[j] = i - j >= 0 && i - j < R ? w + (i - j) * S * w_tap : nullptr;
+    for (int j = 0; j < RB; ++j) wr[j] = i - j >= r0[j] && i - j < r1[j] ? w + (i - j) * S * w_tap : nullptr;
 #pragma GCC unroll 16
     for (int k = 0; k < UQ - 1; ++k) win[k] = load_lanes<T, kPartial>(row + k * xs, lanes);
     int64_t s = 0;
@@ -908,6 +919,16 @@ void forward_channel_blocks(const at::Tensor& input, const T* w, const T* bias, 
   // 7- and 14-wide rows 3-5% faster than one-row tiles, 28- and 56-wide
   // rows 5-20% slower).
   const bool two_row_tiles = p.stride_h == 1 && p.dilation_h == 1 && p.Q <= 2 * kWindowTwoRowPixels;
+  // Kernel rows [r_lo[oh], r_hi[oh]) of output row oh read image rows; the
+  // others read the block's zero padding and are skipped.
+  std::vector<int64_t> r_lo(p.P, p.R), r_hi(p.P, 0);
+  const std::vector<ValidRange> rows = row_ranges(p);
+  for (int64_t r = 0; r < p.R; ++r) {
+    for (int64_t oh = rows[r].lo; oh < rows[r].hi; ++oh) {
+      r_lo[oh] = std::min(r_lo[oh], r);
+      r_hi[oh] = std::max(r_hi[oh], r + 1);
+    }
+  }
   at::parallel_for(0, p.N * blocks, grain_for(L * PQ * p.R * p.S), [&](int64_t begin, int64_t end) {
     std::vector<T> block(Hp * Wp * L, T(0));  // padding cells stay zero
     std::vector<T> result(PQ * L);
@@ -949,7 +970,8 @@ void forward_channel_blocks(const at::Tensor& input, const T* w, const T* bias, 
               T* outs[RB * UQ];
               for (int j = 0; j < RB; ++j)
                 for (int u = 0; u < UQ; ++u) outs[j * UQ + u] = result.data() + ((oh + j) * p.Q + q + u) * L;
-              window_tile<T, RB, UQ, false>(xrow + q * L, L, wc, L, p.R, p.S, xr, b, outs, L);
+              window_tile<T, RB, UQ, false>(xrow + q * L, L, wc, L, r_lo.data() + oh,
+                                            r_hi.data() + oh, p.S, xr, b, outs, L);
             };
             if (two_rows) {
               with_size_up_to<kWindowTwoRowPixels>(static_cast<int>(count), [&]<int UQ>() {
@@ -974,7 +996,8 @@ void forward_channel_blocks(const at::Tensor& input, const T* w, const T* bias, 
               outs[u] = result.data() + (oh * p.Q + q + u) * L;
             }
             // all lanes: the block and the packed weights are zero past C
-            nhwc_tile<T, UQ, false>(xs_ptr, wc, L, 0, p.R, 0, p.S, p.S, xr, xs, b, outs, L);
+            nhwc_tile<T, UQ, false>(xs_ptr, wc, L, r_lo[oh], r_hi[oh], 0, p.S, p.S, xr, xs, b,
+                                    outs, L);
           });
         }
       }
