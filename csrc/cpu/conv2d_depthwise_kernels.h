@@ -19,10 +19,13 @@
 // broadcasts its weight from memory (a load, not a shuffle) and feeds every
 // vector of the tile with a memory-operand FMA.
 //
-// channels_last: vectors along the channels (no layout change at all);
-// a tile of up to 8 output pixels of one row x one channel vector; interior
-// pixels run without bounds checks, border pixels skip the taps outside the
-// image.
+// channels_last: vectors along the channels, no layout change. Where the
+// padded input of one image's L channels fits in L2 (channel_blocks), its
+// pixel vectors are copied into a zero-padded [Hp][Wp][L] block and the
+// block's tiles (sliding windows, as for narrow NCHW planes below) write the
+// NHWC output; else natively: a tile of up to 8 output pixels of one row x
+// one channel vector; interior pixels run without bounds checks, border
+// pixels skip the taps outside the image.
 //
 // Each output element is summed by one thread, taps in a fixed order: the
 // results do not depend on thread count or batch split.
@@ -801,13 +804,34 @@ std::vector<T> pack_channel_blocks(const T* w, int64_t C, int64_t taps, int64_t 
   return packed;
 }
 
+// A zero-padded [Hp][Wp][L] block of one image's L channels (the input the
+// output needs) that stays in L2: up to 256K elements.
+inline bool fits_channel_block(const Conv2dShape& p, int L) {
+  const int64_t block = input_span(p.P, p.stride_h, p.R, p.dilation_h) *
+                        input_span(p.Q, p.stride_w, p.S, p.dilation_w) * L;
+  return block <= (int64_t{1} << 18);
+}
+
+template <typename T>
+void channel_blocks(const at::Tensor& input, const T* packed, const T* bias, T* out,
+                    const Conv2dShape& p, bool channels_last);
+
 // input: channels-contiguous (stride(1) == 1), any other strides;
 // wt: weights as [R][S][C]; bias: C values or null; out: NHWC contiguous.
+// Runs channel_blocks where the block fits (the padding in the block, the
+// sliding-window tiles), else natively (the padding checked per tap on
+// border pixels).
 template <typename T>
 void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
                   const Conv2dShape& p) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
+  const int64_t taps = p.R * p.S;
+  const std::vector<T> packed = pack_channel_blocks<T>(wt, p.C, taps, 1, p.C);
+  if (fits_channel_block(p, L)) {
+    channel_blocks<T>(input, packed.data(), bias, out, p, true);
+    return;
+  }
   const T* x = input.const_data_ptr<T>();
   const int64_t sn = input.stride(0), sh = input.stride(2), sw = input.stride(3);
   const int64_t C = p.C;
@@ -817,8 +841,6 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
   const int64_t last_ok = p.W - 1 - (p.S - 1) * p.dilation_w + p.pad_w;  // ow*sw <= last_ok
   const int64_t q_hi = std::max(q_lo, std::min(p.Q, last_ok < 0 ? 0 : last_ok / p.stride_w + 1));
   const T* zeros = kZeroVector<T>;  // taps outside the image
-  const int64_t taps = p.R * p.S;
-  const std::vector<T> packed = pack_channel_blocks<T>(wt, C, taps, 1, C);
   at::parallel_for(0, p.N * p.P, grain_for(p.Q * C * taps), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / p.P, oh = item % p.P;
@@ -877,29 +899,34 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
 // time in registers, into a zero-padded [Hp][Wp][L] block; the channels_last
 // tile runs on the block with every lane busy and no bounds checks; and the
 // [P*Q][L] result is transposed back into the L output planes. The
-// transposes cost O(H*W) shuffles against O(P*Q*R*S) multiply-adds.
+// transposes cost O(H*W) shuffles against O(P*Q*R*S) multiply-adds. The
+// same block kernel serves channels_last (pixel vectors copied in, no
+// transposes).
 
 // Output rows of up to 4 vectors (the per-plane kernels waste lanes at each
 // row end; measured faster from 7x7 to 56x56 planes), channel multiplier 1,
 // and a block that stays in L2 (up to 256K elements: a tall narrow plane
 // goes per plane instead).
 inline bool use_channel_blocks(const Conv2dShape& p, int L) {
-  const int64_t block = input_span(p.P, p.stride_h, p.R, p.dilation_h) *
-                        input_span(p.Q, p.stride_w, p.S, p.dilation_w) * L;
-  return p.K_per_group == 1 && p.Q < 4 * L && block <= (int64_t{1} << 18);
+  return p.K_per_group == 1 && p.Q < 4 * L && fits_channel_block(p, L);
 }
 
-// input: NCHW with contiguous planes (stride(3) == 1, stride(2) == W);
-// w: contiguous C x R x S; bias: C values or null; out: contiguous NCHW.
+// The block kernel for both layouts. NCHW (channels_last false): input
+// with contiguous planes (stride(3) == 1, stride(2) == W), L planes
+// transposed into the block, out contiguous NCHW (the result transposed
+// back). channels_last: input channels-contiguous (stride(1) == 1), any
+// other strides, copied into the block one pixel vector at a time; out
+// contiguous NHWC, written by the tiles (through the scratch result when the
+// last channel block is partial). packed: weights as [C / L][taps][L].
 template <typename T>
-void forward_channel_blocks(const at::Tensor& input, const T* w, const T* bias, T* out,
-                            const Conv2dShape& p) {
+void channel_blocks(const at::Tensor& input, const T* packed, const T* bias, T* out,
+                    const Conv2dShape& p, bool channels_last) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
   const T* x = input.const_data_ptr<T>();
   const int64_t taps = p.R * p.S;
-  const std::vector<T> packed = pack_channel_blocks<T>(w, p.C, taps, taps, 1);
-  const int64_t sn = input.stride(0), sc = input.stride(1);
+  const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
+                sw = input.stride(3);
   const int64_t HW = p.H * p.W, PQ = p.P * p.Q, C = p.C;
   const int64_t Hp = input_span(p.P, p.stride_h, p.R, p.dilation_h);
   const int64_t Wp = input_span(p.Q, p.stride_w, p.S, p.dilation_w);
@@ -936,30 +963,46 @@ void forward_channel_blocks(const at::Tensor& input, const T* w, const T* bias, 
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / blocks, c0 = (item % blocks) * L;
       const int lanes = static_cast<int>(std::min<int64_t>(L, C - c0));
-      // In: L elements of each of the L planes, transposed to L pixels.
-      const T* xc = x + n * sn + c0 * sc;
-      for (int64_t m0 = 0; m0 < HW; m0 += L) {
-        const int count = static_cast<int>(std::min<int64_t>(L, HW - m0));
-#pragma GCC unroll 64
-        for (int l = 0; l < L; ++l) {
-          v[l] = l >= lanes     ? V::zero()
-                 : count == L   ? V::load(xc + l * sc + m0)
-                                : V::load_partial(xc + l * sc + m0, count);
+      if (channels_last) {  // In: each pixel's L channels, lanes past C zero.
+        const T* xc = x + n * sn + c0;
+        for (int64_t h = 0; h < p.H; ++h) {
+          for (int64_t w = 0; w < p.W; ++w) {
+            const int64_t at = slot[h * p.W + w];
+            if (at < 0) continue;
+            const T* px = xc + h * sh + w * sw;
+            V::store(block.data() + at, lanes == L ? V::load(px) : V::load_partial(px, lanes));
+          }
         }
-        transpose_square<T>(v);
+      } else {  // In: L elements of each of the L planes, transposed to L pixels.
+        const T* xc = x + n * sn + c0 * sc;
+        for (int64_t m0 = 0; m0 < HW; m0 += L) {
+          const int count = static_cast<int>(std::min<int64_t>(L, HW - m0));
 #pragma GCC unroll 64
-        for (int j = 0; j < L; ++j) {
-          const int64_t at = j < count ? slot[m0 + j] : -1;
-          if (at >= 0) V::store(block.data() + at, v[j]);
+          for (int l = 0; l < L; ++l) {
+            v[l] = l >= lanes     ? V::zero()
+                   : count == L   ? V::load(xc + l * sc + m0)
+                                  : V::load_partial(xc + l * sc + m0, count);
+          }
+          transpose_square<T>(v);
+#pragma GCC unroll 64
+          for (int j = 0; j < L; ++j) {
+            const int64_t at = j < count ? slot[m0 + j] : -1;
+            if (at >= 0) V::store(block.data() + at, v[j]);
+          }
         }
       }
       // The channels_last tile over the block: sliding-window tiles of up to
       // kWindowTilePixels pixels at unit horizontal stride and dilation, else
-      // nhwc_tile over up to 8 pixels.
+      // nhwc_tile over up to 8 pixels. Pixel m's result goes to
+      // out + (n * PQ + m) * C + c0 when the tiles write the NHWC output
+      // directly, else to the scratch result[m][L].
+      const bool direct = channels_last && lanes == L;
+      T* const dst = direct ? out + n * PQ * C + c0 : result.data();
+      const int64_t dst_pixel = direct ? C : L;
       const typename V::type b = bias == nullptr ? V::zero()
                                  : lanes == L    ? V::load(bias + c0)
                                                  : V::load_partial(bias + c0, lanes);
-      const T* wc = packed.data() + (c0 / L) * taps * L;
+      const T* wc = packed + (c0 / L) * taps * L;
       for (int64_t oh = 0; oh < p.P; ++oh) {
         const T* xrow = block.data() + oh * p.stride_h * Wp * L;
         if (sliding_window) {
@@ -969,7 +1012,7 @@ void forward_channel_blocks(const at::Tensor& input, const T* w, const T* bias, 
             auto tile = [&]<int RB, int UQ>() {
               T* outs[RB * UQ];
               for (int j = 0; j < RB; ++j)
-                for (int u = 0; u < UQ; ++u) outs[j * UQ + u] = result.data() + ((oh + j) * p.Q + q + u) * L;
+                for (int u = 0; u < UQ; ++u) outs[j * UQ + u] = dst + ((oh + j) * p.Q + q + u) * dst_pixel;
               window_tile<T, RB, UQ, false>(xrow + q * L, L, wc, L, r_lo.data() + oh,
                                             r_hi.data() + oh, p.S, xr, b, outs, L);
             };
@@ -993,13 +1036,19 @@ void forward_channel_blocks(const at::Tensor& input, const T* w, const T* bias, 
             T* outs[kMaxTileVectors];
             for (int u = 0; u < UQ; ++u) {
               xs_ptr[u] = xrow + (q + u) * p.stride_w * L;
-              outs[u] = result.data() + (oh * p.Q + q + u) * L;
+              outs[u] = dst + (oh * p.Q + q + u) * dst_pixel;
             }
             // all lanes: the block and the packed weights are zero past C
             nhwc_tile<T, UQ, false>(xs_ptr, wc, L, r_lo[oh], r_hi[oh], 0, p.S, p.S, xr, xs, b,
                                     outs, L);
           });
         }
+      }
+      if (direct) continue;
+      if (channels_last) {  // Out: the partial last channel block.
+        T* oc = out + n * PQ * C + c0;
+        for (int64_t m = 0; m < PQ; ++m) V::store_partial(oc + m * C, V::load(result.data() + m * L), lanes);
+        continue;
       }
       // Out: L pixels of L channels, transposed to L elements of each plane.
       T* oc = out + (n * C + c0) * PQ;
@@ -1022,6 +1071,16 @@ void forward_channel_blocks(const at::Tensor& input, const T* w, const T* bias, 
       }
     }
   });
+}
+
+// input: NCHW with contiguous planes (stride(3) == 1, stride(2) == W);
+// w: contiguous C x R x S; bias: C values or null; out: contiguous NCHW.
+template <typename T>
+void forward_channel_blocks(const at::Tensor& input, const T* w, const T* bias, T* out,
+                            const Conv2dShape& p) {
+  const int64_t taps = p.R * p.S;
+  const std::vector<T> packed = pack_channel_blocks<T>(w, p.C, taps, taps, 1);
+  channel_blocks<T>(input, packed.data(), bias, out, p, false);
 }
 
 // grad-input at stride 1 is the forward with the filter rotated by 180
