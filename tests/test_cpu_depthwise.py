@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import conv_ext
-from helpers import compare_with_torch
+from helpers import TOLERANCES, compare_with_torch
 
 ops = torch.ops.conv_ext
 # Every test runs once per vector ISA the CPU has (conftest.cpu_isa).
@@ -48,6 +48,13 @@ CASES = [
     ("window_dilated_rows", 1, 17, 13, 30, 3, 7, 1, (2, 3), (2, 1)),
     ("window_strided_rows", 1, 16, 15, 20, 5, 5, (2, 1), 2, 1),
     ("window_two_rows_odd", 2, 19, 9, 16, 13, 13, 1, 6, 1),
+    # Kernel rows over the zero padding only are skipped per output row: a
+    # kernel as tall as the plane, rows with no image row at all.
+    ("skip_pad_rows_13x13_on_7x7", 2, 17, 7, 7, 13, 13, 1, 6, 1),
+    ("skip_pad_rows_all_pad_rows", 1, 18, 5, 9, 3, 5, 1, (4, 2), 1),
+    # A plane whose channel block exceeds the L2 limit: channels_last runs
+    # the native kernel (border tiles), not the block.
+    ("big_plane_native_nhwc", 1, 2, 257, 259, 5, 5, 1, 2, 1),
 ]
 
 
@@ -104,7 +111,8 @@ def test_depthwise_gradcheck_float64(case, layout):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
-    "3x3_s1_7x7_plane", "3x3_s2_wide", "7x7_convnext_like", "asym_stride_dilation")], ids=_id)
+    "3x3_s1_7x7_plane", "3x3_s2_wide", "7x7_convnext_like", "asym_stride_dilation",
+    "skip_pad_rows_all_pad_rows")], ids=_id)
 def test_depthwise_bitwise_across_threads_and_batch_splits(case, layout):
     _, N, C, H, W, R, S, stride, padding, dilation = case
     N = 3
@@ -173,3 +181,28 @@ def test_depthwise_channel_multiplier_gradcheck():
     b = torch.randn(6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: conv_ext.conv2d(x, w, b, 2, 1, 1, 3),
                                     (x, w, b), fast_mode=True)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
+    "3x3_s2_odd", "7x7_convnext_like", "narrow_37ch", "window_two_rows_odd",
+    "skip_pad_rows_all_pad_rows")], ids=_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_depthwise_channels_last_strided_view(case, dtype):
+    # Channels contiguous, other strides not: every other column of a
+    # channels_last tensor twice as wide (the block copy's pixel strides).
+    _, N, C, H, W, R, S, stride, padding, dilation = case
+    x, w, b = _inputs(N, C, H, 2 * W, R, S, dtype)
+    x = x.contiguous(memory_format=torch.channels_last)[..., ::2].requires_grad_()
+    assert x.stride(1) == 1 and not x.is_contiguous(memory_format=torch.channels_last)
+    w.requires_grad_()
+    args = dict(stride=stride, padding=padding, dilation=dilation, groups=C)
+    out = conv_ext.conv2d(x, w, b, **args)
+    xc = x.detach().contiguous().requires_grad_()
+    expected = F.conv2d(xc, w, b, **args)
+    tol = TOLERANCES[dtype]
+    torch.testing.assert_close(out, expected, **tol)
+    gy = torch.randn_like(expected)
+    got = torch.autograd.grad(out, (x, w), gy)
+    want = torch.autograd.grad(expected, (xc, w), gy)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, **tol)
