@@ -48,6 +48,10 @@ CASES = [
     ("window_dilated_rows", 1, 17, 13, 30, 3, 7, 1, (2, 3), (2, 1)),
     ("window_strided_rows", 1, 16, 15, 20, 5, 5, (2, 1), 2, 1),
     ("window_two_rows_odd", 2, 19, 9, 16, 13, 13, 1, 6, 1),
+    # Horizontal stride 2 on the channel blocks (nhwc tiles), with a 5x5 and
+    # a 7x7 kernel; unit vertical stride with stride 2 across.
+    ("blocks_s2_columns", 2, 19, 9, 23, 5, 5, (1, 2), 2, 1),
+    ("blocks_s2_7x7", 1, 17, 20, 41, 7, 7, 2, 3, 1),
     # Kernel rows over the zero padding only are skipped per output row: a
     # kernel as tall as the plane, rows with no image row at all.
     ("skip_pad_rows_13x13_on_7x7", 2, 17, 7, 7, 13, 13, 1, 6, 1),

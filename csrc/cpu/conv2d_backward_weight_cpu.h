@@ -23,7 +23,19 @@ at::Tensor depthwise_backward_weight_cpu(const at::Tensor& grad_output, const at
                                          const Conv2dShape& p) {
   auto grad_weight = at::empty(p.weight_sizes(), grad_output.options());
   T* gw = grad_weight.mutable_data_ptr<T>();
-  if (p.K_per_group == 1 && input.stride(1) == 1 && input.stride(3) != 1) {  // channels_last input
+  const bool channels_last = p.K_per_group == 1 && input.stride(1) == 1 && input.stride(3) != 1;
+  if (depthwise::use_weight_grad_channel_blocks(p, simd::Vec<T>::size, channels_last)) {
+    // Narrow NCHW rows and channels_last: sliding windows over channel blocks.
+    if (channels_last) {
+      depthwise::backward_weight_channel_blocks<T>(
+          grad_output.contiguous(at::MemoryFormat::ChannelsLast), input, gw, p, true);
+    } else {
+      depthwise::backward_weight_channel_blocks<T>(grad_output.contiguous(), input.contiguous(),
+                                                   gw, p, false);
+    }
+    return grad_weight;
+  }
+  if (channels_last) {
     depthwise::backward_weight_nhwc<T>(grad_output.contiguous(at::MemoryFormat::ChannelsLast),
                                        input, gw, p);
     return grad_weight;

@@ -911,6 +911,46 @@ inline bool use_channel_blocks(const Conv2dShape& p, int L) {
   return p.K_per_group == 1 && p.Q < 4 * L && fits_channel_block(p, L);
 }
 
+// One image's channels c0 .. c0 + lanes - 1 of x into the zero-padded
+// [Hp][Wp][L] block: input element m = h * W + w goes to slot[m] (-1: not
+// read). NCHW (planes contiguous, sc apart): L elements of each of the L
+// planes transposed to L pixels at a time; channels_last (channels
+// contiguous): one pixel vector at a time. Lanes past `lanes` are zero.
+template <typename T>
+void fill_channel_block(const T* x, int64_t sc, int64_t sh, int64_t sw, int64_t H, int64_t W,
+                        bool channels_last, int lanes, const int64_t* slot, T* block) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  if (channels_last) {
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t w = 0; w < W; ++w) {
+        const int64_t at = slot[h * W + w];
+        if (at < 0) continue;
+        const T* px = x + h * sh + w * sw;
+        V::store(block + at, lanes == L ? V::load(px) : V::load_partial(px, lanes));
+      }
+    }
+    return;
+  }
+  const int64_t HW = H * W;
+  typename V::type v[L];
+  for (int64_t m0 = 0; m0 < HW; m0 += L) {
+    const int count = static_cast<int>(std::min<int64_t>(L, HW - m0));
+#pragma GCC unroll 64
+    for (int l = 0; l < L; ++l) {
+      v[l] = l >= lanes   ? V::zero()
+             : count == L ? V::load(x + l * sc + m0)
+                          : V::load_partial(x + l * sc + m0, count);
+    }
+    transpose_square<T>(v);
+#pragma GCC unroll 64
+    for (int j = 0; j < L; ++j) {
+      const int64_t at = j < count ? slot[m0 + j] : -1;
+      if (at >= 0) V::store(block + at, v[j]);
+    }
+  }
+}
+
 // The block kernel for both layouts. NCHW (channels_last false): input
 // with contiguous planes (stride(3) == 1, stride(2) == W), L planes
 // transposed into the block, out contiguous NCHW (the result transposed
@@ -963,34 +1003,8 @@ void channel_blocks(const at::Tensor& input, const T* packed, const T* bias, T* 
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / blocks, c0 = (item % blocks) * L;
       const int lanes = static_cast<int>(std::min<int64_t>(L, C - c0));
-      if (channels_last) {  // In: each pixel's L channels, lanes past C zero.
-        const T* xc = x + n * sn + c0;
-        for (int64_t h = 0; h < p.H; ++h) {
-          for (int64_t w = 0; w < p.W; ++w) {
-            const int64_t at = slot[h * p.W + w];
-            if (at < 0) continue;
-            const T* px = xc + h * sh + w * sw;
-            V::store(block.data() + at, lanes == L ? V::load(px) : V::load_partial(px, lanes));
-          }
-        }
-      } else {  // In: L elements of each of the L planes, transposed to L pixels.
-        const T* xc = x + n * sn + c0 * sc;
-        for (int64_t m0 = 0; m0 < HW; m0 += L) {
-          const int count = static_cast<int>(std::min<int64_t>(L, HW - m0));
-#pragma GCC unroll 64
-          for (int l = 0; l < L; ++l) {
-            v[l] = l >= lanes     ? V::zero()
-                   : count == L   ? V::load(xc + l * sc + m0)
-                                  : V::load_partial(xc + l * sc + m0, count);
-          }
-          transpose_square<T>(v);
-#pragma GCC unroll 64
-          for (int j = 0; j < L; ++j) {
-            const int64_t at = j < count ? slot[m0 + j] : -1;
-            if (at >= 0) V::store(block.data() + at, v[j]);
-          }
-        }
-      }
+      fill_channel_block(x + n * sn + c0 * sc, sc, sh, sw, p.H, p.W, channels_last, lanes,
+                         slot.data(), block.data());
       // The channels_last tile over the block: sliding-window tiles of up to
       // kWindowTilePixels pixels at unit horizontal stride and dilation, else
       // nhwc_tile over up to 8 pixels. Pixel m's result goes to
@@ -1081,6 +1095,133 @@ void forward_channel_blocks(const at::Tensor& input, const T* w, const T* bias, 
   const int64_t taps = p.R * p.S;
   const std::vector<T> packed = pack_channel_blocks<T>(w, p.C, taps, taps, 1);
   channel_blocks<T>(input, packed.data(), bias, out, p, false);
+}
+
+// grad-weight on channel blocks at unit horizontal stride and dilation:
+// kernel-row taps s0 .. s0 + G - 1 summed over the pixels of one output row.
+// Pixel u's grad_output vector multiplies block columns u + s0 + k, so a
+// window of G columns slides one column per pixel (a load of x and of
+// grad_output per G FMAs); the accumulators alternate between two sets by
+// pixel parity (2G independent chains), added in a fixed order at the end.
+template <typename T, int G, int I, int... K>
+[[gnu::always_inline]] inline void wgrad_pixel(typename simd::Vec<T>::type (&a)[2][G],
+                                               typename simd::Vec<T>::type (&win)[G],
+                                               const T* xrow, const T* grow, int64_t u,
+                                               std::integer_sequence<int, K...>) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  win[(I + G - 1) % G] = V::load(xrow + (u + I + G - 1) * L);
+  const typename V::type g = V::load(grow + (u + I) * L);
+  ((a[I % 2][K] = simd::fmadd(g, win[(I + K) % G], a[I % 2][K])), ...);
+}
+
+template <typename T, int G, int... I>
+[[gnu::always_inline]] inline void wgrad_pixels(typename simd::Vec<T>::type (&a)[2][G],
+                                                typename simd::Vec<T>::type (&win)[G],
+                                                const T* xrow, const T* grow, int64_t u,
+                                                int64_t count, std::integer_sequence<int, I...>) {
+  using Taps = std::make_integer_sequence<int, G>;
+  (void)((I < count ? (wgrad_pixel<T, G, I>(a, win, xrow, grow, u, Taps{}), true) : false) && ...);
+}
+
+// acc[k] += sum over output rows oh in [oh0, oh1) and pixels u < Q of
+// grow(oh)[u] * xrow(oh)[u + k], k < G (xrow(oh) = x + oh * x_row: the block
+// row of kernel row r, already offset by s0 columns; grow(oh) = g + oh * g_row).
+template <typename T, int G>
+void wgrad_taps(const T* x, int64_t x_row, const T* g, int64_t g_row, int64_t oh0, int64_t oh1,
+                int64_t Q, typename simd::Vec<T>::type* acc) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  using Pixels = std::make_integer_sequence<int, 2 * G>;
+  typename V::type a[2][G], win[G];
+#pragma GCC unroll 32
+  for (int k = 0; k < G; ++k) a[0][k] = a[1][k] = V::zero();
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    const T* xrow = x + oh * x_row;
+    const T* grow = g + oh * g_row;
+#pragma GCC unroll 16
+    for (int k = 0; k < G - 1; ++k) win[k] = V::load(xrow + k * L);
+    int64_t u = 0;
+    // Chunks of 2G pixels: the window ends in the slots it started in, and
+    // pixel parity matches the accumulator set.
+    for (; u + 2 * G <= Q; u += 2 * G) wgrad_pixels<T, G>(a, win, xrow, grow, u, 2 * G, Pixels{});
+    if (u < Q) wgrad_pixels<T, G>(a, win, xrow, grow, u, Q - u, Pixels{});
+  }
+#pragma GCC unroll 32
+  for (int k = 0; k < G; ++k) acc[k] += a[0][k] + a[1][k];
+}
+
+inline constexpr int kWeightGradWindowTaps = simd::kVectorBytes == 64 ? 8 : 4;
+
+// Whether backward_weight_channel_blocks runs: multiplier 1, unit
+// horizontal stride and dilation (the window), the block in L2; NCHW also
+// only where the forward runs channel blocks (narrow rows).
+inline bool use_weight_grad_channel_blocks(const Conv2dShape& p, int L, bool channels_last) {
+  return p.K_per_group == 1 && p.stride_w == 1 && p.dilation_w == 1 &&
+         (channels_last ? fits_channel_block(p, L) : use_channel_blocks(p, L));
+}
+
+// gw[c][r][s] = sum over n, oh, ow of gy[n][c][oh][ow] * x_padded[n][c][oh *
+// sh + r * dh][ow + s]: one task per block of L channels (all images, in
+// order), the image's x and grad_output blocks filled as in the forward;
+// per image, kernel row and group of taps the sum runs over output rows and
+// pixels in order: identical for any thread count or batch split... (batch:
+// the sum runs over images, so a split changes it: grad-weight is only
+// thread-count invariant, as the other grad-weight kernels).
+// input, gy: NCHW with contiguous planes or channels-contiguous
+// (channels_last); gw: C x R x S contiguous.
+template <typename T>
+void backward_weight_channel_blocks(const at::Tensor& gy, const at::Tensor& input, T* gw,
+                                    const Conv2dShape& p, bool channels_last) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  const T* x = input.const_data_ptr<T>();
+  const T* y = gy.const_data_ptr<T>();
+  const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
+                sw = input.stride(3);
+  const int64_t gsn = gy.stride(0), gsc = gy.stride(1), gsh = gy.stride(2), gsw = gy.stride(3);
+  const int64_t C = p.C, taps = p.R * p.S, PQ = p.P * p.Q;
+  const int64_t Hp = input_span(p.P, p.stride_h, p.R, p.dilation_h);
+  const int64_t Wp = input_span(p.Q, p.stride_w, p.S, p.dilation_w);
+  std::vector<int64_t> slot(p.H * p.W), gslot(PQ);
+  for (int64_t h = 0; h < p.H; ++h) {
+    for (int64_t w = 0; w < p.W; ++w) {
+      const int64_t hp = h + p.pad_h, wp = w + p.pad_w;
+      slot[h * p.W + w] = hp < Hp && wp < Wp ? (hp * Wp + wp) * L : -1;
+    }
+  }
+  for (int64_t m = 0; m < PQ; ++m) gslot[m] = m * L;
+  const std::vector<ValidRange> rows = row_ranges(p);  // output rows reading image rows, per r
+  const int64_t blocks = (C + L - 1) / L;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> block(Hp * Wp * L, T(0));  // padding cells stay zero
+    std::vector<T> gblock(PQ * L);
+    simd::VecArray<T> acc(taps);
+    for (int64_t cb = begin; cb < end; ++cb) {
+      const int64_t c0 = cb * L;
+      const int lanes = static_cast<int>(std::min<int64_t>(L, C - c0));
+      std::fill(acc.begin(), acc.end(), V::zero());
+      for (int64_t n = 0; n < p.N; ++n) {
+        fill_channel_block(x + n * sn + c0 * sc, sc, sh, sw, p.H, p.W, channels_last, lanes,
+                           slot.data(), block.data());
+        fill_channel_block(y + n * gsn + c0 * gsc, gsc, gsh, gsw, p.P, p.Q, channels_last, lanes,
+                           gslot.data(), gblock.data());
+        for (int64_t r = 0; r < p.R; ++r) {
+          if (rows[r].lo >= rows[r].hi) continue;
+          const T* xr = block.data() + r * p.dilation_h * Wp * L;
+          for (int64_t s0 = 0; s0 < p.S; s0 += kWeightGradWindowTaps) {
+            const int count = static_cast<int>(std::min<int64_t>(kWeightGradWindowTaps, p.S - s0));
+            with_size_up_to<kWeightGradWindowTaps>(count, [&]<int G>() {
+              wgrad_taps<T, G>(xr + s0 * L, p.stride_h * Wp * L, gblock.data(), p.Q * L,
+                               rows[r].lo, rows[r].hi, p.Q, acc.data() + r * p.S + s0);
+            });
+          }
+        }
+      }
+      for (int l = 0; l < lanes; ++l)
+        for (int64_t t = 0; t < taps; ++t) gw[(c0 + l) * taps + t] = acc[t][l];
+    }
+  });
 }
 
 // grad-input at stride 1 is the forward with the filter rotated by 180
