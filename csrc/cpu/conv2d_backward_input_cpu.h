@@ -62,7 +62,7 @@ at::Tensor dense_backward_input_cpu(const at::Tensor& grad_output, const at::Ten
                                   /*nchw=*/true);
     return gx;
   }
-  const auto options = compute_options<T>(grad_output.options())
+  const at::TensorOptions options = compute_options<T>(grad_output.options())
                            .memory_format(at::MemoryFormat::ChannelsLast);
   // (at::zeros would ignore the memory format in options)
   auto gx = at::empty(p.input_sizes(), options);

@@ -26,15 +26,15 @@ namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 // Packs w'[c][k][taps] (K x C x R x S weights, any strides) for the phase
 // problem: forward "K" = C, forward "C" = K, taps (rt[m], st[m']).
-// Weights of S (T, or bfloat16/float16 widened here), packed as T.
-template <typename T, typename S = T>
+// Weights of E (T, or bfloat16/float16 widened here), packed as T.
+template <typename T, typename E = T>
 at::Tensor pack_phase_weights(const at::Tensor& weight, const std::vector<int64_t>& rt,
                               const std::vector<int64_t>& st) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t K = weight.size(0), C = weight.size(1);
   const int64_t R = static_cast<int64_t>(rt.size()), S = static_cast<int64_t>(st.size());
-  auto packed = at::empty({(C + L - 1) / L, R, S, K, L}, compute_options<T>(weight.options()));
-  pack_lane_blocks<T, S>(weight.const_data_ptr<S>(), C, weight.stride(1), K, weight.stride(0),
+  at::Tensor packed = at::empty({(C + L - 1) / L, R, S, K, L}, compute_options<T>(weight.options()));
+  pack_lane_blocks<T, E>(weight.const_data_ptr<E>(), C, weight.stride(1), K, weight.stride(0),
                       tap_offsets(rt, st, weight.stride(2), weight.stride(3)),
                       packed.mutable_data_ptr<T>());
   return packed;

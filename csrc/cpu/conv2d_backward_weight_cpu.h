@@ -44,12 +44,12 @@ at::Tensor dense_backward_weight_cpu(const at::Tensor& grad_output, const at::Te
   const int64_t Kb = (p.K + L - 1) / L;
   const at::Tensor x = padded_nhwc<T, S>(input, p.pad_h, p.pad_w);
   const at::Tensor gy = padded_nhwc<T, S>(grad_output, 0, 0, Kb * L);
-  auto packed = at::empty({Kb, p.R, p.S, p.C, L}, compute_options<T>(input.options()));
+  at::Tensor packed = at::empty({Kb, p.R, p.S, p.C, L}, compute_options<T>(input.options()));
   dense_backward_weight<T>(x.const_data_ptr<T>(), gy.const_data_ptr<T>(),
                            packed.mutable_data_ptr<T>(), p, p.H + 2 * p.pad_h, p.W + 2 * p.pad_w);
   // [Kb][R][S][C][L] -> [K][C][R][S]
   if constexpr (!std::is_same_v<T, S>) {
-    auto gw = at::empty({Kb, L, p.C, p.R, p.S}, input.options());
+    at::Tensor gw = at::empty({Kb, L, p.C, p.R, p.S}, input.options());
     gw.copy_(packed.permute({0, 4, 3, 1, 2}));  // rounds to nearest even, as .to()
     return gw.view({Kb * L, p.C, p.R, p.S}).narrow(0, 0, p.K);
   }

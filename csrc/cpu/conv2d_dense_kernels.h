@@ -264,7 +264,7 @@ template <typename T, typename E = T>
 at::Tensor pack_weights(const at::Tensor& weight) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t K = weight.size(0), C = weight.size(1), R = weight.size(2), S = weight.size(3);
-  auto packed = at::empty({(K + L - 1) / L, R, S, C, L}, compute_options<T>(weight.options()));
+  at::Tensor packed = at::empty({(K + L - 1) / L, R, S, C, L}, compute_options<T>(weight.options()));
   pack_lane_blocks<T, E>(weight.const_data_ptr<E>(), K, weight.stride(0), C, weight.stride(1),
                       tap_offsets(all_taps(R), all_taps(S), weight.stride(2), weight.stride(3)),
                       packed.mutable_data_ptr<T>());

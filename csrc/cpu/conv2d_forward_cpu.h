@@ -49,7 +49,7 @@ at::Tensor dense_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                         out.mutable_data_ptr<S>(), d);
     return out;
   }
-  auto out = at::empty(p.output_sizes(), compute_options<T>(input.options())
+  at::Tensor out = at::empty(p.output_sizes(), compute_options<T>(input.options())
                                              .memory_format(at::MemoryFormat::ChannelsLast));
   dense_forward<T>(x.const_data_ptr<T>(), w.const_data_ptr<T>(), bp, out.mutable_data_ptr<T>(), d);
   return nhwc_in_format<T, S>(out, format);

@@ -169,7 +169,7 @@ at::Tensor interleaved_padded(const at::Tensor& src, int64_t pad_h, int64_t pad_
     return padded_nhwc<T, S>(src, pad_h, pad_w);
   }
   const int64_t Hp = H + 2 * pad_h, Wp = W + 2 * pad_w;
-  auto out = at::empty({N, Hp, Wp, channels}, compute_options<T>(src.options()));
+  at::Tensor out = at::empty({N, Hp, Wp, channels}, compute_options<T>(src.options()));
   std::vector<int64_t> pos(C);
   for (int64_t c = 0; c < C; ++c) pos[c] = interleaved_channel(c, per_group, GB, block_stride);
   const std::vector<int64_t> source =
@@ -236,7 +236,7 @@ at::Tensor pack_weights(const Layout& l, int64_t R, int64_t S, WeightAt weight_a
                         const at::TensorOptions& options) {
   constexpr int L = kLanes<T>;
   const int64_t taps = R * S * l.in_per_group;
-  auto packed = at::zeros({l.blocks, l.vecs, taps, L}, compute_options<T>(options));
+  at::Tensor packed = at::zeros({l.blocks, l.vecs, taps, L}, compute_options<T>(options));
   T* dst = packed.mutable_data_ptr<T>();
   at::parallel_for(0, l.blocks * l.vecs, grain_for(taps * L), [&](int64_t begin, int64_t end) {
     for (int64_t bv = begin; bv < end; ++bv) {
@@ -616,7 +616,7 @@ at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const a
     for (int64_t k = 0; k < p.K; ++k)
       bd[interleaved_channel(k, Kg, l.GB, l.vecs * L)] = In::get(bs[k]);
   }
-  auto out = at::empty({p.N, p.P, p.Q, l.out_channels}, compute_options<T>(input.options()));
+  at::Tensor out = at::empty({p.N, p.P, p.Q, l.out_channels}, compute_options<T>(input.options()));
   const Problem d{p.N, p.H + 2 * p.pad_h, p.W + 2 * p.pad_w, p.P, p.Q, p.R, p.S,
                   p.stride_h, p.stride_w, p.dilation_h, p.dilation_w,
                   p.P * p.Q * l.out_channels, p.Q * l.out_channels, l.out_channels};
@@ -628,7 +628,7 @@ at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const a
 // grad-input: the grouped convolution of grad_output with the flipped,
 // transposed filter, one unit-stride problem per stride phase (as the
 // dense grad-input, see dense_backward_input).
-template <typename T, typename S = T>
+template <typename T, typename E = T>
 at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& weight,
                              const Conv2dShape& p, at::MemoryFormat format) {
   std::vector<PhaseTapList> rows(p.stride_h), cols(p.stride_w);
@@ -651,13 +651,13 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
   // Transposed problem: reduction over K_per_group, outputs C_per_group.
   const Layout l = make_layout<T>(p.groups, p.K_per_group, p.C_per_group);
   const int64_t pad_h = std::max(top, bottom), pad_w = std::max(left, right);
-  const at::Tensor gy = interleaved_padded<T, S>(grad_output, pad_h, pad_w, p.K_per_group, l.GB,
+  const at::Tensor gy = interleaved_padded<T, E>(grad_output, pad_h, pad_w, p.K_per_group, l.GB,
                                                  p.K_per_group * l.GB, l.x_channels);
   const int64_t Hp = p.P + 2 * pad_h, Wp = p.Q + 2 * pad_w;
   const at::TensorOptions buffer = compute_options<T>(grad_output.options());
-  auto gx = empty_phase ? at::zeros({p.N, p.H, p.W, l.out_channels}, buffer)
+  at::Tensor gx = empty_phase ? at::zeros({p.N, p.H, p.W, l.out_channels}, buffer)
                         : at::empty({p.N, p.H, p.W, l.out_channels}, buffer);
-  const S* wp = weight.const_data_ptr<S>();
+  const E* wp = weight.const_data_ptr<E>();
   const int64_t w0 = weight.stride(0), w1 = weight.stride(1), w2 = weight.stride(2),
                 w3 = weight.stride(3);
   const int64_t Kg = p.K_per_group;
@@ -670,7 +670,7 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
       const at::Tensor w = pack_weights<T>(
           l, R, S,
           [&](int64_t grp, int64_t cc, int64_t kk, int64_t r, int64_t s) {
-            return simd::Stored<T, S>::get(
+            return simd::Stored<T, E>::get(
                 wp[(grp * Kg + kk) * w0 + cc * w1 + rt.tap[r] * w2 + ct.tap[s] * w3]);
           },
           weight.options());
@@ -683,7 +683,7 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
                  gx.mutable_data_ptr<T>() + (ah * p.W + aw) * l.out_channels, l, d);
     }
   }
-  return deinterleave<T, S>(gx, l, p.input_sizes(), format, grad_output.options());
+  return deinterleave<T, E>(gx, l, p.input_sizes(), format, grad_output.options());
 }
 
 template <typename T, typename S = T>
@@ -696,7 +696,7 @@ at::Tensor backward_weight_op(const at::Tensor& grad_output, const at::Tensor& i
   const at::Tensor gy = interleaved_padded<T, S>(grad_output, 0, 0, p.K_per_group, l.GB,
                                                  l.vecs * L, l.out_channels);
   const int64_t steps = p.R * p.S * p.C_per_group;
-  auto packed = at::empty({l.blocks, l.vecs, steps, L}, compute_options<T>(input.options()));
+  at::Tensor packed = at::empty({l.blocks, l.vecs, steps, L}, compute_options<T>(input.options()));
   backward_weight<T>(x.const_data_ptr<T>(), gy.const_data_ptr<T>(), packed.mutable_data_ptr<T>(),
                      l, p, p.H + 2 * p.pad_h, p.W + 2 * p.pad_w);
   auto gw = at::empty(p.weight_sizes(), input.options());

@@ -181,7 +181,7 @@ at::Tensor padded_nhwc(const at::Tensor& input, int64_t pad_h, int64_t pad_w,
   const int64_t N = input.size(0), C0 = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t C = std::max(C0, channels_to);
   const int64_t Hp = H + 2 * pad_h, Wp = W + 2 * pad_w;
-  auto out = at::empty({N, Hp, Wp, C}, compute_options<T>(input.options()));
+  at::Tensor out = at::empty({N, Hp, Wp, C}, compute_options<T>(input.options()));
   const S* src = input.const_data_ptr<S>();
   T* dst = out.mutable_data_ptr<T>();
   const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
@@ -248,7 +248,7 @@ void convert_buffer(const T* src, D* dst, int64_t n) {
 template <typename T, typename D = T>
 at::Tensor nhwc_in_format(const at::Tensor& nhwc, at::MemoryFormat format) {
   if (format == at::MemoryFormat::ChannelsLast && std::is_same_v<T, D>) return nhwc;
-  auto out = at::empty(nhwc.sizes(), nhwc.options()
+  at::Tensor out = at::empty(nhwc.sizes(), nhwc.options()
                                          .dtype(c10::CppTypeToScalarType<D>::value)
                                          .memory_format(format));
   if (format == at::MemoryFormat::ChannelsLast) {
