@@ -99,6 +99,30 @@ def test_model_mode_training_step(monkeypatch):
     assert row["conv_ext_peak_bytes"]["allocator"] > 0 and row["torch_peak_bytes"]["allocator"] > 0
 
 
+def test_model_mode_training_step_with_dropout_float64():
+    # MobileNetV2 has Dropout before its classifier and BatchNorm biases whose
+    # gradients are zero up to rounding: the check must see the same dropout
+    # masks in both models and must not divide rounding noise by itself.
+    pytest.importorskip("torchvision")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        row = models.run_model("mobilenet_v2", batch=2, device="cpu", dtype=torch.float64,
+                               pass_="train", rounds=1, min_time=0.001, image_size=64)
+    finally:
+        torch.set_num_threads(threads)
+    assert row["correct"], row["max_rel_error"]
+    assert row["max_rel_error"] < 1e-9
+
+
+def test_model_error_floors_near_zero_tensors():
+    want = (torch.tensor([1.0, -2.0]), torch.tensor([1e-17, 0.0]))
+    got = (torch.tensor([1.0, -2.0]), torch.tensor([-1e-17, 1e-17]))
+    assert models._max_rel_error(got, want) < 1e-14
+    got = (torch.tensor([1.0, -2.0]), torch.tensor([1e-17, 0.5]))  # a real error is seen
+    assert models._max_rel_error(got, want) > 100
+
+
 def test_model_mode_fused_inference():
     pytest.importorskip("torchvision")
     threads = torch.get_num_threads()

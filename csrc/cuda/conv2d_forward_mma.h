@@ -79,13 +79,36 @@ inline MmaForwardTile mma_forward_tile_by_name(const std::string& name) {
               "' (expected 128x64, 128x64deep, 128x128 or 64x64)");
 }
 
+// The tuning variables CONV_EXT_MMA_TILE and CONV_EXT_MMA_SPLITS (to compare
+// tiles and splits on a GPU: bench/gpu_tile_sweep.sh), read once per process
+// rather than by a getenv (a scan of the environment) on every launch. A bad
+// tile name raises on each call until it is fixed.
+struct MmaForwardEnv {
+  std::string tile;    // "" = choose by shape
+  int64_t splits = 0;  // 0 = choose by shape
+};
+
+inline const MmaForwardEnv& mma_forward_env() {
+  static const MmaForwardEnv env = [] {
+    MmaForwardEnv e;
+    if (const char* v = std::getenv("CONV_EXT_MMA_TILE"); v != nullptr && *v != 0) {
+      mma_forward_tile_by_name(v);  // validate now
+      e.tile = v;
+    }
+    if (const char* v = std::getenv("CONV_EXT_MMA_SPLITS"); v != nullptr && *v != 0) {
+      e.splits = std::atoll(v);
+    }
+    return e;
+  }();
+  return env;
+}
+
 // The tile of a forward problem: one forced by the test hook (forced_tile()
-// = "mma:<tile>") or by the environment variable CONV_EXT_MMA_TILE (to
-// compare the tiles on a GPU), else 128 x 64.
+// = "mma:<tile>") or by CONV_EXT_MMA_TILE, else 128 x 64.
 inline MmaForwardTile choose_mma_forward_tile(const Conv2dShape&) {
   const std::string& forced = forced_tile();
   if (forced.rfind("mma:", 0) == 0) return mma_forward_tile_by_name(forced.substr(4));
-  if (const char* env = std::getenv("CONV_EXT_MMA_TILE"); env != nullptr && *env != 0) {
+  if (const std::string& env = mma_forward_env().tile; !env.empty()) {
     return mma_forward_tile_by_name(env);
   }
   return MmaForwardTile::k128x64;
@@ -93,7 +116,7 @@ inline MmaForwardTile choose_mma_forward_tile(const Conv2dShape&) {
 
 // Test hook: split the tensor-core forward's reduction this many ways (0:
 // choose by shape); the environment variable CONV_EXT_MMA_SPLITS does the
-// same on a GPU (to time the splits: bench/gpu_tile_sweep.sh).
+// same on a GPU (mma_forward_env()).
 inline int& forced_mma_splits() {
   static int splits = 0;
   return splits;
@@ -114,13 +137,9 @@ inline int64_t& last_forward_mma_splits() {
 // read once).
 inline int64_t choose_mma_forward_splits(int64_t tiles, int64_t slabs, int64_t sm_count) {
   int64_t splits = forced_mma_splits();
+  if (splits == 0) splits = mma_forward_env().splits;
   if (splits == 0) {
-    const char* env = std::getenv("CONV_EXT_MMA_SPLITS");
-    if (env != nullptr && *env != 0) {
-      splits = std::atoll(env);
-    } else {
-      splits = tiles * 2 <= sm_count ? std::min<int64_t>({sm_count / tiles, slabs / 16, 8}) : 1;
-    }
+    splits = tiles * 2 <= sm_count ? std::min<int64_t>({sm_count / tiles, slabs / 16, 8}) : 1;
   }
   return std::max<int64_t>(1, std::min<int64_t>({splits, slabs, kMaxGridYZ}));
 }
