@@ -86,6 +86,7 @@ at::Tensor dense_backward_weight_cpu(const at::Tensor& grad_output, const at::Te
     w.B = gy_operand(b_buffer.const_data_ptr<T>(), b_buffer.strides());
     w.a_count = p.C;
     w.b_vectors = Kb;
+    w.a_pixel = p.stride_h * p.stride_w;
   } else {
     b_buffer = nhwc_b(input, p.C);
     w.A = gy_operand(grad_output.const_data_ptr<T>(), grad_output.strides());

@@ -100,21 +100,27 @@ const TileTable<WeightGradTileFn<T>, kTilePixels, kTileNB>& weight_grad_tile_tab
 
 // The reduction of dense_backward_weight: A channels (a_count of them) x B
 // vectors (b_vectors), into gw packed as [b_vectors][R][S][a_count][L].
+// a_pixel: elements of one A channel per output pixel (stride_h * stride_w
+// for the input, 1 for grad_output).
 template <typename T>
 struct WgradProblem {
   WgradOperand<T> A, B;
-  int64_t a_count = 0, b_vectors = 0;
+  int64_t a_count = 0, b_vectors = 0, a_pixel = 1;
 };
 
 // Work items: (group of B vectors, tile of A channels, r, s), each reduced by
 // one thread over every output pixel in (n, oh, ow) order: results identical
 // run to run and for any thread count, without partial buffers or atomics.
-// A thread sweeps the output in chunks of about kWgradChunkPixels pixels
+// A thread sweeps the output in chunks of up to kWgradChunkPixels pixels
 // (whole images or bands of rows), all of its items over one chunk before
-// the next, so the chunk's B block (128 KB per group of 4 vectors) stays in
-// L2 while the items sweep it. Measured (one thread, AVX-512, ResNet-50):
-// 512 pixels beat 128 on the 3x3 layers by 5-10%.
+// the next, so the chunk stays in L2 while the items sweep it: its A block
+// (every A channel, at most kWgradChunkABytes) is read once per vector
+// group, its B block (128 KB per group of 4 vectors at 512 pixels) once per
+// A tile. Measured (one thread, AVX-512, ResNet-50): 512 pixels beat 128 on
+// the 3x3 layers by 5-10%; 512 pixels of a 512-channel stride-2 input
+// (3.2 MB) ran 25% slower than 128.
 inline constexpr int64_t kWgradChunkPixels = 512;
+inline constexpr int64_t kWgradChunkABytes = 768 * 1024;
 // Each A channel is a short stream per item and chunk (a row band of an
 // NCHW plane: 512 values), too short for the hardware prefetcher, and the
 // items jump between planes: the 1x1 layers ran at half speed waiting on
@@ -135,7 +141,10 @@ void dense_backward_weight(const WgradProblem<T>& w, T* gw, const Conv2dShape& p
   const int64_t gw_b = p.R * p.S * w.a_count * L;
   const std::vector<ValidRange> row_range = row_ranges(p), col_range = column_ranges(p);
   // Chunks: whole images where a plane is small, else bands of rows.
-  const int64_t chunk_rows = std::max<int64_t>(1, kWgradChunkPixels / std::max<int64_t>(p.Q, 1));
+  const int64_t a_pixel_bytes = w.a_count * w.a_pixel * static_cast<int64_t>(sizeof(T));
+  const int64_t chunk_pixels = std::clamp<int64_t>(kWgradChunkABytes / a_pixel_bytes, 1,
+                                                   kWgradChunkPixels);
+  const int64_t chunk_rows = std::max<int64_t>(1, chunk_pixels / std::max<int64_t>(p.Q, 1));
   const int64_t images_per_chunk = std::max<int64_t>(1, chunk_rows / p.P);
   const int64_t bands = chunk_rows >= p.P ? 1 : (p.P + chunk_rows - 1) / chunk_rows;
   const int64_t band_rows = (p.P + bands - 1) / bands;
