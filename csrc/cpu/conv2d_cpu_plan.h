@@ -8,8 +8,10 @@
 //   pointwise    1x1, no padding (float, double): forward a GEMM per image on
 //                NCHW data (conv2d_pointwise_kernels.h); grad-input the same
 //                with the transposed weight where the stride is 1
-//   first_layer  forward with few input channels (C < 8): the dense kernel,
-//                its (s, c) loops fused
+//   first_layer  forward with few input channels (C < 8): into NCHW with
+//                output rows of 2+ vectors, tiles of output channels x
+//                pixels along the row (conv2d_first_layer_kernels.h); else
+//                the dense kernel, its (s, c) loops fused
 //   dense        groups == 1 (float, double): register-blocked direct
 //                convolution on padded NHWC copies (conv2d_dense_kernels.h);
 //                grad-input one such problem per stride phase

@@ -8,6 +8,7 @@
 #include "conv2d_cpu_plan.h"
 #include "conv2d_dense_kernels.h"
 #include "conv2d_depthwise_kernels.h"
+#include "conv2d_first_layer_kernels.h"
 #include "conv2d_generic_kernels.h"
 #include "conv2d_grouped_kernels.h"
 #include "conv2d_layout_kernels.h"
@@ -107,6 +108,9 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const 
       result = grouped::forward_op<scalar_t>(input, weight, bias, p, format);
     } else if (path == CpuPath::kDepthwise) {
       result = depthwise_forward_cpu<scalar_t>(input, weight, bias, p, format);
+    } else if (path == CpuPath::kFirstLayer && format == at::MemoryFormat::Contiguous &&
+               first_layer::fits(p, simd::Vec<scalar_t>::size)) {
+      result = first_layer::forward<scalar_t>(input, weight, bias, p);
     } else if (path == CpuPath::kPointwise && format == at::MemoryFormat::Contiguous) {
       result = pointwise_nchw<scalar_t>(input, weight.view({p.K, p.C}), bias, p.stride_h,
                                         p.stride_w, p.P, p.Q);
