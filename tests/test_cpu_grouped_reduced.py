@@ -4,7 +4,10 @@ kernels, against F.conv2d and a float64 reference: forward, grad-input and
 grad-weight; odd shapes, group tails (groups not a multiple of the groups
 packed per vector), padding larger than the filter, dilation, strides,
 non-contiguous inputs, channels_last; bitwise reproducibility across thread
-counts and batch splits."""
+counts and batch splits. bfloat16/float16 are widened inside the layout
+copies and rounded once where the result leaves the float kernels: bitwise
+the float32 result of the widened tensors, rounded (the conversions'
+contract, on every path and output layout)."""
 import math
 
 import pytest
@@ -12,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import conv_ext
-from helpers import compare_with_torch
+from helpers import compare_with_torch, make_layout
 
 ops = torch.ops.conv_ext
 # Every test runs once per vector ISA the CPU has (conftest.cpu_isa).
@@ -162,3 +165,84 @@ def test_reduced_precision_on_fast_kernels(case, dtype, layout):
     _assert_one_rounding(gx, gx64, dtype)
     _assert_one_rounding(gw, gw64, dtype)
     assert y.is_contiguous(memory_format=fmt)
+
+
+# bfloat16 / float16 are widened to float32 inside the layout copies and
+# packing (not by a whole-tensor conversion first) and rounded once where the
+# result leaves the float kernels (the NCHW transposes, the tiles' stores,
+# the unpacking): the result must be bitwise the float32 kernels' result on
+# the widened tensors, rounded to nearest even. Cases cover every copy that
+# converts: padded NHWC (NCHW rows, channels_last rows, strided elements),
+# the NCHW result written by the dense work items and by the separate pass
+# (C split), the pointwise pixel-block copy (tiles spanning images, stride),
+# the grouped interleaved copies (several groups per vector, one group per
+# vector, channels_last result as the kernel's buffer), and the packings.
+CONVERSION_CASES = [
+    # (name, N, C, H, W, K, R, S, stride, padding, dilation, groups)
+    ("dense_odd", 2, 19, 9, 11, 21, 3, 3, 1, 1, 1, 1),
+    ("dense_s2_dil", 1, 12, 11, 10, 17, 3, 3, 2, 2, 2, 1),
+    ("dense_wide_rows", 2, 16, 5, 37, 40, 3, 3, 1, 1, 1, 1),      # whole 16x16 blocks + tails
+    ("dense_c_split", 2, 200, 5, 6, 64, 3, 3, 1, 1, 1, 1),        # C chunks: NHWC then NCHW pass
+    ("dense_asym", 1, 10, 8, 13, 9, 2, 5, (1, 2), (0, 3), (2, 1), 1),
+    ("pointwise", 2, 16, 8, 8, 24, 1, 1, 1, 0, 1, 1),
+    ("pointwise_7x7_span", 8, 40, 7, 7, 13, 1, 1, 1, 0, 1, 1),   # tiles spanning images
+    ("pointwise_s2", 2, 24, 9, 11, 20, 1, 1, 2, 0, 1, 1),         # subsampled copy
+    ("first_layer", 1, 3, 15, 13, 8, 7, 7, 2, 3, 1, 1),
+    ("depthwise", 2, 12, 11, 13, 12, 3, 3, 1, 1, 1, 12),
+    ("grouped_gb4", 2, 32, 9, 7, 32, 3, 3, 1, 1, 1, 8),
+    ("grouped_tail", 1, 21, 6, 19, 35, 3, 3, 1, 1, 1, 7),
+    ("grouped_k32", 2, 32, 7, 9, 64, 3, 3, 1, 1, 1, 2),           # whole vectors per group
+    ("grouped_s2", 2, 64, 9, 9, 64, 3, 3, 2, 1, 1, 8),
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CONVERSION_CASES, ids=_id)
+def test_reduced_is_float32_rounded_once_bitwise(case, dtype, layout):
+    _, N, C, H, W, K, R, S, stride, padding, dilation, groups = case
+    args = (_pair(stride), _pair(padding), _pair(dilation), groups)
+    x = make_layout(torch.randn(N, C, H, W).to(dtype), layout)
+    w = make_layout(_weight(K, C // groups, R, S).to(dtype), layout)
+    b = torch.randn(K).to(dtype)
+    y = ops.conv2d_forward(x, w, b, *args)
+    gy = make_layout(torch.randn(y.shape).to(dtype), layout)
+    got = (y, ops.conv2d_backward_input(gy, w, list(x.shape), *args),
+           ops.conv2d_backward_weight(gy, x, list(w.shape), *args))
+    xf, wf, gyf = x.float(), w.float(), gy.float()  # exact, layout kept
+    want = (ops.conv2d_forward(xf, wf, b.float(), *args),
+            ops.conv2d_backward_input(gyf, wf, list(x.shape), *args),
+            ops.conv2d_backward_weight(gyf, xf, list(w.shape), *args))
+    for name, g, f in zip(("forward", "grad_input", "grad_weight"), got, want):
+        assert g.dtype == dtype, name
+        assert torch.equal(g, f.to(dtype)), f"{name}: max diff {(g.float() - f).abs().max()}"
+        fmt = torch.channels_last if f.is_contiguous(memory_format=torch.channels_last) and \
+            not f.is_contiguous() else torch.contiguous_format
+        assert g.is_contiguous(memory_format=fmt), name
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", [c for c in CONVERSION_CASES if c[0] in (
+    "dense_odd", "dense_c_split", "pointwise_7x7_span", "grouped_gb4", "grouped_k32")], ids=_id)
+def test_reduced_bitwise_across_threads_and_batch(case, dtype, layout):
+    _, N, C, H, W, K, R, S, stride, padding, dilation, groups = case
+    N = 3
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    args = (_pair(stride), _pair(padding), _pair(dilation), groups)
+    x = torch.randn(N, C, H, W).to(dtype).contiguous(memory_format=fmt)
+    w = _weight(K, C // groups, R, S).to(dtype)
+    gy = torch.randn_like(ops.conv2d_forward(x, w, None, *args))
+    saved = torch.get_num_threads()
+    try:
+        first = _three_ops(x, w, gy, args)
+        torch.set_num_threads(1)
+        single = _three_ops(x, w, gy, args)
+    finally:
+        torch.set_num_threads(saved)
+    for a, b in zip(first, single):
+        assert torch.equal(a, b)
+    for i in range(N):
+        y_i, gx_i, _ = _three_ops(x[i:i + 1], w, gy[i:i + 1], args)
+        assert torch.equal(y_i[0], first[0][i])
+        assert torch.equal(gx_i[0], first[1][i])

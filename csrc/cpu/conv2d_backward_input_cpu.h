@@ -51,21 +51,24 @@ at::Tensor depthwise_backward_input_cpu(const at::Tensor& grad_output, const at:
 }
 
 // Dense (and pointwise on channels_last): one unit-stride dense problem per
-// stride phase, NHWC grad_input.
-template <typename T>
+// stride phase, NHWC grad_input. Tensors of S: T, or bfloat16/float16 on
+// the float kernels (T = float), rounded once where the result leaves them.
+template <typename T, typename S = T>
 at::Tensor dense_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
                                     const Conv2dShape& p, at::MemoryFormat format) {
   if (format == at::MemoryFormat::Contiguous && dense_backward_input_writes_nchw<T>(p)) {
     auto gx = at::empty(p.input_sizes(), grad_output.options());
-    dense_backward_input<T>(grad_output, weight, gx.mutable_data_ptr<T>(), p, /*nchw=*/true);
+    dense_backward_input<T, S, S>(grad_output, weight, gx.mutable_data_ptr<S>(), p,
+                                  /*nchw=*/true);
     return gx;
   }
-  const auto options = grad_output.options().memory_format(at::MemoryFormat::ChannelsLast);
+  const at::TensorOptions options = compute_options<T>(grad_output.options())
+                           .memory_format(at::MemoryFormat::ChannelsLast);
   // (at::zeros would ignore the memory format in options)
   auto gx = at::empty(p.input_sizes(), options);
   if (backward_input_has_empty_phase(p)) gx.zero_();
-  dense_backward_input<T>(grad_output, weight, gx.mutable_data_ptr<T>(), p);
-  return nhwc_in_format<T>(gx, format);
+  dense_backward_input<T, S>(grad_output, weight, gx.mutable_data_ptr<T>(), p);
+  return nhwc_in_format<T, S>(gx, format);
 }
 
 // Other dtypes and grouped convolutions: the transpose of the forward loop
@@ -89,22 +92,27 @@ at::Tensor backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& w
                               const Conv2dShape& p, at::MemoryFormat format) {
   const CpuPath path = select_path(p, Pass::kBackwardInput, grad_output.scalar_type());
   if (path == CpuPath::kGeneric) return generic_backward_input_cpu(grad_output, weight, p);
-  if (is_reduced_float(grad_output.scalar_type())) {
+  if (is_reduced_float(grad_output.scalar_type()) && path == CpuPath::kDepthwise) {
+    // (depthwise: whole-tensor conversion, see forward_cpu)
     return backward_input_cpu(to_float(grad_output), to_float(weight), p, format)
         .to(grad_output.scalar_type());
   }
   at::Tensor result;
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv2d_backward_input_cpu", [&] {
+  // bfloat16/float16 (scalar_t) on the float kernels (T = float), as forward_cpu.
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "conv2d_backward_input_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
     if (path == CpuPath::kGrouped) {
-      result = grouped::backward_input_op<scalar_t>(grad_output, weight, p, format);
+      result = grouped::backward_input_op<T, scalar_t>(grad_output, weight, p, format);
     } else if (path == CpuPath::kDepthwise) {
-      result = depthwise_backward_input_cpu<scalar_t>(grad_output, weight, p, format);
+      if constexpr (std::is_same_v<T, scalar_t>) {
+        result = depthwise_backward_input_cpu<scalar_t>(grad_output, weight, p, format);
+      }
     } else if (path == CpuPath::kPointwise && format == at::MemoryFormat::Contiguous) {
       // grad_input[C][HW] = W^T[C][K] grad_output[K][HW] per image.
-      result = pointwise_nchw<scalar_t>(grad_output, weight.view({p.K, p.C}).t(), at::Tensor(),
-                                        1, 1, p.H, p.W);
+      result = pointwise_nchw<T, scalar_t>(grad_output, weight.view({p.K, p.C}).t(),
+                                           at::Tensor(), 1, 1, p.H, p.W);
     } else {  // channels_last pointwise runs as a dense problem: NHWC in, NHWC out
-      result = dense_backward_input_cpu<scalar_t>(grad_output, weight, p, format);
+      result = dense_backward_input_cpu<T, scalar_t>(grad_output, weight, p, format);
     }
   });
   return result;

@@ -26,14 +26,15 @@ namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 
 // Packs w'[c][k][taps] (K x C x R x S weights, any strides) for the phase
 // problem: forward "K" = C, forward "C" = K, taps (rt[m], st[m']).
-template <typename T>
+// Weights of E (T, or bfloat16/float16 widened here), packed as T.
+template <typename T, typename E = T>
 at::Tensor pack_phase_weights(const at::Tensor& weight, const std::vector<int64_t>& rt,
                               const std::vector<int64_t>& st) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t K = weight.size(0), C = weight.size(1);
   const int64_t R = static_cast<int64_t>(rt.size()), S = static_cast<int64_t>(st.size());
-  auto packed = at::empty({(C + L - 1) / L, R, S, K, L}, weight.options());
-  pack_lane_blocks<T>(weight.const_data_ptr<T>(), C, weight.stride(1), K, weight.stride(0),
+  at::Tensor packed = at::empty({(C + L - 1) / L, R, S, K, L}, compute_options<T>(weight.options()));
+  pack_lane_blocks<T, E>(weight.const_data_ptr<E>(), C, weight.stride(1), K, weight.stride(0),
                       tap_offsets(rt, st, weight.stride(2), weight.stride(3)),
                       packed.mutable_data_ptr<T>());
   return packed;
@@ -54,9 +55,11 @@ bool dense_backward_input_writes_nchw(const Conv2dShape& p) {
 
 // Dense grad-input into an NHWC buffer gx [N][H][W][C] (zeroed by the caller
 // when some phase has no taps), or, with nchw (where
-// dense_backward_input_writes_nchw), a contiguous NCHW one.
-template <typename T>
-void dense_backward_input(const at::Tensor& grad_output, const at::Tensor& weight, T* gx,
+// dense_backward_input_writes_nchw), a contiguous NCHW one. grad_output and
+// weight of S (T, or bfloat16/float16 widened in the padded copy and the
+// packing); gx of O: T, or S with nchw (rounded by the NCHW transpose).
+template <typename T, typename S = T, typename O = T>
+void dense_backward_input(const at::Tensor& grad_output, const at::Tensor& weight, O* gx,
                           const Conv2dShape& p, bool nchw = false) {
   std::vector<PhaseTapList> rows(p.stride_h), cols(p.stride_w);
   int64_t top = 0, bottom = 0, left = 0, right = 0;
@@ -75,14 +78,14 @@ void dense_backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
   // Padded NHWC grad_output; asymmetric padding through a symmetric copy of
   // the larger side (a few zero rows more, no branch in the kernel).
   const int64_t pad_h = std::max(top, bottom), pad_w = std::max(left, right);
-  const at::Tensor gy = padded_nhwc<T>(grad_output, pad_h, pad_w);
+  const at::Tensor gy = padded_nhwc<T, S>(grad_output, pad_h, pad_w);
   const int64_t Hp = p.P + 2 * pad_h, Wp = p.Q + 2 * pad_w;
   for (int64_t ah = 0; ah < p.stride_h; ++ah) {
     for (int64_t aw = 0; aw < p.stride_w; ++aw) {
       const PhaseTapList& rt = rows[ah];
       const PhaseTapList& ct = cols[aw];
       if (rt.tap.empty() || ct.tap.empty() || rt.count == 0 || ct.count == 0) continue;
-      const at::Tensor w = pack_phase_weights<T>(weight, rt.tap, ct.tap);
+      const at::Tensor w = pack_phase_weights<T, S>(weight, rt.tap, ct.tap);
       const int64_t x_offset = ((pad_h + rt.offset.front()) * Wp + pad_w + ct.offset.front()) * p.K;
       // Unit stride over grad_output (forward "C" = K, "K" = C), the phase's
       // taps, every stride-th pixel of the NHWC grad_input.
@@ -93,7 +96,7 @@ void dense_backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
                            .dilation_h = rt.spacing, .dilation_w = ct.spacing,
                            .out_image = p.H * p.W * p.C, .out_row = p.stride_h * p.W * p.C,
                            .out_pixel = p.stride_w * p.C, .nchw = nchw};
-      dense_forward<T>(gy.const_data_ptr<T>() + x_offset, w.const_data_ptr<T>(), nullptr,
+      dense_forward<T, O>(gy.const_data_ptr<T>() + x_offset, w.const_data_ptr<T>(), nullptr,
                        gx + (ah * p.W + aw) * p.C, d);
     }
   }

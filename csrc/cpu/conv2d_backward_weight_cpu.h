@@ -34,18 +34,25 @@ at::Tensor depthwise_backward_weight_cpu(const at::Tensor& grad_output, const at
 }
 
 // Dense: on a padded NHWC input and an NHWC grad_output with channels padded
-// to whole vectors, into the packed layout, then unpacked.
-template <typename T>
+// to whole vectors, into the packed layout, then unpacked. Tensors of S:
+// T, or bfloat16/float16 widened in the NHWC copies (T = float), the result
+// rounded once in the unpacking copy.
+template <typename T, typename S = T>
 at::Tensor dense_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                      const Conv2dShape& p) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t Kb = (p.K + L - 1) / L;
-  const at::Tensor x = padded_nhwc<T>(input, p.pad_h, p.pad_w);
-  const at::Tensor gy = padded_nhwc<T>(grad_output, 0, 0, Kb * L);
-  auto packed = at::empty({Kb, p.R, p.S, p.C, L}, input.options());
+  const at::Tensor x = padded_nhwc<T, S>(input, p.pad_h, p.pad_w);
+  const at::Tensor gy = padded_nhwc<T, S>(grad_output, 0, 0, Kb * L);
+  at::Tensor packed = at::empty({Kb, p.R, p.S, p.C, L}, compute_options<T>(input.options()));
   dense_backward_weight<T>(x.const_data_ptr<T>(), gy.const_data_ptr<T>(),
                            packed.mutable_data_ptr<T>(), p, p.H + 2 * p.pad_h, p.W + 2 * p.pad_w);
   // [Kb][R][S][C][L] -> [K][C][R][S]
+  if constexpr (!std::is_same_v<T, S>) {
+    at::Tensor gw = at::empty({Kb, L, p.C, p.R, p.S}, input.options());
+    gw.copy_(packed.permute({0, 4, 3, 1, 2}));  // rounds to nearest even, as .to()
+    return gw.view({Kb * L, p.C, p.R, p.S}).narrow(0, 0, p.K);
+  }
   return packed.permute({0, 4, 3, 1, 2}).reshape({Kb * L, p.C, p.R, p.S}).narrow(0, 0, p.K)
       .contiguous();
 }
@@ -71,18 +78,23 @@ at::Tensor backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& 
                                const Conv2dShape& p, at::MemoryFormat format) {
   const CpuPath path = select_path(p, Pass::kBackwardWeight, grad_output.scalar_type());
   if (path == CpuPath::kGeneric) return generic_backward_weight_cpu(grad_output, input, p);
-  if (is_reduced_float(grad_output.scalar_type())) {
+  if (is_reduced_float(grad_output.scalar_type()) && path == CpuPath::kDepthwise) {
+    // (depthwise: whole-tensor conversion, see forward_cpu)
     return backward_weight_cpu(to_float(grad_output), to_float(input), p, format)
         .to(grad_output.scalar_type());
   }
   at::Tensor result;
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv2d_backward_weight_cpu", [&] {
+  // bfloat16/float16 (scalar_t) on the float kernels (T = float), as forward_cpu.
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "conv2d_backward_weight_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
     if (path == CpuPath::kGrouped) {
-      result = grouped::backward_weight_op<scalar_t>(grad_output, input, p);
+      result = grouped::backward_weight_op<T, scalar_t>(grad_output, input, p);
     } else if (path == CpuPath::kDepthwise) {
-      result = depthwise_backward_weight_cpu<scalar_t>(grad_output, input, p);
+      if constexpr (std::is_same_v<T, scalar_t>) {
+        result = depthwise_backward_weight_cpu<scalar_t>(grad_output, input, p);
+      }
     } else {
-      result = dense_backward_weight_cpu<scalar_t>(grad_output, input, p);
+      result = dense_backward_weight_cpu<T, scalar_t>(grad_output, input, p);
     }
   });
   return result;

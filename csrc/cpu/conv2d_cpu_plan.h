@@ -24,9 +24,10 @@
 //                loops, one output plane per task
 //                (conv2d_generic_kernels.h)
 //
-// bfloat16 and float16 take the float32 kernels of their path (converted on
-// the way in, float32 accumulation, one rounding at the end; see
-// is_reduced_float).
+// bfloat16 and float16 take the float32 kernels of their path: widened to
+// float inside the layout copies and packing, float32 accumulation, one
+// rounding (to nearest even) where the result leaves the kernels' buffers;
+// depthwise still converts whole tensors first (see is_reduced_float).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -50,7 +51,8 @@ inline const char* path_name(CpuPath path) {
   return "generic";
 }
 
-// bfloat16 and float16 run on the float32 kernels: converted on the way in,
+// bfloat16 and float16 run on the float32 kernels (T = at::opmath_type,
+// elements in memory simd::Stored): converted in the copies on the way in,
 // float32 accumulation, rounded once at the end.
 inline bool is_reduced_float(at::ScalarType dtype) {
   return dtype == at::kBFloat16 || dtype == at::kHalf;

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "conv2d_cpu_common.h"
@@ -163,18 +164,21 @@ const TileTable<DenseTileFn<T>, kTilePixels, kTileNB>& dense_tile_table() {
 // Where each lane's (c, t) values are one contiguous run (a contiguous
 // forward filter: c_stride = taps, tap_offset[t] = t), pack_contiguous_lanes
 // instead: L lanes x L values of the run through an in-register transpose.
-template <typename T>
-void pack_contiguous_lanes(const T* src, int64_t lanes, int64_t lane_stride, int64_t C,
+//
+// src holds elements of S (T, or bfloat16/float16 widened to T = float on
+// the way: simd::Stored).
+template <typename T, typename S = T>
+void pack_contiguous_lanes(const S* src, int64_t lanes, int64_t lane_stride, int64_t C,
                            int64_t taps, T* dst);
 
-template <typename T>
-void pack_lane_blocks(const T* src, int64_t lanes, int64_t lane_stride, int64_t C,
+template <typename T, typename S = T>
+void pack_lane_blocks(const S* src, int64_t lanes, int64_t lane_stride, int64_t C,
                       int64_t c_stride, const std::vector<int64_t>& tap_offset, T* dst) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t taps = static_cast<int64_t>(tap_offset.size());
   bool contiguous = c_stride == taps;
   for (int64_t t = 0; t < taps; ++t) contiguous = contiguous && tap_offset[t] == t;
-  if (contiguous) return pack_contiguous_lanes<T>(src, lanes, lane_stride, C, taps, dst);
+  if (contiguous) return pack_contiguous_lanes<T, S>(src, lanes, lane_stride, C, taps, dst);
   const int64_t blocks = (lanes + L - 1) / L;
   constexpr int64_t kChannelChunk = 64;
   const int64_t chunks = (C + kChannelChunk - 1) / kChannelChunk;
@@ -187,9 +191,10 @@ void pack_lane_blocks(const T* src, int64_t lanes, int64_t lane_stride, int64_t 
       if (used < L) std::fill(block.begin(), block.end(), T(0));
       T* out = dst + b * taps * C * L;
       for (int64_t c = c0; c < c1; ++c) {
-        const T* s = src + b * L * lane_stride + c * c_stride;
+        const S* s = src + b * L * lane_stride + c * c_stride;
         for (int64_t l = 0; l < used; ++l)
-          for (int64_t t = 0; t < taps; ++t) block[t * L + l] = s[l * lane_stride + tap_offset[t]];
+          for (int64_t t = 0; t < taps; ++t)
+            block[t * L + l] = simd::Stored<T, S>::get(s[l * lane_stride + tap_offset[t]]);
         for (int64_t t = 0; t < taps; ++t)
           std::memcpy(out + (t * C + c) * L, block.data() + t * L, sizeof(T) * L);
       }
@@ -201,10 +206,11 @@ void pack_lane_blocks(const T* src, int64_t lanes, int64_t lane_stride, int64_t 
 // b * L + l >= lanes. Per lane the (c, t) values are the run f = c * taps + t
 // (f < C * taps); L lanes x L values of it are transposed in registers and
 // each resulting vector of L lanes stored at its (t, c).
-template <typename T>
-void pack_contiguous_lanes(const T* src, int64_t lanes, int64_t lane_stride, int64_t C,
+template <typename T, typename S>
+void pack_contiguous_lanes(const S* src, int64_t lanes, int64_t lane_stride, int64_t C,
                            int64_t taps, T* dst) {
   using V = simd::Vec<T>;
+  using In = simd::Stored<T, S>;
   constexpr int L = V::size;
   const int64_t blocks = (lanes + L - 1) / L, run = C * taps;
   constexpr int64_t kChunk = 64 * L;  // run elements per work item
@@ -215,14 +221,14 @@ void pack_contiguous_lanes(const T* src, int64_t lanes, int64_t lane_stride, int
       const int64_t b = item / chunks, f0 = (item % chunks) * kChunk;
       const int64_t f1 = std::min(run, f0 + kChunk);
       const int used = static_cast<int>(std::min<int64_t>(L, lanes - b * L));
-      const T* s = src + b * L * lane_stride;
+      const S* s = src + b * L * lane_stride;
       T* out = dst + b * taps * C * L;
       for (int64_t f = f0; f < f1; f += L) {
         const int count = static_cast<int>(std::min<int64_t>(L, f1 - f));
         for (int l = 0; l < L; ++l) {
           v[l] = l >= used     ? V::zero()
-                 : count == L ? V::load(s + l * lane_stride + f)
-                              : V::load_partial(s + l * lane_stride + f, count);
+                 : count == L ? In::load(s + l * lane_stride + f)
+                              : In::load_partial(s + l * lane_stride + f, count);
         }
         transpose_square<T>(v);
         int64_t c = f / taps, t = f % taps;
@@ -252,14 +258,14 @@ inline std::vector<int64_t> all_taps(int64_t n) {
   return t;
 }
 
-// Weights K x C x R x S (any strides) packed as [ceil(K/L)][R][S][C][L],
-// zero beyond K.
-template <typename T>
+// Weights K x C x R x S (any strides, elements E) packed as
+// [ceil(K/L)][R][S][C][L] of T, zero beyond K.
+template <typename T, typename E = T>
 at::Tensor pack_weights(const at::Tensor& weight) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t K = weight.size(0), C = weight.size(1), R = weight.size(2), S = weight.size(3);
-  auto packed = at::empty({(K + L - 1) / L, R, S, C, L}, weight.options());
-  pack_lane_blocks<T>(weight.const_data_ptr<T>(), K, weight.stride(0), C, weight.stride(1),
+  at::Tensor packed = at::empty({(K + L - 1) / L, R, S, C, L}, compute_options<T>(weight.options()));
+  pack_lane_blocks<T, E>(weight.const_data_ptr<E>(), K, weight.stride(0), C, weight.stride(1),
                       tap_offsets(all_taps(R), all_taps(S), weight.stride(2), weight.stride(3)),
                       packed.mutable_data_ptr<T>());
   return packed;
@@ -271,7 +277,8 @@ at::Tensor pack_weights(const at::Tensor& weight) {
 //   row stride out_row, image stride out_image (strided outputs let
 //   grad-input write one stride phase of its result), or, with nchw,
 //   contiguous NCHW [N][K][P][Q] (the out_* strides unused; only where
-//   dense_writes_nchw).
+//   dense_writes_nchw). The output's elements O: T, or with nchw a
+//   narrower type (bfloat16/float16) the NCHW transpose rounds to.
 struct DenseProblem {
   int64_t N, C, Hp, Wp, K, R, S, P, Q;
   int64_t stride_h, stride_w, dilation_h, dilation_w;
@@ -309,9 +316,14 @@ bool dense_writes_nchw(const DenseProblem& d) {
   return dense_c_chunks<T>(d) == 1;
 }
 
-template <typename T>
-void dense_forward(const T* x, const T* w, const T* bias, T* out, const DenseProblem& d) {
+template <typename T, typename O = T>
+void dense_forward(const T* x, const T* w, const T* bias, O* out, const DenseProblem& d) {
   constexpr int L = simd::Vec<T>::size;
+  if constexpr (!std::is_same_v<O, T>) {
+    TORCH_INTERNAL_ASSERT(d.nchw, "dense_forward: a rounded output must be NCHW");
+  }
+  T* out_nhwc = nullptr;  // the NHWC output (O == T only)
+  if constexpr (std::is_same_v<O, T>) out_nhwc = out;
   const int64_t Kb = (d.K + L - 1) / L;
   const DenseTileShape shape = dense_tile_shape(Kb);
   const int64_t KG = shape.groups;
@@ -380,7 +392,8 @@ void dense_forward(const T* x, const T* w, const T* bias, T* out, const DensePro
           for (int u = 0; u < ur; ++u) {
             xs[u] = x + ((n * d.Hp + oh * d.stride_h) * d.Wp + ow * d.stride_w) * d.C + c0;
             outs[u] = d.nchw ? block_out.data() + (m - m_begin + u) * block_width
-                             : out + n * d.out_image + oh * d.out_row + ow * d.out_pixel + kb0 * L;
+                             : out_nhwc + n * d.out_image + oh * d.out_row + ow * d.out_pixel +
+                                   kb0 * L;
             if (++ow == d.Q) {
               ow = 0;
               if (++oh == d.P) oh = 0, ++n;
@@ -393,8 +406,9 @@ void dense_forward(const T* x, const T* w, const T* bias, T* out, const DensePro
           const int64_t PQ = d.P * d.Q, channels = std::min<int64_t>(block_width, d.K - kb0 * L);
           for (int64_t a = m_begin; a < m_end;) {
             const int64_t image = a / PQ, e = std::min(m_end, (image + 1) * PQ);
-            transpose_plane<T>(block_out.data() + (a - m_begin) * block_width, block_width, e - a,
-                               channels, out + (image * d.K + kb0 * L) * PQ + a - image * PQ, PQ);
+            transpose_plane<T, T, O>(block_out.data() + (a - m_begin) * block_width, block_width,
+                                     e - a, channels,
+                                     out + (image * d.K + kb0 * L) * PQ + a - image * PQ, PQ);
             a = e;
           }
         }

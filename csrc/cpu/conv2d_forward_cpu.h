@@ -21,30 +21,39 @@ namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 // Dense, first-layer and channels_last pointwise paths: padded NHWC copy +
 // packed weights + the register-blocked kernel, output written NHWC, or NCHW
 // block by block from the kernel's work items (dense_writes_nchw).
-template <typename T>
+// Tensors of S: T, or bfloat16/float16 on the float kernels (T = float),
+// widened in the padded copy and the weight packing, the result rounded
+// once where it leaves the kernel's buffers (NCHW block transpose, or the
+// pass out of the NHWC buffer).
+template <typename T, typename S = T>
 at::Tensor dense_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                              const at::Tensor& bias, const Conv2dShape& p, CpuPath path,
                              at::MemoryFormat format) {
   constexpr int L = simd::Vec<T>::size;
   // A channels_last pointwise input is already the NHWC buffer (no padding).
-  const bool use_input_as_is =
-      path == CpuPath::kPointwise && input.is_contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor x = use_input_as_is ? input : padded_nhwc<T>(input, p.pad_h, p.pad_w);
-  const at::Tensor w = pack_weights<T>(weight);
+  const bool use_input_as_is = std::is_same_v<S, T> && path == CpuPath::kPointwise &&
+                               input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = use_input_as_is ? input : padded_nhwc<T, S>(input, p.pad_h, p.pad_w);
+  const at::Tensor w = pack_weights<T, S>(weight);
   const int64_t Kb = (p.K + L - 1) / L;
   at::Tensor b;
   if (bias.defined()) {
-    b = at::zeros({Kb * L}, weight.options());
+    b = at::zeros({Kb * L}, compute_options<T>(weight.options()));
     b.narrow(0, 0, p.K).copy_(bias);
   }
   DenseProblem d = dense_forward_problem(p);
   d.nchw = format == at::MemoryFormat::Contiguous && dense_writes_nchw<T>(d);
-  auto out = at::empty(p.output_sizes(),
-                       input.options().memory_format(d.nchw ? at::MemoryFormat::Contiguous
-                                                            : at::MemoryFormat::ChannelsLast));
-  dense_forward<T>(x.const_data_ptr<T>(), w.const_data_ptr<T>(),
-                   b.defined() ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(), d);
-  return d.nchw ? out : nhwc_in_format<T>(out, format);
+  const T* bp = b.defined() ? b.const_data_ptr<T>() : nullptr;
+  if (d.nchw) {
+    auto out = at::empty(p.output_sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+    dense_forward<T, S>(x.const_data_ptr<T>(), w.const_data_ptr<T>(), bp,
+                        out.mutable_data_ptr<S>(), d);
+    return out;
+  }
+  at::Tensor out = at::empty(p.output_sizes(), compute_options<T>(input.options())
+                                             .memory_format(at::MemoryFormat::ChannelsLast));
+  dense_forward<T>(x.const_data_ptr<T>(), w.const_data_ptr<T>(), bp, out.mutable_data_ptr<T>(), d);
+  return nhwc_in_format<T, S>(out, format);
 }
 
 // Depthwise: NCHW planes through a phase-split buffer, or channels_last
@@ -96,26 +105,36 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const 
                        const Conv2dShape& p, at::MemoryFormat format) {
   const CpuPath path = select_path(p, Pass::kForward, input.scalar_type());
   if (path == CpuPath::kGeneric) return generic_forward_cpu(input, weight, bias, p);
-  if (is_reduced_float(input.scalar_type())) {
-    // The float32 kernels, one rounding at the end (as the generic kernel's
-    // float accumulator): packing in float costs one pass over the data.
+  if (is_reduced_float(input.scalar_type()) && path == CpuPath::kDepthwise) {
+    // Depthwise still converts the whole tensors (its plane copies do not
+    // convert yet): the float32 kernels, one rounding at the end.
     return forward_cpu(to_float(input), to_float(weight), to_float(bias), p, format)
         .to(input.scalar_type());
   }
   at::Tensor result;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv2d_forward_cpu", [&] {
+  // bfloat16/float16 (scalar_t) run on the float kernels (T = float): the
+  // layout copies widen, the result is rounded once (is_reduced_float).
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
     if (path == CpuPath::kGrouped) {
-      result = grouped::forward_op<scalar_t>(input, weight, bias, p, format);
+      result = grouped::forward_op<T, scalar_t>(input, weight, bias, p, format);
     } else if (path == CpuPath::kDepthwise) {
-      result = depthwise_forward_cpu<scalar_t>(input, weight, bias, p, format);
-    } else if (path == CpuPath::kFirstLayer && format == at::MemoryFormat::Contiguous &&
-               first_layer::fits(p, simd::Vec<scalar_t>::size)) {
-      result = first_layer::forward<scalar_t>(input, weight, bias, p);
+      if constexpr (std::is_same_v<T, scalar_t>) {
+        result = depthwise_forward_cpu<scalar_t>(input, weight, bias, p, format);
+      }
+    } else if (std::is_same_v<T, scalar_t> && path == CpuPath::kFirstLayer &&
+               format == at::MemoryFormat::Contiguous &&
+               first_layer::fits(p, simd::Vec<T>::size)) {
+      // float and double only: its copies do not convert (bfloat16 and
+      // float16 first layers take the dense kernel, whose copies do).
+      if constexpr (std::is_same_v<T, scalar_t>) {
+        result = first_layer::forward<scalar_t>(input, weight, bias, p);
+      }
     } else if (path == CpuPath::kPointwise && format == at::MemoryFormat::Contiguous) {
-      result = pointwise_nchw<scalar_t>(input, weight.view({p.K, p.C}), bias, p.stride_h,
-                                        p.stride_w, p.P, p.Q);
+      result = pointwise_nchw<T, scalar_t>(input, weight.view({p.K, p.C}), bias, p.stride_h,
+                                           p.stride_w, p.P, p.Q);
     } else {  // channels_last pointwise runs as a dense problem: NHWC in, NHWC out
-      result = dense_forward_cpu<scalar_t>(input, weight, bias, p, path, format);
+      result = dense_forward_cpu<T, scalar_t>(input, weight, bias, p, path, format);
     }
   });
   return result;

@@ -130,17 +130,19 @@ inline std::vector<int64_t> interleaved_sources(int64_t C, int64_t per_group, in
 
 // d[j * d_row + i] = rows[i][j] for i < n_out, j < cols (both <= L): an
 // L x L transpose whose source rows come from a list of pointers (null: a
-// zero row), so a channel permutation costs nothing extra.
-template <typename T>
-inline void transpose_listed_rows(const T* const* rows, int cols, T* d, int64_t d_row,
+// zero row), so a channel permutation costs nothing extra. Rows of S
+// (T, or bfloat16/float16 widened to T).
+template <typename T, typename S>
+inline void transpose_listed_rows(const S* const* rows, int cols, T* d, int64_t d_row,
                                   int n_out) {
   using V = simd::Vec<T>;
+  using In = simd::Stored<T, S>;
   constexpr int L = V::size;
   typename V::type v[L];
   for (int i = 0; i < L; ++i) {
     v[i] = rows[i] == nullptr ? V::zero()
-           : cols == L        ? V::load(rows[i])
-                              : V::load_partial(rows[i], cols);
+           : cols == L        ? In::load(rows[i])
+                              : In::load_partial(rows[i], cols);
   }
   transpose_square<T>(v);
   for (int j = 0; j < cols; ++j) {
@@ -155,7 +157,8 @@ inline void transpose_listed_rows(const T* const* rows, int cols, T* d, int64_t 
 // Zero-padded NHWC copy of src (N x C x H x W, any strides) with channels
 // interleaved: [N][H + 2 pad_h][W + 2 pad_w][channels], channel c at
 // interleaved_channel(c, per_group, GB, block_stride); the rest zero.
-template <typename T>
+// src of S, the copy of T (bfloat16/float16 widened to float here).
+template <typename T, typename S = T>
 at::Tensor interleaved_padded(const at::Tensor& src, int64_t pad_h, int64_t pad_w,
                               int64_t per_group, int GB, int64_t block_stride,
                               int64_t channels) {
@@ -163,15 +166,15 @@ at::Tensor interleaved_padded(const at::Tensor& src, int64_t pad_h, int64_t pad_
   const int64_t N = src.size(0), C = src.size(1), H = src.size(2), W = src.size(3);
   // One group per block with no gaps: the interleaving is the identity.
   if (GB == 1 && block_stride == per_group && channels == C) {
-    return padded_nhwc<T>(src, pad_h, pad_w);
+    return padded_nhwc<T, S>(src, pad_h, pad_w);
   }
   const int64_t Hp = H + 2 * pad_h, Wp = W + 2 * pad_w;
-  auto out = at::empty({N, Hp, Wp, channels}, src.options());
+  at::Tensor out = at::empty({N, Hp, Wp, channels}, compute_options<T>(src.options()));
   std::vector<int64_t> pos(C);
   for (int64_t c = 0; c < C; ++c) pos[c] = interleaved_channel(c, per_group, GB, block_stride);
   const std::vector<int64_t> source =
       interleaved_sources(C, per_group, GB, block_stride, channels, L);
-  const T* s = src.const_data_ptr<T>();
+  const S* s = src.const_data_ptr<S>();
   T* d = out.mutable_data_ptr<T>();
   const int64_t sn = src.stride(0), sc = src.stride(1), sh = src.stride(2), sw = src.stride(3);
   at::parallel_for(0, N * Hp, grain_for(Wp * channels), [&](int64_t begin, int64_t end) {
@@ -184,7 +187,7 @@ at::Tensor interleaved_padded(const at::Tensor& src, int64_t pad_h, int64_t pad_
       }
       std::fill(row, row + pad_w * channels, T(0));
       std::fill(row + (pad_w + W) * channels, row + Wp * channels, T(0));
-      const T* sr = s + n * sn + h * sh;
+      const S* sr = s + n * sn + h * sh;
       T* dr = row + pad_w * channels;
       if (sw == 1 && sc != 1) {
         // NCHW rows: L pixels x L interleaved channels per register
@@ -192,12 +195,12 @@ at::Tensor interleaved_padded(const at::Tensor& src, int64_t pad_h, int64_t pad_
         for (int64_t w0 = 0; w0 < W; w0 += L) {
           const int cols = static_cast<int>(std::min<int64_t>(L, W - w0));
           for (int64_t d0 = 0; d0 < channels; d0 += L) {
-            const T* rows[L];
+            const S* rows[L];
             for (int i = 0; i < L; ++i) {
               const int64_t c = source[d0 + i];
               rows[i] = c < 0 ? nullptr : sr + c * sc + w0;
             }
-            transpose_listed_rows<T>(rows, cols, dr + w0 * channels + d0, channels,
+            transpose_listed_rows<T, S>(rows, cols, dr + w0 * channels + d0, channels,
                                      static_cast<int>(std::min<int64_t>(L, channels - d0)));
           }
         }
@@ -206,16 +209,17 @@ at::Tensor interleaved_padded(const at::Tensor& src, int64_t pad_h, int64_t pad_
       if (C < channels) std::fill(dr, dr + W * channels, T(0));  // groups past the last
       if (sc == 1) {
         for (int64_t w = 0; w < W; ++w)
-          for (int64_t c = 0; c < C; ++c) dr[w * channels + pos[c]] = sr[w * sw + c];
+          for (int64_t c = 0; c < C; ++c)
+            dr[w * channels + pos[c]] = simd::Stored<T, S>::get(sr[w * sw + c]);
       } else {
         // Transpose in strips of 16 pixels: the strip's destination lines
         // stay in L1 while every channel row is read one line at a time.
         for (int64_t w0 = 0; w0 < W; w0 += 16) {
           const int64_t w1 = std::min(W, w0 + 16);
           for (int64_t c = 0; c < C; ++c) {
-            const T* sc_row = sr + c * sc;
+            const S* sc_row = sr + c * sc;
             T* dc = dr + pos[c];
-            for (int64_t w = w0; w < w1; ++w) dc[w * channels] = sc_row[w * sw];
+            for (int64_t w = w0; w < w1; ++w) dc[w * channels] = simd::Stored<T, S>::get(sc_row[w * sw]);
           }
         }
       }
@@ -232,7 +236,7 @@ at::Tensor pack_weights(const Layout& l, int64_t R, int64_t S, WeightAt weight_a
                         const at::TensorOptions& options) {
   constexpr int L = kLanes<T>;
   const int64_t taps = R * S * l.in_per_group;
-  auto packed = at::zeros({l.blocks, l.vecs, taps, L}, options);
+  at::Tensor packed = at::zeros({l.blocks, l.vecs, taps, L}, compute_options<T>(options));
   T* dst = packed.mutable_data_ptr<T>();
   at::parallel_for(0, l.blocks * l.vecs, grain_for(taps * L), [&](int64_t begin, int64_t end) {
     for (int64_t bv = begin; bv < end; ++bv) {
@@ -387,26 +391,29 @@ void forward(const T* x, const T* w, const T* bias, T* out, const Layout& l, con
 }
 
 // The interleaved result `src` ([N][H][W][out_channels]) as an N x C x H x W
-// tensor in `format`; channel c at interleaved_channel(c, ...).
-template <typename T>
+// tensor of O (T, or bfloat16/float16: rounded here; `options` has O's
+// dtype) in `format`; channel c at interleaved_channel(c, ...).
+template <typename T, typename O = T>
 at::Tensor deinterleave(const at::Tensor& src_buffer, const Layout& l, at::IntArrayRef sizes,
                         at::MemoryFormat format, const at::TensorOptions& options) {
   constexpr int L = kLanes<T>;
+  using Out = simd::Stored<T, O>;
   const int64_t N = sizes[0], C = sizes[1], HW = sizes[2] * sizes[3];
   const int64_t Co = l.out_channels;
-  // Whole vectors per group, one group per block: the buffer is NHWC already.
+  // Whole vectors per group, one group per block: the buffer is NHWC already
+  // (rounded in one pass for O narrower than T).
   if (format == at::MemoryFormat::ChannelsLast && l.GB == 1 && Co == C) {
-    return src_buffer.permute({0, 3, 1, 2});
+    return nhwc_in_format<T, O>(src_buffer.permute({0, 3, 1, 2}), format);
   }
   const T* src = src_buffer.const_data_ptr<T>();
   auto out = at::empty(sizes, options.memory_format(format));
   std::vector<int64_t> pos(C);
   for (int64_t c = 0; c < C; ++c) pos[c] = interleaved_channel(c, l.out_per_group, l.GB, l.vecs * L);
-  T* d = out.mutable_data_ptr<T>();
+  O* d = out.mutable_data_ptr<O>();
   if (format == at::MemoryFormat::ChannelsLast) {
     at::parallel_for(0, N * HW, grain_for(C), [&](int64_t begin, int64_t end) {
       for (int64_t px = begin; px < end; ++px)
-        for (int64_t c = 0; c < C; ++c) d[px * C + c] = src[px * Co + pos[c]];
+        for (int64_t c = 0; c < C; ++c) d[px * C + c] = Out::put(src[px * Co + pos[c]]);
     });
     return out;
   }
@@ -423,7 +430,7 @@ at::Tensor deinterleave(const at::Tensor& src_buffer, const Layout& l, at::IntAr
       const int64_t t0 = (item % items_per_image) * kTilesPerItem;
       const int64_t t1 = std::min(tiles, t0 + kTilesPerItem);
       const T* s = src + n * HW * Co;
-      T* dn = d + n * C * HW;
+      O* dn = d + n * C * HW;
       for (int64_t j0 = 0; j0 < Co; j0 += L) {
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t p0 = t * L;
@@ -436,9 +443,9 @@ at::Tensor deinterleave(const at::Tensor& src_buffer, const Layout& l, at::IntAr
             const int64_t c = channel[j0 + j];
             if (c < 0) continue;
             if (count == L) {
-              V::store(dn + c * HW + p0, v[j]);
+              Out::store(dn + c * HW + p0, v[j]);
             } else {
-              V::store_partial(dn + c * HW + p0, v[j], count);
+              Out::store_partial(dn + c * HW + p0, v[j], count);
             }
           }
         }
@@ -578,45 +585,50 @@ void backward_weight(const T* x, const T* gy, T* gw, const Layout& l, const Conv
 
 // ---------------------------------------------------------------------------
 // The three ops. `input`/`grad_output` any strides; results in `format`.
+// Tensors of S: T, or bfloat16/float16 on the float kernels (T = float):
+// the layout copies widen, the result is rounded once where it leaves the
+// kernels' buffers.
 
-template <typename T>
+template <typename T, typename S = T>
 at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                       const Conv2dShape& p, at::MemoryFormat format) {
   constexpr int L = kLanes<T>;
+  using In = simd::Stored<T, S>;
   const Layout l = make_layout<T>(p.groups, p.C_per_group, p.K_per_group);
-  const at::Tensor x = interleaved_padded<T>(input, p.pad_h, p.pad_w, p.C_per_group, l.GB,
-                                             p.C_per_group * l.GB, l.x_channels);
-  const T* wp = weight.const_data_ptr<T>();
+  const at::Tensor x = interleaved_padded<T, S>(input, p.pad_h, p.pad_w, p.C_per_group, l.GB,
+                                                p.C_per_group * l.GB, l.x_channels);
+  const S* wp = weight.const_data_ptr<S>();
   const int64_t w0 = weight.stride(0), w1 = weight.stride(1), w2 = weight.stride(2),
                 w3 = weight.stride(3);
   const int64_t Kg = p.K_per_group;
   const at::Tensor w = pack_weights<T>(
       l, p.R, p.S,
       [&](int64_t grp, int64_t kk, int64_t i, int64_t r, int64_t s) {
-        return wp[(grp * Kg + kk) * w0 + i * w1 + r * w2 + s * w3];
+        return In::get(wp[(grp * Kg + kk) * w0 + i * w1 + r * w2 + s * w3]);
       },
       weight.options());
   at::Tensor b;
   if (bias.defined()) {
-    b = at::zeros({l.out_channels}, weight.options());
+    b = at::zeros({l.out_channels}, compute_options<T>(weight.options()));
     const at::Tensor bc = bias.contiguous();
-    const T* bs = bc.const_data_ptr<T>();
+    const S* bs = bc.const_data_ptr<S>();
     T* bd = b.mutable_data_ptr<T>();
-    for (int64_t k = 0; k < p.K; ++k) bd[interleaved_channel(k, Kg, l.GB, l.vecs * L)] = bs[k];
+    for (int64_t k = 0; k < p.K; ++k)
+      bd[interleaved_channel(k, Kg, l.GB, l.vecs * L)] = In::get(bs[k]);
   }
-  auto out = at::empty({p.N, p.P, p.Q, l.out_channels}, input.options());
+  at::Tensor out = at::empty({p.N, p.P, p.Q, l.out_channels}, compute_options<T>(input.options()));
   const Problem d{p.N, p.H + 2 * p.pad_h, p.W + 2 * p.pad_w, p.P, p.Q, p.R, p.S,
                   p.stride_h, p.stride_w, p.dilation_h, p.dilation_w,
                   p.P * p.Q * l.out_channels, p.Q * l.out_channels, l.out_channels};
   forward<T>(x.const_data_ptr<T>(), w.const_data_ptr<T>(),
              b.defined() ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(), l, d);
-  return deinterleave<T>(out, l, p.output_sizes(), format, input.options());
+  return deinterleave<T, S>(out, l, p.output_sizes(), format, input.options());
 }
 
 // grad-input: the grouped convolution of grad_output with the flipped,
 // transposed filter, one unit-stride problem per stride phase (as the
 // dense grad-input, see dense_backward_input).
-template <typename T>
+template <typename T, typename E = T>
 at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& weight,
                              const Conv2dShape& p, at::MemoryFormat format) {
   std::vector<PhaseTapList> rows(p.stride_h), cols(p.stride_w);
@@ -639,12 +651,13 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
   // Transposed problem: reduction over K_per_group, outputs C_per_group.
   const Layout l = make_layout<T>(p.groups, p.K_per_group, p.C_per_group);
   const int64_t pad_h = std::max(top, bottom), pad_w = std::max(left, right);
-  const at::Tensor gy = interleaved_padded<T>(grad_output, pad_h, pad_w, p.K_per_group, l.GB,
-                                              p.K_per_group * l.GB, l.x_channels);
+  const at::Tensor gy = interleaved_padded<T, E>(grad_output, pad_h, pad_w, p.K_per_group, l.GB,
+                                                 p.K_per_group * l.GB, l.x_channels);
   const int64_t Hp = p.P + 2 * pad_h, Wp = p.Q + 2 * pad_w;
-  auto gx = empty_phase ? at::zeros({p.N, p.H, p.W, l.out_channels}, grad_output.options())
-                        : at::empty({p.N, p.H, p.W, l.out_channels}, grad_output.options());
-  const T* wp = weight.const_data_ptr<T>();
+  const at::TensorOptions buffer = compute_options<T>(grad_output.options());
+  at::Tensor gx = empty_phase ? at::zeros({p.N, p.H, p.W, l.out_channels}, buffer)
+                        : at::empty({p.N, p.H, p.W, l.out_channels}, buffer);
+  const E* wp = weight.const_data_ptr<E>();
   const int64_t w0 = weight.stride(0), w1 = weight.stride(1), w2 = weight.stride(2),
                 w3 = weight.stride(3);
   const int64_t Kg = p.K_per_group;
@@ -657,7 +670,8 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
       const at::Tensor w = pack_weights<T>(
           l, R, S,
           [&](int64_t grp, int64_t cc, int64_t kk, int64_t r, int64_t s) {
-            return wp[(grp * Kg + kk) * w0 + cc * w1 + rt.tap[r] * w2 + ct.tap[s] * w3];
+            return simd::Stored<T, E>::get(
+                wp[(grp * Kg + kk) * w0 + cc * w1 + rt.tap[r] * w2 + ct.tap[s] * w3]);
           },
           weight.options());
       const int64_t x_offset = ((pad_h + rt.offset.front()) * Wp + pad_w + ct.offset.front()) *
@@ -669,26 +683,25 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
                  gx.mutable_data_ptr<T>() + (ah * p.W + aw) * l.out_channels, l, d);
     }
   }
-  return deinterleave<T>(gx, l, p.input_sizes(), format,
-                         grad_output.options());
+  return deinterleave<T, E>(gx, l, p.input_sizes(), format, grad_output.options());
 }
 
-template <typename T>
+template <typename T, typename S = T>
 at::Tensor backward_weight_op(const at::Tensor& grad_output, const at::Tensor& input,
                               const Conv2dShape& p) {
   constexpr int L = kLanes<T>;
   const Layout l = make_layout<T>(p.groups, p.C_per_group, p.K_per_group);
-  const at::Tensor x = interleaved_padded<T>(input, p.pad_h, p.pad_w, p.C_per_group, l.GB,
-                                             p.C_per_group * l.GB, l.x_channels);
-  const at::Tensor gy = interleaved_padded<T>(grad_output, 0, 0, p.K_per_group, l.GB,
-                                              l.vecs * L, l.out_channels);
+  const at::Tensor x = interleaved_padded<T, S>(input, p.pad_h, p.pad_w, p.C_per_group, l.GB,
+                                                p.C_per_group * l.GB, l.x_channels);
+  const at::Tensor gy = interleaved_padded<T, S>(grad_output, 0, 0, p.K_per_group, l.GB,
+                                                 l.vecs * L, l.out_channels);
   const int64_t steps = p.R * p.S * p.C_per_group;
-  auto packed = at::empty({l.blocks, l.vecs, steps, L}, input.options());
+  at::Tensor packed = at::empty({l.blocks, l.vecs, steps, L}, compute_options<T>(input.options()));
   backward_weight<T>(x.const_data_ptr<T>(), gy.const_data_ptr<T>(), packed.mutable_data_ptr<T>(),
                      l, p, p.H + 2 * p.pad_h, p.W + 2 * p.pad_w);
   auto gw = at::empty(p.weight_sizes(), input.options());
   const T* src = packed.const_data_ptr<T>();
-  T* dst = gw.mutable_data_ptr<T>();
+  S* dst = gw.mutable_data_ptr<S>();
   const int64_t Kg = p.K_per_group, Cg = p.C_per_group, RS = p.R * p.S;
   at::parallel_for(0, p.K, grain_for(steps), [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
@@ -696,7 +709,8 @@ at::Tensor backward_weight_op(const at::Tensor& grad_output, const at::Tensor& i
       const int64_t j = kk * l.GB + grp % l.GB;
       const T* s = src + ((grp / l.GB) * l.vecs + j / L) * steps * L + j % L;
       for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t t = 0; t < RS; ++t) dst[(k * Cg + c) * RS + t] = s[(t * Cg + c) * L];
+        for (int64_t t = 0; t < RS; ++t)
+          dst[(k * Cg + c) * RS + t] = simd::Stored<T, S>::put(s[(t * Cg + c) * L]);
     }
   });
   return gw;

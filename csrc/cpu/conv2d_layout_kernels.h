@@ -99,75 +99,90 @@ inline void transpose_square(typename simd::Vec<T>::type* v) {
   transpose_swap_round<T, simd::Vec<T>::size / 2>(v);
 }
 
+// Every copy below reads elements of Src and writes elements of Dst through
+// vectors of the compute type T (simd::Stored): for bfloat16/float16
+// tensors the copy that changes the layout also widens to float (inputs) or
+// rounds to the tensor's dtype (results), so no separate conversion pass.
+
 // d[j * d_row + i] = s[i * s_row + j] for i, j < L: one whole block through registers.
-template <typename T>
-inline void transpose_block(const T* s, int64_t s_row, T* d, int64_t d_row) {
+template <typename T, typename Src = T, typename Dst = T>
+inline void transpose_block(const Src* s, int64_t s_row, Dst* d, int64_t d_row) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
   typename V::type v[L];
-  for (int i = 0; i < L; ++i) v[i] = V::load(s + i * s_row);
+  for (int i = 0; i < L; ++i) v[i] = simd::Stored<T, Src>::load(s + i * s_row);
   transpose_square<T>(v);
-  for (int j = 0; j < L; ++j) V::store(d + j * d_row, v[j]);
+  for (int j = 0; j < L; ++j) simd::Stored<T, Dst>::store(d + j * d_row, v[j]);
 }
 
 // The same for i < rows, j < cols (both <= L): a block at the edge, masked.
-template <typename T>
-__attribute__((noinline)) void transpose_edge_block(const T* s, int64_t s_row, int rows, int cols,
-                                                    T* d, int64_t d_row) {
+template <typename T, typename Src = T, typename Dst = T>
+__attribute__((noinline)) void transpose_edge_block(const Src* s, int64_t s_row, int rows,
+                                                    int cols, Dst* d, int64_t d_row) {
   using V = simd::Vec<T>;
+  using In = simd::Stored<T, Src>;
+  using Out = simd::Stored<T, Dst>;
   constexpr int L = V::size;
   if constexpr (!simd::kMaskedAccess) {  // a partial load would be a memcpy call
     for (int i = 0; i < rows; ++i)
-      for (int j = 0; j < cols; ++j) d[j * d_row + i] = s[i * s_row + j];
+      for (int j = 0; j < cols; ++j) d[j * d_row + i] = Out::put(In::get(s[i * s_row + j]));
     return;
   }
   typename V::type v[L];
   for (int i = 0; i < L; ++i) {
     v[i] = i >= rows   ? V::zero()
-           : cols == L ? V::load(s + i * s_row)
-                       : V::load_partial(s + i * s_row, cols);
+           : cols == L ? In::load(s + i * s_row)
+                       : In::load_partial(s + i * s_row, cols);
   }
   transpose_square<T>(v);
   for (int j = 0; j < cols; ++j) {
     if (rows == L) {
-      V::store(d + j * d_row, v[j]);
+      Out::store(d + j * d_row, v[j]);
     } else {
-      V::store_partial(d + j * d_row, v[j], rows);
+      Out::store_partial(d + j * d_row, v[j], rows);
     }
   }
 }
 
 // d[j * d_row + i] = s[i * s_row + j] for i < rows, j < cols: a rows x cols
 // matrix transposed in L x L blocks.
-template <typename T>
-void transpose_plane(const T* s, int64_t s_row, int64_t rows, int64_t cols, T* d, int64_t d_row) {
+template <typename T, typename Src = T, typename Dst = T>
+void transpose_plane(const Src* s, int64_t s_row, int64_t rows, int64_t cols, Dst* d,
+                     int64_t d_row) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t rows_full = rows / L * L, cols_full = cols / L * L;
   for (int64_t i0 = 0; i0 < rows; i0 += L) {
-    const T* si = s + i0 * s_row;
-    T* di = d + i0;
+    const Src* si = s + i0 * s_row;
+    Dst* di = d + i0;
     if (i0 < rows_full) {
       for (int64_t j0 = 0; j0 < cols_full; j0 += L)
-        transpose_block<T>(si + j0, s_row, di + j0 * d_row, d_row);
+        transpose_block<T, Src, Dst>(si + j0, s_row, di + j0 * d_row, d_row);
     }
     const int bi = static_cast<int>(std::min<int64_t>(L, rows - i0));
     for (int64_t j0 = i0 < rows_full ? cols_full : 0; j0 < cols; j0 += L) {
       const int bj = static_cast<int>(std::min<int64_t>(L, cols - j0));
-      transpose_edge_block<T>(si + j0, s_row, bi, bj, di + j0 * d_row, d_row);
+      transpose_edge_block<T, Src, Dst>(si + j0, s_row, bi, bj, di + j0 * d_row, d_row);
     }
   }
 }
 
-// Zero-padded NHWC copy of `input` (any strides): [N][H + 2 pad_h][W + 2 pad_w][C].
-// With channels_to > C, channels C..channels_to-1 are zero.
+// `options` with the dtype of T (the kernels' buffers).
 template <typename T>
+at::TensorOptions compute_options(const at::TensorOptions& options) {
+  return options.dtype(c10::CppTypeToScalarType<T>::value);
+}
+
+// Zero-padded NHWC copy of `input` (any strides, elements S, T's dtype or
+// one that T widens): [N][H + 2 pad_h][W + 2 pad_w][C] of T.
+// With channels_to > C, channels C..channels_to-1 are zero.
+template <typename T, typename S = T>
 at::Tensor padded_nhwc(const at::Tensor& input, int64_t pad_h, int64_t pad_w,
                        int64_t channels_to = 0) {
   const int64_t N = input.size(0), C0 = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t C = std::max(C0, channels_to);
   const int64_t Hp = H + 2 * pad_h, Wp = W + 2 * pad_w;
-  auto out = at::empty({N, Hp, Wp, C}, input.options());
-  const T* src = input.const_data_ptr<T>();
+  at::Tensor out = at::empty({N, Hp, Wp, C}, compute_options<T>(input.options()));
+  const S* src = input.const_data_ptr<S>();
   T* dst = out.mutable_data_ptr<T>();
   const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
                 sw = input.stride(3);
@@ -181,18 +196,19 @@ at::Tensor padded_nhwc(const at::Tensor& input, int64_t pad_h, int64_t pad_w,
       }
       std::fill(row, row + pad_w * C, T(0));
       std::fill(row + (pad_w + W) * C, row + Wp * C, T(0));
-      const T* s = src + n * sn + h * sh;
+      const S* s = src + n * sn + h * sh;
       T* d = row + pad_w * C;
       if (C > C0) {
         for (int64_t w = 0; w < W; ++w) std::fill(d + w * C + C0, d + (w + 1) * C, T(0));
       }
       if (sc == 1) {  // channels_last source: rows of C
-        for (int64_t w = 0; w < W; ++w) std::memcpy(d + w * C, s + w * sw, sizeof(T) * C0);
+        for (int64_t w = 0; w < W; ++w) simd::convert_copy<T>(s + w * sw, d + w * C, C0);
       } else if (sw == 1) {  // NCHW source: transpose C x W
-        transpose_plane<T>(s, sc, C0, W, d, C);
+        transpose_plane<T, S, T>(s, sc, C0, W, d, C);
       } else {
         for (int64_t c = 0; c < C0; ++c)
-          for (int64_t w = 0; w < W; ++w) d[w * C + c] = s[c * sc + w * sw];
+          for (int64_t w = 0; w < W; ++w)
+            d[w * C + c] = simd::Stored<T, S>::get(s[c * sc + w * sw]);
       }
     }
   });
@@ -200,27 +216,47 @@ at::Tensor padded_nhwc(const at::Tensor& input, int64_t pad_h, int64_t pad_w,
 }
 
 // dst[n][c][hw] = src[n][hw][c]: NHWC to NCHW, in cache-sized tiles.
-template <typename T>
-void nhwc_to_nchw(const T* src, T* dst, int64_t N, int64_t C, int64_t HW) {
+template <typename T, typename D = T>
+void nhwc_to_nchw(const T* src, D* dst, int64_t N, int64_t C, int64_t HW) {
   constexpr int64_t kTileHW = 64;
   const int64_t hw_tiles = (HW + kTileHW - 1) / kTileHW;
   at::parallel_for(0, N * hw_tiles, grain_for(kTileHW * C), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / hw_tiles, hw0 = (item % hw_tiles) * kTileHW;
       const int64_t hw1 = std::min(HW, hw0 + kTileHW);
-      transpose_plane<T>(src + (n * HW + hw0) * C, C, hw1 - hw0, C, dst + n * C * HW + hw0, HW);
+      transpose_plane<T, T, D>(src + (n * HW + hw0) * C, C, hw1 - hw0, C,
+                               dst + n * C * HW + hw0, HW);
     }
   });
 }
 
-// An NHWC result (channels_last tensor `nhwc`) in `format`: as it is for
-// channels_last, else a contiguous NCHW copy.
-template <typename T>
+// dst[i] = src[i] for i < n, rounded to D (one parallel pass).
+template <typename T, typename D>
+void convert_buffer(const T* src, D* dst, int64_t n) {
+  constexpr int64_t kChunk = 16384;
+  at::parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t a = i * kChunk;
+      simd::convert_copy<T>(src + a, dst + a, std::min(kChunk, n - a));
+    }
+  });
+}
+
+// An NHWC result of T (channels_last tensor `nhwc`) as a tensor of D in
+// `format`: as it is for channels_last when D is T, else a copy (NCHW:
+// transposed; D narrower than T: rounded in the same pass).
+template <typename T, typename D = T>
 at::Tensor nhwc_in_format(const at::Tensor& nhwc, at::MemoryFormat format) {
-  if (format == at::MemoryFormat::ChannelsLast) return nhwc;
-  auto out = at::empty(nhwc.sizes(), nhwc.options().memory_format(at::MemoryFormat::Contiguous));
-  nhwc_to_nchw<T>(nhwc.const_data_ptr<T>(), out.mutable_data_ptr<T>(), nhwc.size(0),
-                  nhwc.size(1), nhwc.size(2) * nhwc.size(3));
+  if (format == at::MemoryFormat::ChannelsLast && std::is_same_v<T, D>) return nhwc;
+  at::Tensor out = at::empty(nhwc.sizes(), nhwc.options()
+                                         .dtype(c10::CppTypeToScalarType<D>::value)
+                                         .memory_format(format));
+  if (format == at::MemoryFormat::ChannelsLast) {
+    convert_buffer<T, D>(nhwc.const_data_ptr<T>(), out.mutable_data_ptr<D>(), nhwc.numel());
+    return out;
+  }
+  nhwc_to_nchw<T, D>(nhwc.const_data_ptr<T>(), out.mutable_data_ptr<D>(), nhwc.size(0),
+                     nhwc.size(1), nhwc.size(2) * nhwc.size(3));
   return out;
 }
 

@@ -10,9 +10,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "conv2d_cpu_common.h"
+#include "conv2d_layout_kernels.h"
 #include "simd.h"
 
 namespace conv_ext {
@@ -29,11 +31,13 @@ inline constexpr int kPwV = simd::kVectorBytes == 64 ? 4 : 2;
 // One tile: UK output channels x UV vectors of pixels starting at x / out.
 // x: X[0][hw0] with row stride x_row (>= hw0 + UV*L readable in every row);
 // w: W[k0][0] with row stride w_row (unit stride along C); out: Y[k0][hw0]
-// with row stride out_row; lanes: valid pixels (<= UV*L).
-template <typename T, int UK, int UV>
+// with row stride out_row, elements O (T, or bfloat16/float16: rounded
+// once, here); lanes: valid pixels (<= UV*L).
+template <typename T, typename O, int UK, int UV>
 void pointwise_tile(const T* x, int64_t x_row, const T* w, int64_t w_row, int64_t C,
-                    const T* bias, T* out, int64_t out_row, int64_t lanes) {
+                    const T* bias, O* out, int64_t out_row, int64_t lanes) {
   using V = simd::Vec<T>;
+  using Out = simd::Stored<T, O>;
   constexpr int L = V::size;
   typename V::type acc[UK][UV];
   for (int i = 0; i < UK; ++i) {
@@ -53,30 +57,31 @@ void pointwise_tile(const T* x, int64_t x_row, const T* w, int64_t w_row, int64_
       const int64_t n = std::min<int64_t>(L, lanes - v * L);
       if (n <= 0) break;
       if (n == L) {
-        V::store(out + i * out_row + v * L, acc[i][v]);
+        Out::store(out + i * out_row + v * L, acc[i][v]);
       } else {
-        V::store_partial(out + i * out_row + v * L, acc[i][v], static_cast<int>(n));
+        Out::store_partial(out + i * out_row + v * L, acc[i][v], static_cast<int>(n));
       }
     }
   }
 }
 
-template <typename T>
-using PointwiseTileFn = void (*)(const T*, int64_t, const T*, int64_t, int64_t, const T*, T*,
+template <typename T, typename O>
+using PointwiseTileFn = void (*)(const T*, int64_t, const T*, int64_t, int64_t, const T*, O*,
                                  int64_t, int64_t);
 
-// pointwise_tile<T, uk, uv> for every uk <= kPwK, uv <= kPwV (tails).
-template <typename T>
-const TileTable<PointwiseTileFn<T>, kPwK, kPwV>& pointwise_tile_table() {
-  static const TileTable<PointwiseTileFn<T>, kPwK, kPwV> table(
-      []<int UK, int UV>() { return &pointwise_tile<T, UK, UV>; });
+// pointwise_tile<T, O, uk, uv> for every uk <= kPwK, uv <= kPwV (tails).
+template <typename T, typename O>
+const TileTable<PointwiseTileFn<T, O>, kPwK, kPwV>& pointwise_tile_table() {
+  static const TileTable<PointwiseTileFn<T, O>, kPwK, kPwV> table(
+      []<int UK, int UV>() { return &pointwise_tile<T, O, UK, UV>; });
   return table;
 }
 
-// x: [N][C][x_row], w: [K][C] with row stride w_row (unit stride along C:
+// x: [N][C][x_row] of S (T, or bfloat16/float16, widened in the copy of
+// the pixel block), w: [K][C] of T with row stride w_row (unit stride along C:
 // the UK broadcasts of a step read UK rows, each one sequentially, so no
 // packed copy is needed), bias padded to a multiple of kPwK or null,
-// out: [N][K][HW] contiguous.
+// out: [N][K][HW] contiguous, of S (rounded once, by the tile's stores).
 //
 // Pixels are numbered across images (m = n * HW + hw) and cut into tiles of
 // kPwV * L: on small planes a tile takes the end of one image and the start
@@ -84,9 +89,9 @@ const TileTable<PointwiseTileFn<T>, kPwK, kPwV>& pointwise_tile_table() {
 // 8 x 4 vectors of which 49/64 lanes are used). Each output element still
 // sums its C products alone, in order: results do not depend on the tiling
 // (bitwise identical for any batch split).
-template <typename T>
-void pointwise_forward(const T* x, int64_t x_row, const T* w, int64_t w_row, const T* bias,
-                       T* out, int64_t N, int64_t C, int64_t K, int64_t HW) {
+template <typename T, typename S = T>
+void pointwise_forward(const S* x, int64_t x_row, const T* w, int64_t w_row, const T* bias,
+                       S* out, int64_t N, int64_t C, int64_t K, int64_t HW) {
   constexpr int L = simd::Vec<T>::size;
   constexpr int64_t tile_px = kPwV * L;
   const int64_t M = N * HW;
@@ -97,14 +102,14 @@ void pointwise_forward(const T* x, int64_t x_row, const T* w, int64_t w_row, con
   const int64_t Kt = (K + kPwK - 1) / kPwK;
   constexpr int64_t k_tiles_per_group = 8;
   const int64_t KG = (Kt + k_tiles_per_group - 1) / k_tiles_per_group;
-  const auto& table = pointwise_tile_table<T>();
+  const auto& table = pointwise_tile_table<T, S>();
   at::parallel_for(0, blocks * KG, grain_for(block_px * C * k_tiles_per_group), [&](int64_t begin, int64_t end) {
     // The block of X as [pixel tile][C][tile_px]: every tile then streams one
     // contiguous run instead of C rows a whole image apart (which costs a TLB
     // entry per row for large C).
     std::vector<T> packed(static_cast<size_t>(C * block_px));
     // A tile spanning images writes here first, then each image's part.
-    T spanning[kPwK][tile_px];
+    S spanning[kPwK][tile_px];
     int64_t packed_block = -1;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t kg = item % KG, hb = item / KG;
@@ -118,7 +123,7 @@ void pointwise_forward(const T* x, int64_t x_row, const T* w, int64_t w_row, con
             T* d = dst + c * tile_px;
             for (int64_t a = m; a < m + count;) {  // image by image
               const int64_t n = a / HW, hw = a - n * HW, len = std::min(m + count - a, HW - hw);
-              std::memcpy(d + (a - m), x + (n * C + c) * x_row + hw, sizeof(T) * len);
+              simd::convert_copy<T>(x + (n * C + c) * x_row + hw, d + (a - m), len);
               a += len;
             }
             std::fill(d + count, d + tile_px, T(0));
@@ -145,7 +150,7 @@ void pointwise_forward(const T* x, int64_t x_row, const T* w, int64_t w_row, con
             const int64_t an = a / HW, ahw = a - an * HW, len = std::min(m + lanes - a, HW - ahw);
             for (int i = 0; i < uk; ++i) {
               std::memcpy(out + (an * K + kt * kPwK + i) * HW + ahw, &spanning[i][a - m],
-                          sizeof(T) * len);
+                          sizeof(S) * len);
             }
             a += len;
           }
@@ -158,8 +163,10 @@ void pointwise_forward(const T* x, int64_t x_row, const T* w, int64_t w_row, con
 // Pointwise convolution of NCHW `input` [N][C][H][W] with matrix weight2d
 // [K][C] (any strides), stride (sh, sw), output [N][K][P][Q] contiguous.
 // The input is used as it is when contiguous with unit stride; otherwise
-// through a compact (subsampled) [N][C][P][Q] copy.
-template <typename T>
+// through a compact (subsampled) [N][C][P][Q] copy. Elements S: T, or
+// bfloat16/float16 (T = float): input widened in the tiles' pixel-block
+// copy, weights in one float copy, output rounded by the tiles.
+template <typename T, typename S = T>
 at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight2d,
                           const at::Tensor& bias, int64_t sh, int64_t sw, int64_t P, int64_t Q) {
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
@@ -173,16 +180,22 @@ at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight2d,
     x.copy_(input.slice(2, 0, H, sh).slice(3, 0, W, sw));
   }
   // (grad-input's transposed weight view: one transposing copy)
-  const at::Tensor w = weight2d.stride(1) == 1 ? weight2d : weight2d.contiguous();
+  at::Tensor w;
+  if constexpr (std::is_same_v<S, T>) {
+    w = weight2d.stride(1) == 1 ? weight2d : weight2d.contiguous();
+  } else {
+    w = at::empty({K, C}, compute_options<T>(weight2d.options()));
+    w.copy_(weight2d);  // exact: float holds every bfloat16/float16 value
+  }
   at::Tensor b;
   if (bias.defined()) {
-    b = at::zeros({(K + kPwK - 1) / kPwK * kPwK}, weight2d.options());
+    b = at::zeros({(K + kPwK - 1) / kPwK * kPwK}, compute_options<T>(weight2d.options()));
     b.narrow(0, 0, K).copy_(bias);
   }
   auto out = at::empty({N, K, P, Q}, input.options());
-  pointwise_forward<T>(x.const_data_ptr<T>(), x_row, w.const_data_ptr<T>(), w.stride(0),
-                       b.defined() ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>(),
-                       N, C, K, HW);
+  pointwise_forward<T, S>(x.const_data_ptr<S>(), x_row, w.const_data_ptr<T>(), w.stride(0),
+                          b.defined() ? b.const_data_ptr<T>() : nullptr,
+                          out.mutable_data_ptr<S>(), N, C, K, HW);
   return out;
 }
 

@@ -18,6 +18,9 @@
 #error "the CPU kernel headers are compiled per ISA: include them from a conv2d_cpu_kernels_<isa>.cpp (conv2d_cpu_isa.h)"
 #endif
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -206,6 +209,163 @@ inline Vec<double>::type fmadd(Vec<double>::type a, Vec<double>::type b, Vec<dou
 #else
   return a * b + c;
 #endif
+}
+
+// Tensors of bfloat16 / float16 in memory, float in the kernels: the layout
+// copies read and write elements of the op's dtype S, the kernels' buffers
+// hold the compute type T (at::opmath_type<S>: float for bf16/fp16; T == S
+// for float and double, where all of this is a plain load/store). Widening
+// is exact; narrowing rounds to nearest even as torch's .to() does (NaN
+// becomes a quiet NaN), so a result rounded once here equals the float32
+// result converted afterwards, bit for bit.
+template <typename T, typename S>
+struct Stored {
+  using type = typename Vec<T>::type;
+  static constexpr int size = Vec<T>::size;
+  static inline T get(S x) { return static_cast<T>(x); }
+  static inline S put(T x) { return static_cast<S>(x); }
+  static inline type load(const S* p) {
+    type v;
+    for (int i = 0; i < size; ++i) v[i] = get(p[i]);
+    return v;
+  }
+  static inline type load_partial(const S* p, int n) {
+    type v{};
+    for (int i = 0; i < n; ++i) v[i] = get(p[i]);
+    return v;
+  }
+  static inline void store(S* p, type v) {
+    for (int i = 0; i < size; ++i) p[i] = put(v[i]);
+  }
+  static inline void store_partial(S* p, type v, int n) {
+    for (int i = 0; i < n; ++i) p[i] = put(v[i]);
+  }
+};
+
+template <typename T>
+struct Stored<T, T> {
+  using type = typename Vec<T>::type;
+  static constexpr int size = Vec<T>::size;
+  static inline T get(T x) { return x; }
+  static inline T put(T x) { return x; }
+  static inline type load(const T* p) { return Vec<T>::load(p); }
+  static inline type load_partial(const T* p, int n) { return Vec<T>::load_partial(p, n); }
+  static inline void store(T* p, type v) { Vec<T>::store(p, v); }
+  static inline void store_partial(T* p, type v, int n) { Vec<T>::store_partial(p, v, n); }
+};
+
+#if defined(__AVX512F__)
+// bf16 -> float: the 16 bits become the high half (exact).
+inline __m512 widen_bf16(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+// float -> bf16, round to nearest even, NaN -> 0x7FC0 (c10::BFloat16's rule;
+// not vcvtneps2bf16, which flushes denormals).
+inline __m256i narrow_bf16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(
+      _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r,
+                              _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(r);
+}
+inline __mmask16 lanes16(int n) { return static_cast<__mmask16>((1u << n) - 1); }
+
+template <>
+struct Stored<float, c10::BFloat16> {
+  using S = c10::BFloat16;
+  using type = Vec<float>::type;
+  static constexpr int size = 16;
+  static inline float get(S x) { return static_cast<float>(x); }
+  static inline S put(float x) { return S(x); }
+  static inline type load(const S* p) {
+    return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static inline type load_partial(const S* p, int n) {
+    return widen_bf16(_mm256_maskz_loadu_epi16(lanes16(n), p));
+  }
+  static inline void store(S* p, type v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow_bf16(v));
+  }
+  static inline void store_partial(S* p, type v, int n) {
+    _mm256_mask_storeu_epi16(p, lanes16(n), narrow_bf16(v));
+  }
+};
+
+// float16: the F16C conversions (exact widening; narrowing to nearest even).
+template <>
+struct Stored<float, c10::Half> {
+  using S = c10::Half;
+  using type = Vec<float>::type;
+  static constexpr int size = 16;
+  static inline float get(S x) { return static_cast<float>(x); }
+  static inline S put(float x) { return S(x); }
+  static inline type load(const S* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static inline type load_partial(const S* p, int n) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes16(n), p));
+  }
+  static inline void store(S* p, type v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static inline void store_partial(S* p, type v, int n) {
+    _mm256_mask_storeu_epi16(p, lanes16(n),
+                             _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+};
+#elif defined(__AVX2__)
+// bf16 whole vectors with AVX2 integer ops (as the AVX-512 ones above);
+// partial vectors and float16 (F16C is not part of this copy's target)
+// take the scalar conversions of the generic Stored.
+template <>
+struct Stored<float, c10::BFloat16> {
+  using S = c10::BFloat16;
+  using type = Vec<float>::type;
+  static constexpr int size = 8;
+  static inline float get(S x) { return static_cast<float>(x); }
+  static inline S put(float x) { return S(x); }
+  static inline type load(const S* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static inline type load_partial(const S* p, int n) {
+    type v{};
+    for (int i = 0; i < n; ++i) v[i] = get(p[i]);
+    return v;
+  }
+  static inline void store(S* p, type v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+    const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    r = _mm256_castps_si256(
+        _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC0)), nan));
+    // r <= 0xFFFF: the unsigned-saturating pack keeps it; lanes 0-3 and 4-7
+    // sit in the two 128-bit halves, gathered into the low half.
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  }
+  static inline void store_partial(S* p, type v, int n) {
+    for (int i = 0; i < n; ++i) p[i] = put(v[i]);
+  }
+};
+#endif
+
+// d[i] = s[i] for i < n, converted (Stored<T, S> in, Stored<T, D> out).
+template <typename T, typename S, typename D>
+inline void convert_copy(const S* s, D* d, int64_t n) {
+  if constexpr (std::is_same_v<S, D>) {
+    std::memcpy(d, s, sizeof(S) * n);
+  } else {
+    constexpr int L = Vec<T>::size;
+    int64_t i = 0;
+    for (; i + L <= n; i += L) Stored<T, D>::store(d + i, Stored<T, S>::load(s + i));
+    for (; i < n; ++i) d[i] = Stored<T, D>::put(Stored<T, S>::get(s[i]));
+  }
 }
 
 }  // namespace simd
