@@ -33,28 +33,87 @@ at::Tensor depthwise_backward_weight_cpu(const at::Tensor& grad_output, const at
   return grad_weight;
 }
 
-// Dense: on a padded NHWC input and an NHWC grad_output with channels padded
-// to whole vectors, into the packed layout, then unpacked. Tensors of S:
-// T, or bfloat16/float16 widened in the NHWC copies (T = float), the result
-// rounded once in the unpacking copy.
+// Dense: a GEMM over the output pixels (conv2d_backward_weight_kernels.h).
+// One operand is read in place (broadcasts, any strides), the other as
+// vectors of channels from an NHWC buffer: the smaller of the two copies
+// (grad_output for stride-2 layers and 1x1 reductions, the input for 1x1
+// expansions), or none where a channels_last operand already has whole
+// vectors of channels. First layers, and tensors of S = bfloat16/float16
+// (the in-place operand would need widening in the tile): the fused (s, c)
+// tiles on padded NHWC copies of both, widened to T = float in the copies,
+// the result rounded once in the unpacking copy.
 template <typename T, typename S = T>
 at::Tensor dense_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                     const Conv2dShape& p) {
+                                     const Conv2dShape& p, bool first_layer) {
   constexpr int L = simd::Vec<T>::size;
-  const int64_t Kb = (p.K + L - 1) / L;
-  const at::Tensor x = padded_nhwc<T, S>(input, p.pad_h, p.pad_w);
-  const at::Tensor gy = padded_nhwc<T, S>(grad_output, 0, 0, Kb * L);
-  at::Tensor packed = at::empty({Kb, p.R, p.S, p.C, L}, compute_options<T>(input.options()));
-  dense_backward_weight<T>(x.const_data_ptr<T>(), gy.const_data_ptr<T>(),
-                           packed.mutable_data_ptr<T>(), p, p.H + 2 * p.pad_h, p.W + 2 * p.pad_w);
-  // [Kb][R][S][C][L] -> [K][C][R][S]
-  if constexpr (!std::is_same_v<T, S>) {
-    at::Tensor gw = at::empty({Kb, L, p.C, p.R, p.S}, input.options());
-    gw.copy_(packed.permute({0, 4, 3, 1, 2}));  // rounds to nearest even, as .to()
-    return gw.view({Kb * L, p.C, p.R, p.S}).narrow(0, 0, p.K);
+  const int64_t Kb = (p.K + L - 1) / L, Cb = (p.C + L - 1) / L;
+  if (first_layer || !std::is_same_v<T, S>) {
+    const at::Tensor x = padded_nhwc<T, S>(input, p.pad_h, p.pad_w);
+    const at::Tensor gy = padded_nhwc<T, S>(grad_output, 0, 0, Kb * L);
+    at::Tensor packed = at::empty({Kb, p.R, p.S, p.C, L}, compute_options<T>(input.options()));
+    first_layer_backward_weight<T>(x.const_data_ptr<T>(), gy.const_data_ptr<T>(),
+                                   packed.mutable_data_ptr<T>(), p, p.H + 2 * p.pad_h,
+                                   p.W + 2 * p.pad_w);
+    // [Kb][R][S][C][L] -> [K][C][R][S]
+    if constexpr (!std::is_same_v<T, S>) {
+      at::Tensor gw = at::empty({Kb, L, p.C, p.R, p.S}, input.options());
+      gw.copy_(packed.permute({0, 4, 3, 1, 2}));  // rounds to nearest even, as .to()
+      return gw.view({Kb * L, p.C, p.R, p.S}).narrow(0, 0, p.K);
+    }
+    return packed.permute({0, 4, 3, 1, 2}).reshape({Kb * L, p.C, p.R, p.S}).narrow(0, 0, p.K)
+        .contiguous();
   }
-  return packed.permute({0, 4, 3, 1, 2}).reshape({Kb * L, p.C, p.R, p.S}).narrow(0, 0, p.K)
-      .contiguous();
+  if constexpr (std::is_same_v<T, S>) {
+    // An NHWC tensor with whole vectors of channels serves as B without a copy.
+    auto usable_in_place = [](const at::Tensor& t, int64_t channels) {
+      return channels % L == 0 && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+    };
+    const int64_t gy_copy = usable_in_place(grad_output, p.K) ? 0 : p.N * p.P * p.Q * Kb * L;
+    const int64_t x_copy = usable_in_place(input, p.C) ? 0 : p.N * p.H * p.W * Cb * L;
+    const bool b_is_gy = gy_copy <= x_copy;
+    // x as an operand: offsets of (n, c, oh, ow, r, s) in a tensor of strides st.
+    auto x_operand = [&](const T* data, at::IntArrayRef st) {
+      return WgradOperand<T>{.data = data, .image = st[0], .channel = st[1],
+                             .row = p.stride_h * st[2], .col = p.stride_w * st[3],
+                             .tap_row = p.dilation_h * st[2], .tap_col = p.dilation_w * st[3],
+                             .origin = -p.pad_h * st[2] - p.pad_w * st[3]};
+    };
+    auto gy_operand = [](const T* data, at::IntArrayRef st) {
+      return WgradOperand<T>{.data = data, .image = st[0], .channel = st[1], .row = st[2],
+                             .col = st[3]};
+    };
+    // B: NHWC with channels padded to whole vectors (zero past the end).
+    auto nhwc_b = [&](const at::Tensor& t, int64_t channels) {
+      return usable_in_place(t, channels) ? t : padded_nhwc<T>(t, 0, 0, (channels + L - 1) / L * L)
+          .permute({0, 3, 1, 2});  // NCHW view: the strides as for `t`
+    };
+    WgradProblem<T> w;
+    at::Tensor b_buffer;
+    if (b_is_gy) {
+      b_buffer = nhwc_b(grad_output, p.K);
+      w.A = x_operand(input.const_data_ptr<T>(), input.strides());
+      w.B = gy_operand(b_buffer.const_data_ptr<T>(), b_buffer.strides());
+      w.a_count = p.C;
+      w.b_vectors = Kb;
+      w.a_pixel = p.stride_h * p.stride_w;
+    } else {
+      b_buffer = nhwc_b(input, p.C);
+      w.A = gy_operand(grad_output.const_data_ptr<T>(), grad_output.strides());
+      w.B = x_operand(b_buffer.const_data_ptr<T>(), b_buffer.strides());
+      w.a_count = p.K;
+      w.b_vectors = Cb;
+    }
+    const at::Tensor packed = at::empty({w.b_vectors, p.R, p.S, w.a_count, L}, input.options());
+    dense_backward_weight<T>(w, packed.mutable_data_ptr<T>(), p);
+    if (b_is_gy) {  // [Kb][R][S][C][L] -> [K][C][R][S]
+      return packed.permute({0, 4, 3, 1, 2}).reshape({Kb * L, p.C, p.R, p.S}).narrow(0, 0, p.K)
+          .contiguous();
+    }
+    // [Cb][R][S][K][L] -> [K][C][R][S]
+    return packed.permute({3, 0, 4, 1, 2}).reshape({p.K, Cb * L, p.R, p.S}).narrow(1, 0, p.C)
+        .contiguous();
+  }
+  return at::Tensor();  // (S != T returned above)
 }
 
 // Other dtypes and grouped convolutions: one (k, c) filter slice per task,
@@ -94,7 +153,8 @@ at::Tensor backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& 
         result = depthwise_backward_weight_cpu<scalar_t>(grad_output, input, p);
       }
     } else {
-      result = dense_backward_weight_cpu<T, scalar_t>(grad_output, input, p);
+      result = dense_backward_weight_cpu<T, scalar_t>(grad_output, input, p,
+                                                      path == CpuPath::kFirstLayer);
     }
   });
   return result;

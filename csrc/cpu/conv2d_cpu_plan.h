@@ -8,13 +8,15 @@
 //   pointwise    1x1, no padding (float, double): forward a GEMM per image on
 //                NCHW data (conv2d_pointwise_kernels.h); grad-input the same
 //                with the transposed weight where the stride is 1
-//   first_layer  forward with few input channels (C < 8): the dense kernel,
-//                its (s, c) loops fused
+//   first_layer  few input channels (C < 8): forward the dense kernel with
+//                its (s, c) loops fused, grad-weight tiles over the fused
+//                (s, c) index (conv2d_backward_weight_kernels.h)
 //   dense        groups == 1 (float, double): register-blocked direct
 //                convolution on padded NHWC copies (conv2d_dense_kernels.h);
 //                grad-input one such problem per stride phase
-//                (conv2d_backward_input_kernels.h), grad-weight
-//                conv2d_backward_weight_kernels.h
+//                (conv2d_backward_input_kernels.h), grad-weight a GEMM over
+//                the pixels on one operand in place and an NHWC copy of the
+//                other (conv2d_backward_weight_kernels.h)
 //   grouped      groups > 1 with 2+ input channels per group: register-blocked
 //                direct kernels with several groups per SIMD vector
 //                (conv2d_grouped_kernels.h)
@@ -74,7 +76,7 @@ inline CpuPath select_path(const Conv2dShape& p, Pass pass, at::ScalarType dtype
     case Pass::kBackwardInput:
       return p.is_pointwise() && p.is_unit_stride() ? CpuPath::kPointwise : CpuPath::kDense;
     case Pass::kBackwardWeight:
-      break;
+      return p.C < 8 ? CpuPath::kFirstLayer : CpuPath::kDense;
   }
   return CpuPath::kDense;
 }

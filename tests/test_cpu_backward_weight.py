@@ -1,0 +1,109 @@
+"""The dense CPU grad-weight (conv2d_backward_weight_kernels.h) on shapes that
+hit its cases: grad_output or the input as the vector operand (whichever
+copy is smaller; none for a channels_last operand with whole vectors of
+channels), tails of both operands, taps whose valid output range is empty
+(padding larger than the filter), stride with dilation, chunks of whole
+small images and bands of rows, non-contiguous operands. Against float64
+torch, bitwise across thread counts, and float64 gradcheck."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import conv_ext
+
+ops = torch.ops.conv_ext
+# Every test runs once per vector ISA the CPU has (conftest.cpu_isa).
+pytestmark = pytest.mark.usefixtures("cpu_isa")
+
+# name: (N, C, H, W, K, R, S, stride, padding, dilation)
+CASES = {
+    # the strided layer's grad_output is the smaller copy: B = grad_output, K tail
+    "stride2_b_grad_output": (2, 12, 11, 10, 17, 3, 3, 2, 1, 1),
+    # 1x1 expansion: the input is the smaller copy (B = input, C tail), A = 40 channels
+    "expansion_b_input": (2, 9, 7, 9, 40, 1, 1, 1, 0, 1),
+    # A tiles of unequal size, both operands with tails
+    "channel_tails": (1, 19, 7, 7, 21, 3, 3, 1, 1, 1),
+    # padding past the filter: some taps reach no input in many output rows
+    "padding_beyond_filter": (2, 10, 5, 6, 12, 2, 3, 1, (4, 3), 1),
+    "strided_dilated": (2, 10, 12, 9, 13, 3, 2, (2, 1), (2, 0), (1, 2)),
+    # 4-wide rows: a chunk is a band of rows of one image
+    "tall_narrow_bands": (2, 8, 50, 4, 24, 3, 3, 1, 1, 1),
+    # 20-pixel planes: a chunk spans 6 images, then 1
+    "small_images": (7, 16, 4, 5, 16, 3, 3, 1, 1, 1),
+    # B = input with 6 vectors (AVX-512): two groups of 3
+    "vector_groups": (1, 96, 6, 7, 100, 3, 3, 1, 1, 1),
+    # channels_last: the input serves as B in place (C whole vectors, K not)
+    "input_in_place": (2, 32, 6, 7, 20, 3, 3, 1, 1, 1),
+    # channels_last: grad_output serves as B in place
+    "grad_output_in_place": (2, 16, 8, 8, 32, 3, 3, 1, 1, 1),
+    # first layer (C < 8): the fused (s, c) tiles
+    "first_layer": (2, 3, 15, 13, 20, 5, 5, 2, 2, 1),
+}
+
+
+def _pair(v):
+    return list(v) if isinstance(v, tuple) else [v, v]
+
+
+def _tensors(case, dtype, layout):
+    N, C, H, W, K, R, S, stride, padding, dilation = case
+    args = (_pair(stride), _pair(padding), _pair(dilation), 1)
+    x = torch.randn(N, C, H, W, dtype=dtype)
+    w_shape = [K, C, R, S]
+    y_shape = F.conv2d(x, torch.empty(w_shape, dtype=dtype), None, *args[:3]).shape
+    gy = torch.randn(y_shape, dtype=dtype)
+    if layout == "channels_last":
+        x, gy = (t.contiguous(memory_format=torch.channels_last) for t in (x, gy))
+    elif layout == "mixed":  # channels_last input, NCHW grad_output
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":  # every other column of wider tensors, every other channel of gy
+        x = torch.randn(N, C, H, 2 * W, dtype=dtype)[..., ::2]
+        gy = torch.randn(y_shape[0], 2 * y_shape[1], *y_shape[2:], dtype=dtype)[:, ::2]
+    return x, gy, w_shape, args
+
+
+def _reference(x, gy, w_shape, args):
+    w = torch.zeros(w_shape, dtype=torch.float64, requires_grad=True)
+    y = F.conv2d(x.double(), w, None, *args)
+    return torch.autograd.grad(y, w, gy.double())[0]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "mixed", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_grad_weight_matches_torch(case, dtype, layout):
+    x, gy, w_shape, args = _tensors(case, dtype, layout)
+    gw = ops.conv2d_backward_weight(gy, x, w_shape, *args)
+    assert gw.dtype == dtype and list(gw.shape) == w_shape
+    want = _reference(x, gy, w_shape, args)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    scale = want.abs().max().item()
+    assert (gw.double() - want).abs().max().item() <= tol * scale
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_grad_weight_bitwise_across_thread_counts(case, layout):
+    x, gy, w_shape, args = _tensors(case, torch.float32, layout)
+    saved = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(ops.conv2d_backward_weight(gy, x, w_shape, *args))
+    finally:
+        torch.set_num_threads(saved)
+    for other in results[1:]:
+        assert torch.equal(results[0], other)
+
+
+@pytest.mark.parametrize("name", ["padding_beyond_filter", "strided_dilated", "expansion_b_input"])
+def test_gradcheck_float64(name):
+    N, C, H, W, K, R, S, stride, padding, dilation = CASES[name]
+    x = torch.randn(1, C, min(H, 7), min(W, 8), dtype=torch.float64, requires_grad=True)
+    w = torch.randn(K, C, R, S, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w):
+        return conv_ext.conv2d(x, w, None, stride, padding, dilation)
+
+    assert torch.autograd.gradcheck(fn, (x, w), fast_mode=True)
