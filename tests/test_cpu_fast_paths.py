@@ -33,6 +33,14 @@ CASES = [
     ("pointwise_padded", 1, 8, 6, 6, 9, 1, 1, 1, 1, 1, 1, "dense"),
     ("first_layer_7x7_s2", 2, 3, 23, 21, 20, 7, 7, 2, 3, 1, 1, "first_layer"),
     ("first_layer_c1", 1, 1, 12, 13, 5, 5, 5, 1, 2, 1, 1, "first_layer"),
+    # Output rows of 32+ pixels (two vectors at the widest ISA): the
+    # row-vectorized NCHW kernel (conv2d_first_layer_kernels.h) with channel
+    # tails (K = 13, 20, 7), a part-filled last vector, column strides 2, 3, 5
+    # (phase-split input), dilation, padding wider than the filter.
+    ("first_layer_rows_7x7_s2", 2, 3, 9, 77, 13, 7, 7, 2, 3, 1, 1, "first_layer"),
+    ("first_layer_rows_1d_s5", 2, 1, 1, 400, 20, 1, 10, (1, 5), 0, 1, 1, "first_layer"),
+    ("first_layer_rows_dilated", 2, 2, 6, 95, 7, 3, 4, (2, 3), (1, 5), (2, 3), 1, "first_layer"),
+    ("first_layer_rows_big_pad", 1, 4, 5, 50, 9, 3, 3, 1, 4, 1, 1, "first_layer"),
     ("dense_3x3", 2, 16, 9, 11, 32, 3, 3, 1, 1, 1, 1, "dense"),
     ("dense_k_c_tails", 1, 19, 7, 7, 21, 3, 3, 1, 1, 1, 1, "dense"),
     ("dense_stride2", 2, 12, 11, 10, 17, 3, 3, 2, 1, 1, 1, "dense"),
@@ -116,9 +124,29 @@ def test_gradcheck_float64(case):
     assert torch.autograd.gradcheck(fn, (x, w, b), fast_mode=True)
 
 
+def test_first_layer_rows_gradcheck_and_batch_invariance():
+    # Output rows of 19 float64 pixels: two vectors or more on every ISA, so
+    # the row-vectorized kernel runs (the clamped shapes above are too narrow).
+    x = torch.randn(2, 2, 3, 40, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 2, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        return conv_ext.conv2d(x, w, b, (1, 2), (1, 0), (1, 1), 1)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b), fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, (x, w, b), fast_mode=True)
+    xs = torch.randn(5, 3, 11, 70)
+    ws = torch.randn(13, 3, 3, 5)
+    whole = ops.conv2d_forward(xs, ws, None, [2, 2], [1, 2], [1, 1], 1)
+    for i in range(5):
+        part = ops.conv2d_forward(xs[i:i + 1], ws, None, [2, 2], [1, 2], [1, 1], 1)
+        assert torch.equal(whole[i:i + 1], part)
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
-    "pointwise", "first_layer_7x7_s2", "dense_3x3", "dense_c_split", "dense_wide_rows",
-    "depthwise_s1")],
+    "pointwise", "first_layer_7x7_s2", "first_layer_rows_1d_s5", "dense_3x3", "dense_c_split",
+    "dense_wide_rows", "depthwise_s1")],
     ids=_case_id)
 def test_bitwise_reproducible_across_runs_and_threads(case):
     _, N, C, H, W, K, R, S, stride, padding, dilation, groups, _ = case

@@ -8,9 +8,11 @@
 //   pointwise    1x1, no padding (float, double): forward a GEMM per image on
 //                NCHW data (conv2d_pointwise_kernels.h); grad-input the same
 //                with the transposed weight where the stride is 1
-//   first_layer  few input channels (C < 8): forward the dense kernel with
-//                its (s, c) loops fused, grad-weight tiles over the fused
-//                (s, c) index (conv2d_backward_weight_kernels.h)
+//   first_layer  few input channels (C < 8): forward into NCHW with output
+//                rows of 2+ vectors, tiles of output channels x pixels along
+//                the row (conv2d_first_layer_kernels.h), else the dense
+//                kernel with its (s, c) loops fused; grad-weight tiles over
+//                the fused (s, c) index (conv2d_backward_weight_kernels.h)
 //   dense        groups == 1 (float, double): register-blocked direct
 //                convolution on padded NHWC copies (conv2d_dense_kernels.h);
 //                grad-input one such problem per stride phase

@@ -8,6 +8,7 @@
 #include "conv2d_cpu_plan.h"
 #include "conv2d_dense_kernels.h"
 #include "conv2d_depthwise_kernels.h"
+#include "conv2d_first_layer_kernels.h"
 #include "conv2d_generic_kernels.h"
 #include "conv2d_grouped_kernels.h"
 #include "conv2d_layout_kernels.h"
@@ -120,6 +121,14 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const 
     } else if (path == CpuPath::kDepthwise) {
       if constexpr (std::is_same_v<T, scalar_t>) {
         result = depthwise_forward_cpu<scalar_t>(input, weight, bias, p, format);
+      }
+    } else if (std::is_same_v<T, scalar_t> && path == CpuPath::kFirstLayer &&
+               format == at::MemoryFormat::Contiguous &&
+               first_layer::fits(p, simd::Vec<T>::size)) {
+      // float and double only: its copies do not convert (bfloat16 and
+      // float16 first layers take the dense kernel, whose copies do).
+      if constexpr (std::is_same_v<T, scalar_t>) {
+        result = first_layer::forward<scalar_t>(input, weight, bias, p);
       }
     } else if (path == CpuPath::kPointwise && format == at::MemoryFormat::Contiguous) {
       result = pointwise_nchw<T, scalar_t>(input, weight.view({p.K, p.C}), bias, p.stride_h,

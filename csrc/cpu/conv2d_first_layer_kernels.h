@@ -1,0 +1,233 @@
+// Forward of dense convolutions with few input channels (first layers:
+// RGB or grey images, audio waveforms and spectrograms) into NCHW, vectorized
+// along the output row.
+//
+// With C < 8 the channel-vectorized dense kernel (conv2d_dense_kernels.h)
+// reduces over only C*R*S values per output and then spends more time
+// transposing its NHWC result into NCHW than computing it (a 1-D waveform
+// layer, 1 -> 512 channels, k10 s5: 60% of the time in the transpose). Here
+// a register tile holds KT output channels x QV vectors of L consecutive
+// output pixels of one row: per tap (c, r, s) it loads QV input vectors and
+// broadcasts KT weights, and stores whole vectors straight into the NCHW
+// rows (no NHWC buffer, no transpose).
+//
+// The input is copied once into rows split by the column stride ("phases"):
+// xp[n][c][padded row][phase][i] = x[n][c][row - pad_h][i * stride_w + phase
+// - pad_w], zero outside the image and beyond it, so output pixel q reads tap
+// s at xp[...][(s * dilation_w) % stride_w][q + (s * dilation_w) / stride_w]:
+// consecutive pixels are consecutive floats at any stride, and no load needs
+// a bounds check (rows are padded to whole tiles).
+//
+// Each output is summed by one tile in the order (c, r, s): results do not
+// depend on the thread count or on which images share a call.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "conv2d_cpu_common.h"
+#include "simd.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
+namespace first_layer {
+
+// KT accumulator rows x QV vectors, plus QV input vectors and a broadcast:
+// 6 x 4 + 5 of 32 registers with AVX-512, 6 x 2 + 3 of 16 otherwise.
+inline constexpr int kTileChannels = 6;
+inline constexpr int kRowVectors = simd::kVectorBytes == 64 ? 4 : 2;
+
+// The one rule for this kernel: few input channels, an NCHW output, rows of
+// at least two vectors (shorter rows would waste most lanes; the dense
+// kernel serves them).
+inline bool fits(const Conv2dShape& p, int L) {
+  return p.groups == 1 && p.C < 8 && p.Q >= 2 * L;
+}
+
+struct RowProblem {
+  int64_t N, C, K, P, Q, R, S;
+  int64_t stride_h;
+  int64_t x_image, x_channel, x_row, Wx;  // strides of the phase-split input
+  int64_t taps;                           // C * R * S
+};
+
+// One tile of KT channels x QV whole vectors of pixels.
+// x: the phase-split input at (n, first input row of oh, phase 0, q0);
+// off[t]: offset of tap t = (c, r, s), t < taps; w: packed [taps][KT] of
+// this block; out: NCHW at (n, k0, oh, q0), out_channel apart per channel.
+// Only whole, unconditional stores here: a store loop bounded at run time
+// made GCC 12 keep the accumulators on the stack (a reload per FMA).
+template <typename T, int QV>
+__attribute__((noinline)) void row_tile_full(const T* x, const int64_t* off, int64_t taps,
+                                             const T* w, const T* bias, T* out,
+                                             int64_t out_channel) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  constexpr int KT = kTileChannels;
+  typename V::type acc[KT][QV];
+  for (int k = 0; k < KT; ++k) {
+    const typename V::type b = bias != nullptr ? V::broadcast(bias[k]) : V::zero();
+    for (int v = 0; v < QV; ++v) acc[k][v] = b;
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    const T* xt = x + off[t];
+    typename V::type xv[QV];
+    for (int v = 0; v < QV; ++v) xv[v] = V::load(xt + v * L);
+    const T* wt = w + t * KT;
+    for (int k = 0; k < KT; ++k) {
+      const typename V::type wb = V::broadcast(wt[k]);
+      for (int v = 0; v < QV; ++v) acc[k][v] = simd::fmadd(xv[v], wb, acc[k][v]);
+    }
+  }
+  for (int k = 0; k < KT; ++k)
+    for (int v = 0; v < QV; ++v) V::store(out + k * out_channel + v * L, acc[k][v]);
+}
+
+// row_tile_full for kcount <= KT real channels and a last vector of
+// last_count pixels: a tail tile runs on a scratch tile, copied out.
+template <typename T, int QV>
+void row_tile(const T* x, const int64_t* off, int64_t taps, const T* w, const T* bias, T* out,
+              int64_t out_channel, int kcount, int last_count) {
+  constexpr int L = simd::Vec<T>::size;
+  constexpr int KT = kTileChannels;
+  if (kcount == KT && last_count == L) {
+    return row_tile_full<T, QV>(x, off, taps, w, bias, out, out_channel);
+  }
+  alignas(64) T scratch[KT][QV * L];
+  row_tile_full<T, QV>(x, off, taps, w, bias, &scratch[0][0], QV * L);
+  const int64_t pixels = (QV - 1) * L + last_count;
+  for (int k = 0; k < kcount; ++k) std::copy(scratch[k], scratch[k] + pixels, out + k * out_channel);
+}
+
+template <typename T>
+using RowTileFn = void (*)(const T*, const int64_t*, int64_t, const T*, const T*, T*, int64_t, int,
+                           int);
+
+template <typename T>
+RowTileFn<T> row_tile_fn(int qv) {
+  static const TileTable<RowTileFn<T>, kRowVectors, 1> table(
+      []<int QV, int>() -> RowTileFn<T> { return &row_tile<T, QV>; });
+  return table(qv, 1);
+}
+
+// The phase-split, zero-padded copy of x (any strides) described above.
+template <typename T>
+at::Tensor phase_split_input(const at::Tensor& input, const Conv2dShape& p, int64_t Wx) {
+  const int64_t Hp = p.H + 2 * p.pad_h, sw = p.stride_w;
+  auto xp = at::empty({p.N, p.C, Hp, sw, Wx}, input.options());
+  const T* x = input.const_data_ptr<T>();
+  T* dst = xp.mutable_data_ptr<T>();
+  const int64_t xs_n = input.stride(0), xs_c = input.stride(1), xs_h = input.stride(2),
+                xs_w = input.stride(3);
+  at::parallel_for(0, p.N * p.C * Hp, grain_for(sw * Wx), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t row = item % Hp, nc = item / Hp;
+      const int64_t n = nc / p.C, c = nc % p.C, h = row - p.pad_h;
+      T* d = dst + item * sw * Wx;
+      if (h < 0 || h >= p.H) {
+        std::fill(d, d + sw * Wx, T(0));
+        continue;
+      }
+      const T* src = x + n * xs_n + c * xs_c + h * xs_h;
+      for (int64_t ph = 0; ph < sw; ++ph) {
+        T* dp = d + ph * Wx;
+        // Column of dp[i]: i * sw + ph - pad_w, inside the image for i in [lo, hi).
+        const int64_t first = p.pad_w - ph;  // i * sw >= first
+        const int64_t lo = std::min(Wx, first <= 0 ? 0 : (first + sw - 1) / sw);
+        const int64_t last = p.W + p.pad_w - ph;  // i * sw < last
+        const int64_t hi = std::clamp<int64_t>(last <= 0 ? 0 : (last + sw - 1) / sw, lo, Wx);
+        std::fill(dp, dp + lo, T(0));
+        if (hi > lo) {
+          const T* s = src + (lo * sw + ph - p.pad_w) * xs_w;
+          if (sw == 1 && xs_w == 1) {
+            std::copy(s, s + (hi - lo), dp + lo);
+          } else {
+            for (int64_t i = lo; i < hi; ++i) dp[i] = s[(i - lo) * sw * xs_w];
+          }
+        }
+        std::fill(dp + hi, dp + Wx, T(0));
+      }
+    }
+  });
+  return xp;
+}
+
+// The forward of problem p (first_layer::fits) into a new NCHW tensor.
+template <typename T>
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                   const Conv2dShape& p) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  constexpr int KT = kTileChannels;
+  constexpr int64_t kTilePixels = int64_t{kRowVectors} * L;
+  const int64_t sw = p.stride_w;
+  const int64_t row_tiles = (p.Q + kTilePixels - 1) / kTilePixels;
+  // Every tile reads QV whole vectors from q0 + (s * dilation_w) / sw.
+  const int64_t Wx = row_tiles * kTilePixels + ((p.S - 1) * p.dilation_w) / sw;
+  const at::Tensor xp = phase_split_input<T>(input, p, Wx);
+  const int64_t Hp = p.H + 2 * p.pad_h;
+  const int64_t x_row = sw * Wx, x_channel = Hp * x_row, x_image = p.C * x_channel;
+
+  // Tap offsets in (c, r, s) order.
+  const int64_t taps = p.C * p.R * p.S;
+  std::vector<int64_t> offsets(taps);
+  for (int64_t c = 0, t = 0; c < p.C; ++c)
+    for (int64_t r = 0; r < p.R; ++r)
+      for (int64_t s = 0; s < p.S; ++s, ++t) {
+        const int64_t col = s * p.dilation_w;
+        offsets[t] = c * x_channel + r * p.dilation_h * x_row + (col % sw) * Wx + col / sw;
+      }
+  const int64_t* off = offsets.data();
+
+  // Weights [K/KT][taps][KT], zero beyond K; bias padded the same way.
+  const int64_t Kt = (p.K + KT - 1) / KT;
+  std::vector<T> wp(Kt * taps * KT, T(0)), bp(bias.defined() ? Kt * KT : 0, T(0));
+  {
+    const at::Tensor w = weight.contiguous();
+    const T* ws = w.const_data_ptr<T>();
+    for (int64_t k = 0; k < p.K; ++k)
+      for (int64_t t = 0; t < taps; ++t) wp[((k / KT) * taps + t) * KT + k % KT] = ws[k * taps + t];
+    if (bias.defined()) {
+      const at::Tensor b = bias.contiguous();
+      std::copy(b.const_data_ptr<T>(), b.const_data_ptr<T>() + p.K, bp.begin());
+    }
+  }
+
+  auto out = at::empty(p.output_sizes(), input.options());
+  T* o = out.mutable_data_ptr<T>();
+  const T* x = xp.const_data_ptr<T>();
+  const int64_t out_channel = p.P * p.Q;
+  // Work items: one tile-width stretch of one output row, all channels: the
+  // input it reads (C*R*sw rows of a tile's width) stays in L1 across the
+  // channel blocks, the packed weights (K*C*R*S) in L1/L2.
+  at::parallel_for(0, p.N * p.P * row_tiles, grain_for(Kt * KT * kTilePixels * taps),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t qt = item % row_tiles, row = item / row_tiles;
+      const int64_t oh = row % p.P, n = row / p.P;
+      const int64_t q0 = qt * kTilePixels, pixels = std::min(kTilePixels, p.Q - q0);
+      const int qv = static_cast<int>((pixels + L - 1) / L);
+      const int last = static_cast<int>(pixels - (qv - 1) * L);
+      const RowTileFn<T> tile = row_tile_fn<T>(qv);
+      const T* xt = x + n * x_image + oh * p.stride_h * x_row + q0;
+      T* ot = o + (n * p.K * p.P + oh) * p.Q + q0;
+      for (int64_t kb = 0; kb < Kt; ++kb) {
+        const int kcount = static_cast<int>(std::min<int64_t>(KT, p.K - kb * KT));
+        tile(xt, off, taps, wp.data() + kb * taps * KT,
+             bias.defined() ? bp.data() + kb * KT : nullptr, ot + kb * KT * out_channel,
+             out_channel, kcount, last);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace first_layer
+}  // namespace CONV_EXT_ISA
+}  // namespace cpu
+}  // namespace conv_ext
