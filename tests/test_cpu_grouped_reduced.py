@@ -42,6 +42,11 @@ GROUPED = [
     ("g7_c3_k5", 1, 21, 6, 19, 35, 3, 3, 1, 1, 1, 7),             # odd per group, lane gaps
     ("g2_k32", 2, 32, 7, 9, 64, 3, 3, 1, 1, 1, 2),                # whole vectors: NHWC as is
     ("g16_c2_s2_dil", 2, 32, 9, 17, 32, 3, 3, 2, 2, 2, 16),       # 2 per group, stride, dilation
+    ("g2_c64_big_plane", 1, 128, 24, 24, 128, 3, 3, 1, 1, 1, 2),  # planes split into row chunks
+    ("g4_s2_pad0_odd", 1, 16, 13, 15, 16, 3, 3, 2, 0, 1, 4),      # stride 2, no padding, odd sizes
+    ("g3_s3_k2", 2, 12, 11, 10, 9, 2, 2, 3, 0, 1, 3),             # stride > filter: gaps in grad-input
+    ("g4_c16", 1, 64, 7, 8, 64, 3, 3, 1, 1, 1, 4),                # 16 per group: channel chunks
+    ("g2_c24_s2", 1, 48, 6, 9, 48, 3, 3, 2, 1, 1, 2),             # 24 per group (RegNet width 24)
 ]
 
 
@@ -75,7 +80,7 @@ def test_grouped_matches_torch(case, dtype, layout):
 
 
 @pytest.mark.parametrize("case", [c for c in GROUPED if c[0] in (
-    "g4_resnext", "g5_k3_tail", "g2_pad_gt_filter", "g6_asym")], ids=_id)
+    "g4_resnext", "g5_k3_tail", "g2_pad_gt_filter", "g6_asym", "g3_s3_k2")], ids=_id)
 def test_grouped_gradcheck_float64(case):
     _, N, C, H, W, K, R, S, stride, padding, dilation, groups = case
     H, W = min(H, 7), min(W, 7)
@@ -96,7 +101,8 @@ def _three_ops(x, w, gy, args):
 
 
 @pytest.mark.parametrize("case", [c for c in GROUPED if c[0] in (
-    "g4_resnext", "g32_c2_s2", "g2_wide_k", "g8_regnet_s2", "g4_wide_row", "g2_k32")],
+    "g4_resnext", "g32_c2_s2", "g2_wide_k", "g8_regnet_s2", "g4_wide_row", "g2_k32",
+    "g2_c64_big_plane", "g2_pad_gt_filter", "g3_s3_k2", "g4_c16")],
     ids=_id)
 def test_grouped_bitwise_across_threads_and_batch(case):
     _, N, C, H, W, K, R, S, stride, padding, dilation, groups = case

@@ -114,6 +114,8 @@ PATH_CASES = {
     # sliding-window tiles: two-row tiles on 13-wide rows, kernel wider than a tile
     "depthwise_window": (2, 20, 11, 13, 20, 7, 9, 1, (3, 4), 1, 20),
     "grouped": (2, 12, 8, 7, 18, 3, 3, 1, 1, 1, 3),
+    # 4 per group (ResNeXt), stride 2: groups fill whole vectors on every ISA
+    "grouped_whole_vectors_s2": (2, 32, 9, 11, 32, 3, 3, 2, 1, 1, 8),
 }
 
 
