@@ -14,6 +14,18 @@
 //       run the CPU kernels of `isa` ("auto": the best this CPU has) from now
 //       on; returns the previous one. Raises for an ISA the CPU lacks. (The
 //       environment variable CONV_EXT_CPU_ISA sets the first choice.)
+//   cpu_amx_supported() -> bool
+//       the CPU has AMX-BF16 and the OS grants this process the tile state
+//       (cpu/conv2d_cpu_amx.h)
+//   cpu_amx() -> bool
+//       the bfloat16 forward runs on AMX tiles now (supported, switched on,
+//       the avx512 kernels active)
+//   set_cpu_amx(enabled) -> bool
+//       switch the AMX tiles on or off from now on; returns the previous
+//       switch. Raises when switching on where unsupported. (The environment
+//       variable CONV_EXT_CPU_AMX=0 switches them off from the start.)
+//   cpu_forward_uses_amx(input, weight, stride, padding, dilation, groups) -> bool
+//       whether conv2d_forward runs these arguments on the AMX tiles now
 //   fma_peak_cpu(iterations, rounds) -> float
 //       the machine's measured fp32 FMA throughput in GFLOP/s (all threads,
 //       the active ISA's vectors), the "100%" of the benchmark's
@@ -24,6 +36,7 @@
 #include <vector>
 
 #include "conv2d_params.h"
+#include "cpu/conv2d_cpu_amx.h"
 #include "cpu/conv2d_cpu_isa.h"
 #include "cpu/conv2d_cpu_plan.h"
 
@@ -38,6 +51,21 @@ std::string cpu_forward_path(const at::Tensor& input, const at::Tensor& weight,
                                              dilation, groups);
   return cpu::path_name(cpu::select_path(p, Pass::kForward, input.scalar_type()));
 }
+
+bool cpu_forward_uses_amx(const at::Tensor& input, const at::Tensor& weight,
+                          at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, int64_t groups) {
+  const Conv2dShape p = check_conv2d_forward(input, weight, std::nullopt, stride, padding,
+                                             dilation, groups);
+  const at::ScalarType dtype = input.scalar_type();
+  return cpu::use_amx_forward(p, dtype, cpu::select_path(p, Pass::kForward, dtype));
+}
+
+bool cpu_amx_supported() { return cpu::amx_supported(); }
+
+bool cpu_amx() { return cpu::amx_active(); }
+
+bool set_cpu_amx(bool enabled) { return cpu::set_amx_enabled(enabled); }
 
 std::string simd_isa() { return cpu::active_backends().name; }
 
@@ -57,6 +85,11 @@ double fma_peak_cpu(int64_t iterations, int64_t rounds) {
 TORCH_LIBRARY(conv_ext_debug, m) {
   m.def("cpu_forward_path(Tensor input, Tensor weight, int[] stride, int[] padding, "
         "int[] dilation, int groups) -> str", &cpu_forward_path);
+  m.def("cpu_forward_uses_amx(Tensor input, Tensor weight, int[] stride, int[] padding, "
+        "int[] dilation, int groups) -> bool", &cpu_forward_uses_amx);
+  m.def("cpu_amx_supported() -> bool", &cpu_amx_supported);
+  m.def("cpu_amx() -> bool", &cpu_amx);
+  m.def("set_cpu_amx(bool enabled) -> bool", &set_cpu_amx);
   m.def("simd_isa() -> str", &simd_isa);
   m.def("cpu_isas() -> str[]", &cpu_isas);
   m.def("set_cpu_isa(str isa) -> str", &set_cpu_isa);

@@ -34,6 +34,17 @@ def cpu_isa(request):
         torch.ops.conv_ext_debug.set_cpu_isa(previous)
 
 
+@pytest.fixture
+def amx_off():
+    """bfloat16 on the float32 kernels, not the AMX tiles (csrc/cpu/conv2d_cpu_amx.h):
+    for tests of those kernels' exact results."""
+    previous = torch.ops.conv_ext_debug.set_cpu_amx(False)
+    try:
+        yield
+    finally:
+        torch.ops.conv_ext_debug.set_cpu_amx(previous)
+
+
 @pytest.fixture(autouse=True)
 def _exact_float32():
     # torch runs float32 convolutions on TF32 by default, and conv_ext's CUDA

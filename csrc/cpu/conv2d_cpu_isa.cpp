@@ -7,6 +7,14 @@
 #include <atomic>
 #include <cstdlib>
 
+#include "conv2d_cpu_amx.h"
+
+#if defined(__linux__) && defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace conv_ext {
 namespace cpu {
 namespace {
@@ -105,6 +113,50 @@ std::string set_active_isa(const std::string& name) {
   const CpuBackends& next = name == "auto" ? best_backends() : backends_named(name);
   g_active.store(&next, std::memory_order_release);
   return previous;
+}
+
+namespace {
+
+// AMX-TILE and AMX-BF16 (cpuid leaf 7: EDX bits 24 and 22), and the
+// process's permission to the tile data state: Linux (5.16+) enables it per
+// process on request; without it the first tile instruction faults.
+bool amx_probe() {
+#if defined(__linux__) && defined(__x86_64__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool tile = (edx >> 24) & 1u, bf16 = (edx >> 22) & 1u;
+  if (!tile || !bf16 || !cpu_supports(CpuIsa::kAvx512)) return false;
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+// CONV_EXT_CPU_AMX=0 turns AMX off (read once); anything else: on where supported.
+std::atomic<bool> g_amx_enabled{[] {
+  const char* env = std::getenv("CONV_EXT_CPU_AMX");
+  return env == nullptr || std::string(env) != "0";
+}()};
+
+}  // namespace
+
+bool amx_supported() {
+  static const bool supported = amx_probe();
+  return supported;
+}
+
+bool amx_active() {
+  return g_amx_enabled.load(std::memory_order_relaxed) && amx_supported() &&
+         active_backends().isa == CpuIsa::kAvx512;
+}
+
+bool set_amx_enabled(bool enabled) {
+  TORCH_CHECK(!enabled || amx_supported(),
+              "conv_ext: AMX was asked for, but this CPU lacks AMX-BF16 or the OS did not "
+              "grant the tile state");
+  // false where unsupported, so that restoring the returned value never raises
+  return g_amx_enabled.exchange(enabled) && amx_supported();
 }
 
 }  // namespace cpu

@@ -1,21 +1,35 @@
 // The CPU ops: the op fronts (conv2d_front.h) run the backends of the
 // active ISA's copy of the kernels (conv2d_cpu_isa.h; the backends are
 // conv2d_forward_cpu.h, conv2d_backward_input_cpu.h,
-// conv2d_backward_weight_cpu.h).
+// conv2d_backward_weight_cpu.h), or the AMX tiles for the bfloat16 forward
+// (conv2d_cpu_amx.h).
 #include <torch/library.h>
 
 #include "../conv2d_front.h"
+#include "conv2d_cpu_amx.h"
 #include "conv2d_cpu_isa.h"
 
 namespace conv_ext {
 namespace cpu {
 namespace {
 
+// bfloat16 dense and pointwise problems on AMX tiles where the CPU has them
+// (conv2d_cpu_amx.h: only while the avx512 copy is the active one), the
+// active ISA's kernels otherwise.
+at::Tensor forward_backend(const at::Tensor& input, const at::Tensor& weight,
+                           const at::Tensor& bias, const Conv2dShape& p, at::MemoryFormat format) {
+  const at::ScalarType dtype = input.scalar_type();
+  if (use_amx_forward(p, dtype, select_path(p, Pass::kForward, dtype))) {
+    return amx::forward_bf16(input, weight, bias, p, format);
+  }
+  return active_backends().forward(input, weight, bias, p, format);
+}
+
 at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   return conv2d_forward_front(input, weight, bias, stride, padding, dilation, groups,
-                              active_backends().forward);
+                              forward_backend);
 }
 
 at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,

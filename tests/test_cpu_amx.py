@@ -1,0 +1,217 @@
+"""The bfloat16 dense and pointwise forward on AMX tiles (csrc/cpu/conv2d_cpu_amx.h,
+conv2d_cpu_kernels_amx.cpp), and the float32 kernels it falls back to: each
+case runs with the AMX tiles on (where the CPU has them; skipped with the
+reason elsewhere) and off, against torch in float64 on the same bf16 values
+with the error bound of float32 accumulation plus one rounding to bf16. Odd
+channel counts (C not a multiple of 32, K not a multiple of 16), strides,
+dilation, padding larger than the filter, asymmetric filters, N up to 64,
+NCHW / channels_last / non-contiguous inputs and weights; bitwise identical
+across thread counts, runs and batch splits; gradients (which stay on the
+float32 kernels) through autograd."""
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import conv_ext
+from helpers import make_layout
+
+debug = torch.ops.conv_ext_debug
+ops = torch.ops.conv_ext
+HAS_AMX = debug.cpu_amx_supported()
+NO_AMX = "this CPU lacks AMX-BF16 (or the OS did not grant the tile state)"
+
+
+@contextlib.contextmanager
+def amx_mode(on):
+    """AMX tiles on (the avx512 kernels active, which AMX needs) or off."""
+    previous_isa = debug.set_cpu_isa("avx512") if on else None
+    previous = debug.set_cpu_amx(on)
+    try:
+        yield
+    finally:
+        debug.set_cpu_amx(previous)
+        if previous_isa is not None:
+            debug.set_cpu_isa(previous_isa)
+
+
+@pytest.fixture(params=["amx", "no_amx"])
+def mode(request):
+    if request.param == "amx" and not HAS_AMX:
+        pytest.skip(NO_AMX)
+    with amx_mode(request.param == "amx"):
+        yield request.param
+
+
+def _pair(v):
+    return list(v) if isinstance(v, tuple) else [v, v]
+
+
+# (name, N, C, H, W, K, R, S, stride, padding, dilation)
+CASES = [
+    ("3x3_whole_tiles", 2, 64, 10, 12, 64, 3, 3, 1, 1, 1),
+    ("3x3_odd_c_k", 2, 19, 9, 11, 21, 3, 3, 1, 1, 1),          # C < 32, K < 32: padded tiles
+    ("3x3_c40_k50", 1, 40, 7, 9, 50, 3, 3, 1, 1, 1),           # 2 channel blocks, 4 K tiles (last partial)
+    ("3x3_s2", 2, 24, 13, 12, 40, 3, 3, 2, 1, 1),              # 4 stride phases
+    ("3x3_s3_dil2", 1, 33, 17, 16, 17, 3, 3, 3, 2, 2),        # 9 phases, C past 32
+    ("pad_gt_filter", 2, 16, 5, 6, 18, 2, 2, 1, 3, 1),        # padding 3 > filter 2
+    ("asym", 1, 10, 8, 13, 9, 2, 5, (1, 2), (0, 3), (2, 1)),  # phases on one axis only
+    ("5x5_wide_row", 1, 32, 4, 70, 32, 5, 5, 1, 2, 1),        # rows longer than a work item
+    ("7x7_s2_c8", 2, 8, 15, 13, 16, 7, 7, 2, 3, 1),           # fewest channels AMX takes
+    ("one_pixel", 3, 48, 3, 3, 20, 3, 3, 1, 0, 1),            # P = Q = 1
+    ("1x1", 2, 48, 7, 7, 33, 1, 1, 1, 0, 1),                  # pointwise path
+    ("1x1_s2", 2, 64, 9, 11, 24, 1, 1, 2, 0, 1),              # one of four phases stored
+    ("1x1_k100_c70", 1, 70, 5, 6, 100, 1, 1, 1, 0, 1),
+    ("n64", 64, 16, 4, 5, 16, 3, 3, 1, 1, 1),
+]
+
+
+def _id(case):
+    return case[0]
+
+
+def _make(case, layout, bias=True, dtype=torch.bfloat16):
+    _, N, C, H, W, K, R, S, stride, padding, dilation = case
+    x = make_layout(torch.randn(N, C, H, W).to(dtype), layout)
+    w = make_layout((torch.randn(K, C, R, S) / (C * R * S) ** 0.5).to(dtype), layout)
+    b = torch.randn(K).to(dtype) if bias else None
+    args = (_pair(stride), _pair(padding), _pair(dilation), 1)
+    return x, w, b, args
+
+
+def _assert_within_one_rounding(y, x, w, b, args):
+    """|y - exact| <= (one bf16 rounding) + (float32 summation of C*R*S + 1 terms)."""
+    stride, padding, dilation, _ = args
+    x64, w64 = x.double(), w.double()
+    b64 = b.double() if b is not None else None
+    exact = F.conv2d(x64, w64, b64, stride, padding, dilation)
+    magnitude = F.conv2d(x64.abs(), w64.abs(), b64.abs() if b is not None else None, stride,
+                         padding, dilation)
+    terms = w.shape[1] * w.shape[2] * w.shape[3] + 1
+    bound = 2.0 ** -8 * exact.abs() + terms * 2.0 ** -24 * magnitude
+    err = (y.double() - exact).abs()
+    assert bool((err <= bound).all()), f"max excess {(err - bound).max().item()}"
+
+
+def test_amx_taken_where_expected():
+    x, w = torch.randn(2, 32, 8, 8).bfloat16(), torch.randn(32, 32, 3, 3).bfloat16()
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    uses = lambda x, w, args=args: debug.cpu_forward_uses_amx(x, w, *args)  # noqa: E731
+    with amx_mode(False):
+        assert not debug.cpu_amx()
+        assert not uses(x, w)
+    if not HAS_AMX:
+        pytest.skip(NO_AMX)
+    with amx_mode(True):
+        assert debug.cpu_amx()
+        assert uses(x, w)                                                 # 3x3 dense
+        assert uses(x, w[:, :, :1, :1], ([2, 2], [0, 0], [1, 1], 1))       # pointwise, stride 2
+        assert not uses(x.half(), w.half())                               # no AMX-FP16 here
+        assert not uses(x.float(), w.float())
+        assert not uses(x[:, :3], w[:, :3])                               # first layer (C < 8)
+        assert not uses(x, w[:, :8], ([1, 1], [1, 1], [1, 1], 4))          # grouped
+        previous = debug.set_cpu_isa("avx2")                              # AMX needs the avx512 copy
+        try:
+            assert not debug.cpu_amx() and not uses(x, w)
+        finally:
+            debug.set_cpu_isa(previous)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_matches_float64(mode, case, layout):
+    x, w, b, args = _make(case, layout, bias=case[0] != "1x1")
+    assert debug.cpu_forward_uses_amx(x, w, *args) == (mode == "amx")
+    y = ops.conv2d_forward(x, w, b, *args)
+    assert y.dtype == torch.bfloat16
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+    _assert_within_one_rounding(y, x, w, b, args)
+
+
+def test_channels_last_input_with_nchw_weight(mode):
+    x, w, b, args = _make(CASES[1], "channels_last")
+    w = w.contiguous()
+    y = ops.conv2d_forward(x, w, b, *args)
+    _assert_within_one_rounding(y, x, w, b, args)
+    assert torch.equal(y.contiguous(), ops.conv2d_forward(x.contiguous(), w, b, *args))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
+    "3x3_odd_c_k", "3x3_c40_k50", "3x3_s2", "asym", "5x5_wide_row", "1x1_s2")], ids=_id)
+def test_bitwise_across_threads_runs_and_batch(mode, case, layout):
+    x, w, b, args = _make(case, layout)
+    if x.shape[0] == 1:
+        x = torch.cat([x, torch.randn_like(x), torch.randn_like(x)]).contiguous(
+            memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    y = ops.conv2d_forward(x, w, b, *args)
+    assert torch.equal(ops.conv2d_forward(x, w, b, *args), y)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(ops.conv2d_forward(x, w, b, *args), y)
+    finally:
+        torch.set_num_threads(saved)
+    for i in range(x.shape[0]):
+        assert torch.equal(ops.conv2d_forward(x[i:i + 1], w, b, *args), y[i:i + 1])
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("3x3_odd_c_k", "3x3_s3_dil2", "1x1")],
+                         ids=_id)
+def test_autograd_gradients(mode, case):
+    x, w, b, args = _make(case, "contiguous")
+    stride, padding, dilation, _ = args
+    x, w, b = (t.requires_grad_() for t in (x, w, b))
+    y = conv_ext.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation)
+    gy = torch.randn(y.shape).bfloat16()
+    gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    y64 = F.conv2d(x64, w64, b64, stride, padding, dilation)
+    want = torch.autograd.grad(y64, (x64, w64, b64), gy.double())
+    _assert_within_one_rounding(y.detach(), x.detach(), w.detach(), b.detach(), args)
+    for got, ref in zip((gx, gw, gb), want):
+        assert got.dtype == torch.bfloat16
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(got.double(), ref, rtol=2.0 ** -7, atol=1e-3 * scale)
+
+
+def test_amx_and_float32_tiles_agree_closely():
+    if not HAS_AMX:
+        pytest.skip(NO_AMX)
+    x, w, b, args = _make(CASES[0], "contiguous")
+    with amx_mode(True):
+        on = ops.conv2d_forward(x, w, b, *args)
+    with amx_mode(False):
+        off = ops.conv2d_forward(x, w, b, *args)
+    # Other summation orders, one bf16 rounding each: at most an ulp or two apart.
+    torch.testing.assert_close(on.float(), off.float(), rtol=2.0 ** -7, atol=1e-3)
+
+
+def test_switching_on_without_amx_is_an_error():
+    if HAS_AMX:
+        pytest.skip("this CPU has AMX")
+    with pytest.raises(RuntimeError, match="AMX was asked for"):
+        debug.set_cpu_amx(True)
+
+
+def test_environment_variable_switches_amx_off():
+    code = textwrap.dedent("""
+        import torch, conv_ext
+        d = torch.ops.conv_ext_debug
+        x, w = torch.randn(1, 32, 6, 6).bfloat16(), torch.randn(16, 32, 3, 3).bfloat16()
+        print(d.cpu_amx(), d.cpu_forward_uses_amx(x, w, [1, 1], [1, 1], [1, 1], 1))
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(conv_ext.__file__)))
+    env = dict(os.environ, CONV_EXT_CPU_AMX="0")
+    env.pop("CONV_EXT_CPU_ISA", None)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
