@@ -51,7 +51,7 @@ if [ $# -eq 0 ]; then
   set -- tests/test_conv2d.py tests/test_errors.py tests/test_opinfo.py tests/test_module.py \
     tests/test_transforms.py tests/test_autocast.py tests/test_hostile.py \
     tests/test_cpu_fast_paths.py tests/test_cpu_depthwise.py tests/test_cpu_grouped_reduced.py \
-    tests/test_cpu_isa.py \
+    tests/test_cpu_isa.py tests/test_cpu_amx.py \
     tests/test_fusion.py tests/test_transposed_1d.py tests/test_parity.py \
     -k "not memory_flat and not variants_benchmark and not emulat and not torchvision and not compile"
 fi
