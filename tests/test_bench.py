@@ -11,6 +11,16 @@ import conv_ext.bench
 from bench import cases, cli, models, per_layer
 
 
+@pytest.fixture
+def one_thread():
+    # Whole-model runs on one thread: OpenMP's two threads crawl on a machine
+    # loaded by others.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_bench_writes_table_json_and_chart(tmp_path, capsys):
     # Through `python -m conv_ext.bench`'s entry, which forwards to bench/.
     status = conv_ext.bench.main([
@@ -83,34 +93,23 @@ def test_model_mode_skips_cleanly_without_torchvision(monkeypatch, capsys):
     assert "skipped" in capsys.readouterr().out
 
 
-def test_model_mode_training_step(monkeypatch):
+def test_model_mode_training_step(one_thread):
     pytest.importorskip("torchvision")
-    # One thread: OpenMP's two threads crawl on a machine loaded by others.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        row = models.run_model("resnet18", batch=2, device="cpu", dtype=torch.float32,
-                               pass_="train", rounds=1, min_time=0.001, image_size=64)
-    finally:
-        torch.set_num_threads(threads)
+    row = models.run_model("resnet18", batch=2, device="cpu", dtype=torch.float32,
+                           pass_="train", rounds=1, min_time=0.001, image_size=64)
     assert row["correct"], row["max_rel_error"]
     assert row["ratio"] == row["torch_s"] / row["conv_ext_s"]
     # The step's activations raise the allocator's peak above what it started with.
     assert row["conv_ext_peak_bytes"]["allocator"] > 0 and row["torch_peak_bytes"]["allocator"] > 0
 
 
-def test_model_mode_training_step_with_dropout_float64():
+def test_model_mode_training_step_with_dropout_float64(one_thread):
     # MobileNetV2 has Dropout before its classifier and BatchNorm biases whose
     # gradients are zero up to rounding: the check must see the same dropout
     # masks in both models and must not divide rounding noise by itself.
     pytest.importorskip("torchvision")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        row = models.run_model("mobilenet_v2", batch=2, device="cpu", dtype=torch.float64,
-                               pass_="train", rounds=1, min_time=0.001, image_size=64)
-    finally:
-        torch.set_num_threads(threads)
+    row = models.run_model("mobilenet_v2", batch=2, device="cpu", dtype=torch.float64,
+                           pass_="train", rounds=1, min_time=0.001, image_size=64)
     assert row["correct"], row["max_rel_error"]
     assert row["max_rel_error"] < 1e-9
 
@@ -123,16 +122,11 @@ def test_model_error_floors_near_zero_tensors():
     assert models._max_rel_error(got, want) > 100
 
 
-def test_model_mode_fused_inference():
+def test_model_mode_fused_inference(one_thread):
     pytest.importorskip("torchvision")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        row = models.run_model("resnet18", batch=2, device="cpu", dtype=torch.float32,
-                               pass_="inference", rounds=1, min_time=0.001, image_size=64,
-                               variants=("conv_ext_fused",))
-    finally:
-        torch.set_num_threads(threads)
+    row = models.run_model("resnet18", batch=2, device="cpu", dtype=torch.float32,
+                           pass_="inference", rounds=1, min_time=0.001, image_size=64,
+                           variants=("conv_ext_fused",))
     assert row["correct"], row["max_rel_error"]
     assert row["ratio"] == row["torch_s"] / row["conv_ext_fused_s"]
     with pytest.raises(ValueError, match="inference only"):

@@ -48,6 +48,13 @@ CASES = [
     ("dense_dilated_w_only", 2, 8, 9, 13, 8, 3, 3, (2, 1), (1, 0), (1, 2), 1, "dense"),
     ("dense_even_kernel_no_pad", 1, 11, 8, 9, 6, 2, 4, 1, 0, 1, 1, "dense"),
     ("dense_c_split", 1, 700, 5, 4, 9, 3, 3, 1, 1, 1, 1, "dense"),
+    # Small planes under large padding or dilation: the pixels are tiled by
+    # tap class and the taps that meet only padding are skipped
+    # (choose_dense_tiling); rows and columns that read no image at all
+    # (padding 4 > a 3-tap filter) are bias only.
+    ("dense_dilated_small_plane", 2, 9, 7, 9, 20, 3, 3, 1, 5, 5, 1, "dense"),
+    ("dense_pad_past_filter", 1, 10, 4, 5, 11, 3, 5, 1, (4, 3), (1, 2), 1, "dense"),
+    ("dense_5x5_on_6x6", 3, 13, 6, 6, 18, 5, 5, 1, 2, 1, 1, "dense"),
     # whole 16 x 16 blocks and edges in the layout transposes (C and W past
     # two vectors), output blocks spanning images
     ("dense_wide_rows", 2, 35, 6, 40, 33, 3, 3, 1, 1, 1, 1, "dense"),
@@ -146,7 +153,7 @@ def test_first_layer_rows_gradcheck_and_batch_invariance():
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
     "pointwise", "first_layer_7x7_s2", "first_layer_rows_1d_s5", "dense_3x3", "dense_c_split",
-    "dense_wide_rows", "depthwise_s1")],
+    "dense_wide_rows", "dense_dilated_small_plane", "dense_5x5_on_6x6", "depthwise_s1")],
     ids=_case_id)
 def test_bitwise_reproducible_across_runs_and_threads(case):
     _, N, C, H, W, K, R, S, stride, padding, dilation, groups, _ = case
@@ -171,3 +178,35 @@ def test_bitwise_reproducible_across_runs_and_threads(case):
     for a, b, c in zip(first, again, single):
         assert torch.equal(a, b)
         assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_dense_skipped_padding_taps_with_infinite_weights(layout):
+    # The dense kernel leaves out taps that meet only zero padding on small
+    # planes (choose_dense_tiling), as oneDNN does: an infinite weight then
+    # gives inf where it meets the image and no NaN where it meets only
+    # padding, the same pattern as torch, and the same at any thread count
+    # and batch split (the skipped set depends on the pixel, not its tile).
+    x = torch.randn(3, 8, 9, 9)
+    w = _weight(24, 8, 3, 3)
+    w[5, 2, 0, 0] = float("inf")
+    w[17, 7, 2, 1] = float("-inf")
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    args = ([1, 1], [6, 6], [6, 6], 1)
+    ref = torch.nn.functional.conv2d(x, w, None, 1, 6, 6)
+    out = ops.conv2d_forward(x, w, None, *args)
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    torch.testing.assert_close(out[finite], ref[finite], rtol=1e-4, atol=1e-4)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = ops.conv2d_forward(x, w, None, *args)
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(out.nan_to_num(), single.nan_to_num())
+    for i in range(3):
+        part = ops.conv2d_forward(x[i:i + 1], w, None, *args)
+        assert torch.equal(out[i:i + 1].nan_to_num(), part.nan_to_num())

@@ -83,6 +83,22 @@ inline std::vector<ValidRange> tap_ranges(int64_t taps, int64_t dilation, int64_
   return ranges;
 }
 
+// The other way round: for every output index o, the taps [lo, hi) that
+// read the image (the taps outside read only zero padding; lo >= hi: none).
+// Contiguous because an output's input position grows with the tap.
+inline std::vector<ValidRange> output_tap_windows(const std::vector<ValidRange>& by_tap,
+                                                  int64_t outputs) {
+  const int64_t taps = static_cast<int64_t>(by_tap.size());
+  std::vector<ValidRange> windows(outputs, ValidRange{taps, 0});
+  for (int64_t t = 0; t < taps; ++t) {
+    for (int64_t o = by_tap[t].lo; o < by_tap[t].hi; ++o) {
+      windows[o].lo = std::min(windows[o].lo, t);
+      windows[o].hi = std::max(windows[o].hi, t + 1);
+    }
+  }
+  return windows;
+}
+
 // Row ranges for every tap r, column ranges for every tap s.
 inline std::vector<ValidRange> row_ranges(const Conv2dShape& p) {
   return tap_ranges(p.R, p.dilation_h, p.pad_h, p.stride_h, p.H, p.P);

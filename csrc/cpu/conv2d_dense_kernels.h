@@ -67,7 +67,8 @@ struct DenseTileStrides {
   int64_t x_r = 0;       // elements between kernel rows in the input
   int64_t x_s = 0;       // ... between kernel columns (non-fused loop)
   int64_t w_kb = 0;      // elements between packed weight blocks of L channels
-  int64_t w_rs = 0;      // ... between kernel taps (r, s) (non-fused) or rows (fused)
+  int64_t w_r = 0;       // ... between kernel rows (S * C * L)
+  int64_t w_rs = 0;      // ... between kernel columns (non-fused loop: C * L)
   int64_t R = 0, S_outer = 0, inner = 0;
   int64_t K = 0;
 };
@@ -101,7 +102,7 @@ __attribute__((noinline)) void dense_tile_full(const T* const* xs, const T* w, c
   for (int64_t r = 0; r < g.R; ++r) {
     for (int64_t so = 0; so < g.S_outer; ++so) {
       const int64_t x_off = r * g.x_r + so * g.x_s;
-      const T* wr = w + (r * g.S_outer + so) * g.w_rs;
+      const T* wr = w + r * g.w_r + so * g.w_rs;
       for (int64_t i = 0; i < g.inner; ++i) {
         typename V::type wv[NB];
         for (int j = 0; j < NB; ++j) wv[j] = V::load(wr + j * g.w_kb + i * L);
@@ -284,6 +285,11 @@ struct DenseProblem {
   int64_t stride_h, stride_w, dilation_h, dilation_w;
   int64_t out_image, out_row, out_pixel;
   bool nchw = false;
+  // Output row oh reads the image only through kernel rows
+  // [row_taps[oh].lo, .hi); the other rows of the filter meet the buffer's
+  // zero padding. Likewise col_taps for columns. Empty: not known, every
+  // tap runs (the zeros are multiplied in).
+  std::vector<ValidRange> row_taps, col_taps;
 };
 
 // The forward of problem p on its padded NHWC input (padding p.pad_h, p.pad_w)
@@ -293,7 +299,9 @@ inline DenseProblem dense_forward_problem(const Conv2dShape& p) {
                       .K = p.K, .R = p.R, .S = p.S, .P = p.P, .Q = p.Q,
                       .stride_h = p.stride_h, .stride_w = p.stride_w,
                       .dilation_h = p.dilation_h, .dilation_w = p.dilation_w,
-                      .out_image = p.P * p.Q * p.K, .out_row = p.Q * p.K, .out_pixel = p.K};
+                      .out_image = p.P * p.Q * p.K, .out_row = p.Q * p.K, .out_pixel = p.K,
+                      .row_taps = output_tap_windows(row_ranges(p), p.P),
+                      .col_taps = output_tap_windows(column_ranges(p), p.Q)};
 }
 
 // Chunks of C (outer loop of dense_forward): one tile column of weights
@@ -316,6 +324,104 @@ bool dense_writes_nchw(const DenseProblem& d) {
   return dense_c_chunks<T>(d) == 1;
 }
 
+// How dense_forward groups a work item's pixels into register tiles.
+//   kSpan: consecutive pixels, across rows and images; every tap runs.
+//   kRows: pixels grouped by their row's tap window; the kernel rows that
+//     meet only zero padding are skipped.
+//   kRowsColumns: grouped by row and column windows; no tap that meets only
+//     padding runs (dilated filters on small planes: DeepLab's ASPP, SSD's
+//     fc6).
+// Which one runs depends on the layer's shape only, never on N or the
+// thread count, and within one every pixel sums the same taps in the same
+// order whatever tile it lands in: results stay identical across thread
+// counts and batch splits. (Skipped products are zero times a weight:
+// leaving them out changes nothing unless a weight is infinite or NaN,
+// where a skipped tap no longer turns a result into NaN, as in oneDNN.)
+enum class DenseTiling { kSpan, kRows, kRowsColumns };
+
+// Tap windows of one class of pixels (kRows: column window = all columns).
+struct DenseTapClass {
+  ValidRange rows, cols;
+};
+
+// Distinct windows of `windows`, and each output index's class among them.
+inline std::vector<ValidRange> distinct_windows(const std::vector<ValidRange>& windows,
+                                                std::vector<int32_t>& class_of) {
+  std::vector<ValidRange> distinct;
+  class_of.resize(windows.size());
+  for (size_t o = 0; o < windows.size(); ++o) {
+    ValidRange v = windows[o];
+    if (v.hi <= v.lo) v = ValidRange{0, 0};  // no tap: one empty class
+    size_t k = 0;
+    while (k < distinct.size() && (distinct[k].lo != v.lo || distinct[k].hi != v.hi)) ++k;
+    if (k == distinct.size()) distinct.push_back(v);
+    class_of[o] = static_cast<int32_t>(k);
+  }
+  return distinct;
+}
+
+// Relative time of one register tile of u pixels x nb vectors over `steps`
+// reduction steps (taps x input channels): per step nb weight loads, u
+// broadcasts and u * nb FMAs on two FMA ports, at most 8 chains in flight
+// (4-cycle latency x 2 ports); plus loading and storing the accumulators.
+inline double dense_tile_cost(int64_t u, int64_t nb, int64_t steps) {
+  return static_cast<double>(steps) * static_cast<double>(std::max({u * nb, nb + u, int64_t{8}})) +
+         2.0 * static_cast<double>(u * nb + 10);
+}
+
+// n pixels of equal step count in near-equal tiles of at most ur.
+inline double dense_run_cost(int64_t n, int64_t ur, int64_t nb, int64_t steps) {
+  if (n <= 0) return 0.0;
+  const int64_t tiles = (n + ur - 1) / ur, base = n / tiles, longer = n % tiles;
+  return static_cast<double>(longer) * dense_tile_cost(base + 1, nb, steps) +
+         static_cast<double>(tiles - longer) * dense_tile_cost(base, nb, steps);
+}
+
+// The tiling of problem d by the cost model above, on one image cut into
+// nominal work items of 16 tiles (a fixed size, so that the choice does
+// not depend on N or the thread count). Skipping pays where the padding
+// is a large share of the taps (small planes, large dilation); on large
+// planes the shorter tiles at class borders cost more than the few
+// skipped taps.
+inline DenseTiling choose_dense_tiling(const DenseProblem& d, int64_t ur, int64_t nb) {
+  if (d.row_taps.empty() || d.col_taps.empty()) return DenseTiling::kSpan;
+  std::vector<int32_t> row_class, col_class;
+  const std::vector<ValidRange> rows = distinct_windows(d.row_taps, row_class);
+  const std::vector<ValidRange> cols = distinct_windows(d.col_taps, col_class);
+  const bool full_rows = rows.size() == 1 && rows[0].lo == 0 && rows[0].hi == d.R;
+  const bool full_cols = cols.size() == 1 && cols[0].lo == 0 && cols[0].hi == d.S;
+  if (full_rows && full_cols) return DenseTiling::kSpan;
+  const int64_t PQ = d.P * d.Q, block = std::min(PQ, 16 * ur);
+  const int64_t nr = static_cast<int64_t>(rows.size()), nc = static_cast<int64_t>(cols.size());
+  double span = 0.0, by_rows = 0.0, by_both = 0.0;
+  std::vector<int64_t> count_rows(nr), count_both(nr * nc);
+  for (int64_t m0 = 0; m0 < PQ; m0 += block) {
+    const int64_t m1 = std::min(PQ, m0 + block);
+    span += dense_run_cost(m1 - m0, ur, nb, d.R * d.S * d.C);
+    std::fill(count_rows.begin(), count_rows.end(), 0);
+    std::fill(count_both.begin(), count_both.end(), 0);
+    for (int64_t m = m0; m < m1; ++m) {
+      const int32_t rc = row_class[m / d.Q], cc = col_class[m % d.Q];
+      ++count_rows[rc];
+      ++count_both[rc * nc + cc];
+    }
+    for (int64_t rc = 0; rc < nr; ++rc) {
+      const int64_t r_taps = rows[rc].hi - rows[rc].lo;
+      by_rows += dense_run_cost(count_rows[rc], ur, nb, r_taps * d.S * d.C);
+      for (int64_t cc = 0; cc < nc; ++cc) {
+        by_both += dense_run_cost(count_both[rc * nc + cc], ur, nb,
+                                  r_taps * (cols[cc].hi - cols[cc].lo) * d.C);
+      }
+    }
+  }
+  // A margin for what the model leaves out (tile bookkeeping, sorting).
+  DenseTiling best = DenseTiling::kSpan;
+  double best_cost = span;
+  if (!full_rows && by_rows < 0.97 * best_cost) best = DenseTiling::kRows, best_cost = by_rows;
+  if (!full_cols && by_both < 0.97 * best_cost) best = DenseTiling::kRowsColumns;
+  return best;
+}
+
 template <typename T, typename O = T>
 void dense_forward(const T* x, const T* w, const T* bias, O* out, const DenseProblem& d) {
   constexpr int L = simd::Vec<T>::size;
@@ -335,17 +441,42 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
   g.x_r = d.dilation_h * d.Wp * d.C;
   g.x_s = d.dilation_w * d.C;
   g.w_kb = d.R * d.S * d.C * L;
+  g.w_r = d.S * d.C * L;
+  g.w_rs = d.C * L;
   g.R = d.R;
   g.K = d.K;
-  if (fused) {
-    g.S_outer = 1;
-    g.inner = d.S * d.C;
-    g.w_rs = d.S * d.C * L;
-  } else {
-    g.S_outer = d.S;
-    g.w_rs = d.C * L;
-  }
+  g.S_outer = fused ? 1 : d.S;
+  g.inner = fused ? d.S * d.C : d.C;
   const auto& table = dense_tile_table<T>();
+  // Tap classes (kRows, kRowsColumns): each class's strides and offsets of
+  // its first tap in the input and the packed weights.
+  const DenseTiling tiling = choose_dense_tiling(d, shape.ur, shape.nb);
+  std::vector<int32_t> row_class(d.P, 0), col_class(d.Q, 0);
+  int64_t n_col_classes = 1;
+  std::vector<DenseTileStrides> class_g;
+  std::vector<int64_t> class_x, class_w;
+  if (tiling != DenseTiling::kSpan) {
+    const std::vector<ValidRange> rows = distinct_windows(d.row_taps, row_class);
+    std::vector<ValidRange> cols{ValidRange{0, d.S}};
+    if (tiling == DenseTiling::kRowsColumns) cols = distinct_windows(d.col_taps, col_class);
+    n_col_classes = static_cast<int64_t>(cols.size());
+    for (const ValidRange& rw : rows) {
+      for (const ValidRange& cw : cols) {
+        DenseTileStrides gk = g;
+        gk.R = rw.hi - rw.lo;
+        if (fused) {
+          gk.inner = (cw.hi - cw.lo) * d.C;
+        } else {
+          gk.S_outer = cw.hi - cw.lo;
+        }
+        if (gk.R == 0 || gk.S_outer == 0 || gk.inner == 0) gk.R = 0;  // bias only
+        const bool empty = gk.R == 0;
+        class_g.push_back(gk);
+        class_x.push_back(empty ? 0 : rw.lo * g.x_r + cw.lo * g.x_s);
+        class_w.push_back(empty ? 0 : rw.lo * g.w_r + cw.lo * g.w_rs);
+      }
+    }
+  }
   // Work items: (channel group, block of output pixels), channel group major
   // so a thread's consecutive items reuse the same packed weights. Pixels are
   // numbered over all images and rows (m = (n * P + oh) * Q + ow).
@@ -364,6 +495,33 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
   const int64_t block_width = shape.nb * L;
   at::parallel_for(0, KG * blocks, grain_for(block * d.R * d.S * d.C * shape.nb), [&](int64_t begin, int64_t end) {
     std::vector<T> block_out(d.nchw ? block * block_width : 0);
+    // Pixels [m0, m1) sorted by tap class (stable: in pixel order within a
+    // class), each class cut into near-equal tiles of at most shape.ur:
+    // fn(class, pixels of the tile, tile size).
+    std::vector<int64_t> sorted(tiling != DenseTiling::kSpan ? block : 0);
+    std::vector<int64_t> class_start(class_g.size() + 1), class_fill;
+    auto tile_by_class = [&](int64_t m0, int64_t m1, const auto& fn) {
+      const int64_t classes = static_cast<int64_t>(class_g.size());
+      auto key = [&](int64_t m) {
+        return row_class[(m / d.Q) % d.P] * n_col_classes + col_class[m % d.Q];
+      };
+      std::fill(class_start.begin(), class_start.end(), 0);
+      for (int64_t m = m0; m < m1; ++m) ++class_start[key(m) + 1];
+      for (int64_t k = 0; k < classes; ++k) class_start[k + 1] += class_start[k];
+      std::vector<int64_t>& fill = class_fill;
+      fill.assign(class_start.begin(), class_start.end() - 1);
+      for (int64_t m = m0; m < m1; ++m) sorted[fill[key(m)]++] = m;
+      for (int64_t k = 0; k < classes; ++k) {
+        const int64_t n = class_start[k + 1] - class_start[k];
+        if (n == 0) continue;
+        const int64_t tiles = (n + shape.ur - 1) / shape.ur, base = n / tiles, longer = n % tiles;
+        for (int64_t t = 0, i = class_start[k]; t < tiles; ++t) {
+          const int ur = static_cast<int>(base + (t < longer ? 1 : 0));
+          fn(k, sorted.data() + i, ur);
+          i += ur;
+        }
+      }
+    };
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t c0 = chunk * chunk_c;
       const int64_t cc = std::min(chunk_c, d.C - c0);
@@ -378,29 +536,49 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
         const int nb = static_cast<int>(std::min<int64_t>(shape.nb, Kb - kb0));
         const T* wk = w + kb0 * g.w_kb + c0 * L;
         const T* b = bias != nullptr ? bias + kb0 * L : nullptr;
-        // Position of pixel m_begin, then stepped pixel by pixel.
-        int64_t ow = m_begin % d.Q, oh = (m_begin / d.Q) % d.P, n = m_begin / (d.Q * d.P);
-        // The block's pixels in tiles of near-equal size (49 = 4 x 6 + 5 x 5,
-        // not 8 x 6 + 1): a 1- or 2-pixel tail tile would run at a fraction
-        // of the FMA rate (NB weight loads per UR broadcasts).
-        const int64_t tiles = (m_end - m_begin + shape.ur - 1) / shape.ur;
-        const int64_t base = (m_end - m_begin) / tiles, longer = (m_end - m_begin) % tiles;
-        for (int64_t m = m_begin, t = 0; m < m_end; ++t) {
-          const int ur = static_cast<int>(base + (t < longer ? 1 : 0));
-          const T* xs[kTilePixels];
-          T* outs[kTilePixels];
-          for (int u = 0; u < ur; ++u) {
-            xs[u] = x + ((n * d.Hp + oh * d.stride_h) * d.Wp + ow * d.stride_w) * d.C + c0;
-            outs[u] = d.nchw ? block_out.data() + (m - m_begin + u) * block_width
-                             : out_nhwc + n * d.out_image + oh * d.out_row + ow * d.out_pixel +
-                                   kb0 * L;
-            if (++ow == d.Q) {
-              ow = 0;
-              if (++oh == d.P) oh = 0, ++n;
+        if (tiling != DenseTiling::kSpan) {
+          tile_by_class(m_begin, m_end, [&](int64_t k, const int64_t* pixels, int ur) {
+            const T* xs[kTilePixels];
+            T* outs[kTilePixels];
+            for (int u = 0; u < ur; ++u) {
+              const int64_t m = pixels[u];
+              const int64_t ow = m % d.Q, oh = (m / d.Q) % d.P, n = m / (d.Q * d.P);
+              xs[u] = x + ((n * d.Hp + oh * d.stride_h) * d.Wp + ow * d.stride_w) * d.C + c0 +
+                      class_x[k];
+              outs[u] = d.nchw ? block_out.data() + (m - m_begin) * block_width
+                               : out_nhwc + n * d.out_image + oh * d.out_row + ow * d.out_pixel +
+                                     kb0 * L;
             }
+            DenseTileStrides gk = class_g[k];
+            if (!fused) gk.inner = cc;
+            if (d.nchw) gk.K = Kb * L;
+            table(ur, nb)(xs, wk + class_w[k], b, outs, kb0 * L, gk, chunk > 0);
+          });
+        } else {
+          // Position of pixel m_begin, then stepped pixel by pixel.
+          int64_t ow = m_begin % d.Q, oh = (m_begin / d.Q) % d.P, n = m_begin / (d.Q * d.P);
+          // The block's pixels in tiles of near-equal size (49 = 4 x 6 + 5 x 5,
+          // not 8 x 6 + 1): a 1- or 2-pixel tail tile would run at a fraction
+          // of the FMA rate (NB weight loads per UR broadcasts).
+          const int64_t tiles = (m_end - m_begin + shape.ur - 1) / shape.ur;
+          const int64_t base = (m_end - m_begin) / tiles, longer = (m_end - m_begin) % tiles;
+          for (int64_t m = m_begin, t = 0; m < m_end; ++t) {
+            const int ur = static_cast<int>(base + (t < longer ? 1 : 0));
+            const T* xs[kTilePixels];
+            T* outs[kTilePixels];
+            for (int u = 0; u < ur; ++u) {
+              xs[u] = x + ((n * d.Hp + oh * d.stride_h) * d.Wp + ow * d.stride_w) * d.C + c0;
+              outs[u] = d.nchw ? block_out.data() + (m - m_begin + u) * block_width
+                               : out_nhwc + n * d.out_image + oh * d.out_row + ow * d.out_pixel +
+                                     kb0 * L;
+              if (++ow == d.Q) {
+                ow = 0;
+                if (++oh == d.P) oh = 0, ++n;
+              }
+            }
+            table(ur, nb)(xs, wk, b, outs, kb0 * L, gc, chunk > 0);
+            m += ur;
           }
-          table(ur, nb)(xs, wk, b, outs, kb0 * L, gc, chunk > 0);
-          m += ur;
         }
         if (d.nchw) {  // the block's pixels, image by image, to NCHW
           const int64_t PQ = d.P * d.Q, channels = std::min<int64_t>(block_width, d.K - kb0 * L);
