@@ -99,6 +99,18 @@ inline std::vector<ValidRange> output_tap_windows(const std::vector<ValidRange>&
   return windows;
 }
 
+// Splits [0, n) into ceil(n / max) pieces of near-equal size (56 = 4 x 11 + 12,
+// not 4 x 12 + 8: a short last piece runs at a fraction of the rate): f(start, size) for each.
+template <typename F>
+inline void near_equal_pieces(int64_t n, int64_t max, F&& f) {
+  const int64_t pieces = (n + max - 1) / max;
+  for (int64_t i = 0, start = 0; i < pieces; ++i) {
+    const int64_t size = (n - start) / (pieces - i);
+    f(start, size);
+    start += size;
+  }
+}
+
 // Row ranges for every tap r, column ranges for every tap s.
 inline std::vector<ValidRange> row_ranges(const Conv2dShape& p) {
   return tap_ranges(p.R, p.dilation_h, p.pad_h, p.stride_h, p.H, p.P);

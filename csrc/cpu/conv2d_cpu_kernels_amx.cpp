@@ -27,29 +27,8 @@
 
 #if defined(__x86_64__)
 #pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-bf16")
-// As in conv2d_cpu_kernels_avx512.cpp: g++ keeps the command line's ISA
-// macros under a target pragma; simd.h reads them.
-#ifndef __AVX__
-#define __AVX__ 1
-#endif
-#ifndef __AVX2__
-#define __AVX2__ 1
-#endif
-#ifndef __FMA__
-#define __FMA__ 1
-#endif
-#ifndef __AVX512F__
-#define __AVX512F__ 1
-#endif
-#ifndef __AVX512BW__
-#define __AVX512BW__ 1
-#endif
-#ifndef __AVX512VL__
-#define __AVX512VL__ 1
-#endif
-#ifndef __AVX512DQ__
-#define __AVX512DQ__ 1
-#endif
+#define CONV_EXT_TARGET_AVX512
+#include "conv2d_cpu_target_macros.h"
 #define CONV_EXT_ISA amx
 #include "conv2d_layout_kernels.h"
 #include "simd.h"

@@ -339,11 +339,6 @@ bool dense_writes_nchw(const DenseProblem& d) {
 // where a skipped tap no longer turns a result into NaN, as in oneDNN.)
 enum class DenseTiling { kSpan, kRows, kRowsColumns };
 
-// Tap windows of one class of pixels (kRows: column window = all columns).
-struct DenseTapClass {
-  ValidRange rows, cols;
-};
-
 // Distinct windows of `windows`, and each output index's class among them.
 inline std::vector<ValidRange> distinct_windows(const std::vector<ValidRange>& windows,
                                                 std::vector<int32_t>& class_of) {
@@ -371,10 +366,9 @@ inline double dense_tile_cost(int64_t u, int64_t nb, int64_t steps) {
 
 // n pixels of equal step count in near-equal tiles of at most ur.
 inline double dense_run_cost(int64_t n, int64_t ur, int64_t nb, int64_t steps) {
-  if (n <= 0) return 0.0;
-  const int64_t tiles = (n + ur - 1) / ur, base = n / tiles, longer = n % tiles;
-  return static_cast<double>(longer) * dense_tile_cost(base + 1, nb, steps) +
-         static_cast<double>(tiles - longer) * dense_tile_cost(base, nb, steps);
+  double cost = 0.0;
+  near_equal_pieces(n, ur, [&](int64_t, int64_t u) { cost += dense_tile_cost(u, nb, steps); });
+  return cost;
 }
 
 // The tiling of problem d by the cost model above, on one image cut into
@@ -508,18 +502,12 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
       std::fill(class_start.begin(), class_start.end(), 0);
       for (int64_t m = m0; m < m1; ++m) ++class_start[key(m) + 1];
       for (int64_t k = 0; k < classes; ++k) class_start[k + 1] += class_start[k];
-      std::vector<int64_t>& fill = class_fill;
-      fill.assign(class_start.begin(), class_start.end() - 1);
-      for (int64_t m = m0; m < m1; ++m) sorted[fill[key(m)]++] = m;
+      class_fill.assign(class_start.begin(), class_start.end() - 1);
+      for (int64_t m = m0; m < m1; ++m) sorted[class_fill[key(m)]++] = m;
       for (int64_t k = 0; k < classes; ++k) {
-        const int64_t n = class_start[k + 1] - class_start[k];
-        if (n == 0) continue;
-        const int64_t tiles = (n + shape.ur - 1) / shape.ur, base = n / tiles, longer = n % tiles;
-        for (int64_t t = 0, i = class_start[k]; t < tiles; ++t) {
-          const int ur = static_cast<int>(base + (t < longer ? 1 : 0));
-          fn(k, sorted.data() + i, ur);
-          i += ur;
-        }
+        const int64_t* pixels = sorted.data() + class_start[k];
+        near_equal_pieces(class_start[k + 1] - class_start[k], shape.ur,
+                          [&](int64_t i, int64_t ur) { fn(k, pixels + i, static_cast<int>(ur)); });
       }
     };
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
@@ -560,10 +548,9 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
           // The block's pixels in tiles of near-equal size (49 = 4 x 6 + 5 x 5,
           // not 8 x 6 + 1): a 1- or 2-pixel tail tile would run at a fraction
           // of the FMA rate (NB weight loads per UR broadcasts).
-          const int64_t tiles = (m_end - m_begin + shape.ur - 1) / shape.ur;
-          const int64_t base = (m_end - m_begin) / tiles, longer = (m_end - m_begin) % tiles;
-          for (int64_t m = m_begin, t = 0; m < m_end; ++t) {
-            const int ur = static_cast<int>(base + (t < longer ? 1 : 0));
+          near_equal_pieces(m_end - m_begin, shape.ur, [&](int64_t i, int64_t pixels) {
+            const int64_t m = m_begin + i;
+            const int ur = static_cast<int>(pixels);
             const T* xs[kTilePixels];
             T* outs[kTilePixels];
             for (int u = 0; u < ur; ++u) {
@@ -577,8 +564,7 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
               }
             }
             table(ur, nb)(xs, wk, b, outs, kb0 * L, gc, chunk > 0);
-            m += ur;
-          }
+          });
         }
         if (d.nchw) {  // the block's pixels, image by image, to NCHW
           const int64_t PQ = d.P * d.Q, channels = std::min<int64_t>(block_width, d.K - kb0 * L);

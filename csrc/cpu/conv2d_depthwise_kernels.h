@@ -734,18 +734,6 @@ inline void with_size_up_to(int n, F&& f) {
   f.template operator()<kMax>();
 }
 
-// Splits [0, n) into ceil(n / max) pieces of near-equal size (56 = 12 + 4 x
-// 11, not 4 x 12 + 8): f(start, size) for each.
-template <typename F>
-inline void near_equal_pieces(int64_t n, int64_t max, F&& f) {
-  const int64_t pieces = (n + max - 1) / max;
-  for (int64_t i = 0, start = 0; i < pieces; ++i) {
-    const int64_t size = (n - start) / (pieces - i);
-    f(start, size);
-    start += size;
-  }
-}
-
 // The same for pixels near the left/right edge: a tap column outside the
 // image reads a zero vector instead. xrow: input row ih0 at column 0 and the
 // tile's first channel; pixel u's tap s is at column iw0 + u * stride_w + s * dw.

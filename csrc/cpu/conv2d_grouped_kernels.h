@@ -318,6 +318,19 @@ inline std::vector<int64_t> block_channels(int64_t per_group, int GB, int64_t po
   return rel;
 }
 
+// Offset of every reduction step (r, s, i), in that order, in a padded
+// interleaved row slab of row width Wp and cb channels per pixel.
+inline std::vector<int64_t> step_offsets(const Layout& l, const Conv2dShape& p, int64_t Wp,
+                                         int64_t cb) {
+  std::vector<int64_t> off(p.R * p.S * l.in_per_group);
+  for (int64_t r = 0; r < p.R; ++r)
+    for (int64_t s = 0; s < p.S; ++s)
+      for (int64_t i = 0; i < l.in_per_group; ++i)
+        off[(r * p.S + s) * l.in_per_group + i] =
+            (r * p.dilation_h * Wp + s * p.dilation_w) * cb + i * l.GB;
+  return off;
+}
+
 // An N x C x H x W tensor of S, any strides.
 template <typename S>
 struct Image {
@@ -559,12 +572,7 @@ void forward_fused(const Image<S>& src, const T* w, const T* bias, const at::Ten
   const int64_t cb = l.in_per_group * l.GB, cob = l.vecs * L;
   const int64_t Wp = p.W + 2 * p.pad_w;
   const int64_t steps = p.R * p.S * l.in_per_group;
-  std::vector<int64_t> off(steps);
-  for (int64_t r = 0; r < p.R; ++r)
-    for (int64_t s = 0; s < p.S; ++s)
-      for (int64_t i = 0; i < l.in_per_group; ++i)
-        off[(r * p.S + s) * l.in_per_group + i] =
-            (r * p.dilation_h * Wp + s * p.dilation_w) * cb + i * l.GB;
+  const std::vector<int64_t> off = step_offsets(l, p, Wp, cb);
   const std::vector<int64_t> in_rel = block_channels(l.in_per_group, l.GB, cb, L);
   const std::vector<int64_t> out_rel = block_channels(l.out_per_group, l.GB, cob, L);
   auto rows_in = [&](int64_t k) { return (k - 1) * p.stride_h + (p.R - 1) * p.dilation_h + 1; };
@@ -931,12 +939,7 @@ void backward_weight_fused(const Image<S>& x, const Image<S>& gy, T* gw, const L
   const int64_t cb = l.in_per_group * l.GB, cob = l.vecs * L;
   const int64_t Wp = p.W + 2 * p.pad_w;
   const int64_t steps = p.R * p.S * l.in_per_group;
-  std::vector<int64_t> off(steps);
-  for (int64_t r = 0; r < p.R; ++r)
-    for (int64_t s = 0; s < p.S; ++s)
-      for (int64_t i = 0; i < l.in_per_group; ++i)
-        off[(r * p.S + s) * l.in_per_group + i] =
-            (r * p.dilation_h * Wp + s * p.dilation_w) * cb + i * l.GB;
+  const std::vector<int64_t> off = step_offsets(l, p, Wp, cb);
   const std::vector<int64_t> in_rel = block_channels(l.in_per_group, l.GB, cb, L);
   const std::vector<int64_t> out_rel = block_channels(l.out_per_group, l.GB, cob, L);
   const int64_t vec_groups = (l.vecs + kMaxNB - 1) / kMaxNB;
