@@ -31,7 +31,7 @@ inline constexpr CpuIsa compiled_isa() {
 
 extern const CpuBackends kBackends;
 constexpr CpuBackends kBackends = {compiled_isa(), CONV_EXT_CPU_STRINGIZE(CONV_EXT_ISA),
-                                   &forward_cpu, &backward_input_cpu, &backward_weight_cpu,
+                                   &forward_cpu, &epilogue_cpu, &backward_input_cpu, &backward_weight_cpu,
                                    &fma_peak};
 
 }  // namespace CONV_EXT_ISA

@@ -28,7 +28,19 @@
 #include "../conv2d_shape.h"
 
 namespace conv_ext {
+
+struct EpilogueTensors;  // conv2d_fused_params.h
+
 namespace cpu {
+
+// What a forward backend is asked to apply after the convolution
+// (conv2d_fused), and whether it did: the paths that can take the epilogue
+// in their stores set `applied`; the others leave it to a separate pass
+// (CpuBackends::epilogue).
+struct EpilogueRequest {
+  const EpilogueTensors* tensors = nullptr;
+  bool applied = false;
+};
 
 enum class CpuIsa { kPortable, kAvx2, kAvx512 };
 
@@ -37,8 +49,14 @@ enum class CpuIsa { kPortable, kAvx2, kAvx512 };
 struct CpuBackends {
   CpuIsa isa;
   const char* name;  // "avx512", "avx2", "portable"
+  // epilogue: null for conv2d_forward; conv2d_fused's epilogue, applied in
+  // the kernels' stores where the path can (epilogue->applied), else not.
   at::Tensor (*forward)(const at::Tensor& input, const at::Tensor& weight,
-                        const at::Tensor& bias, const Conv2dShape& p, at::MemoryFormat format);
+                        const at::Tensor& bias, const Conv2dShape& p, at::MemoryFormat format,
+                        EpilogueRequest* epilogue);
+  // The epilogue as a separate pass over a finished output in `format`.
+  void (*epilogue)(at::Tensor& output, const EpilogueTensors& tensors, const Conv2dShape& p,
+                   at::MemoryFormat format);
   at::Tensor (*backward_input)(const at::Tensor& grad_output, const at::Tensor& weight,
                                const Conv2dShape& p, at::MemoryFormat format);
   at::Tensor (*backward_weight)(const at::Tensor& grad_output, const at::Tensor& input,
@@ -50,6 +68,13 @@ struct CpuBackends {
 namespace avx512 { extern const CpuBackends kBackends; }
 namespace avx2 { extern const CpuBackends kBackends; }
 namespace portable { extern const CpuBackends kBackends; }
+
+// The forward of conv2d_forward (epilogue null) and conv2d_fused: the active
+// ISA's backend, or AMX tiles (conv2d_cpu_amx.h), then the epilogue where the
+// kernels did not apply it. Returns the output in `format`.
+at::Tensor forward_with_epilogue(const at::Tensor& input, const at::Tensor& weight,
+                                 const at::Tensor& bias, const Conv2dShape& p,
+                                 at::MemoryFormat format, const EpilogueTensors* epilogue);
 
 // The table the ops run with (chosen on first use).
 const CpuBackends& active_backends();

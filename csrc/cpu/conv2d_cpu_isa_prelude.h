@@ -29,6 +29,8 @@
 #include <immintrin.h>
 #endif
 
+#include "../conv2d_epilogue.h"
+#include "../conv2d_fused_params.h"
 #include "../conv2d_params.h"
 #include "../conv2d_shape.h"
 #include "../static_switch.h"

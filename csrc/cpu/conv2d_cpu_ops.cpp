@@ -13,16 +13,9 @@ namespace conv_ext {
 namespace cpu {
 namespace {
 
-// bfloat16 dense and pointwise problems on AMX tiles where the CPU has them
-// (conv2d_cpu_amx.h: only while the avx512 copy is the active one), the
-// active ISA's kernels otherwise.
 at::Tensor forward_backend(const at::Tensor& input, const at::Tensor& weight,
                            const at::Tensor& bias, const Conv2dShape& p, at::MemoryFormat format) {
-  const at::ScalarType dtype = input.scalar_type();
-  if (use_amx_forward(p, dtype, select_path(p, Pass::kForward, dtype))) {
-    return amx::forward_bf16(input, weight, bias, p, format);
-  }
-  return active_backends().forward(input, weight, bias, p, format);
+  return forward_with_epilogue(input, weight, bias, p, format, nullptr);
 }
 
 at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -49,6 +42,29 @@ at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::T
 }
 
 }  // namespace
+
+// bfloat16 dense and pointwise problems on AMX tiles where the CPU has them
+// (conv2d_cpu_amx.h: only while the avx512 copy is the active one), the
+// active ISA's kernels otherwise; the epilogue in their stores where the path
+// takes it, else one pass over the output.
+at::Tensor forward_with_epilogue(const at::Tensor& input, const at::Tensor& weight,
+                                 const at::Tensor& bias, const Conv2dShape& p,
+                                 at::MemoryFormat format, const EpilogueTensors* epilogue) {
+  const at::ScalarType dtype = input.scalar_type();
+  const CpuBackends& backends = active_backends();
+  at::Tensor out;
+  EpilogueRequest request{epilogue, false};
+  if (use_amx_forward(p, dtype, select_path(p, Pass::kForward, dtype))) {
+    out = amx::forward_bf16(input, weight, bias, p, format);
+  } else {
+    out = backends.forward(input, weight, bias, p, format, epilogue != nullptr ? &request : nullptr);
+  }
+  if (epilogue != nullptr && !request.applied) {
+    out = out.contiguous(format);
+    backends.epilogue(out, *epilogue, p, format);
+  }
+  return out;
+}
 
 TORCH_LIBRARY_IMPL(conv_ext, CPU, m) {
   m.impl("conv2d_forward", &conv2d_forward_cpu);

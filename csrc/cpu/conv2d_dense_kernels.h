@@ -416,8 +416,12 @@ inline DenseTiling choose_dense_tiling(const DenseProblem& d, int64_t ur, int64_
   return best;
 }
 
+// ep: conv2d_fused's epilogue (O == T), ep->out == out: applied to each
+// register tile's pixels as soon as they are stored (NHWC output, last C
+// chunk), while in L1, or in the NCHW block transpose.
 template <typename T, typename O = T>
-void dense_forward(const T* x, const T* w, const T* bias, O* out, const DenseProblem& d) {
+void dense_forward(const T* x, const T* w, const T* bias, O* out, const DenseProblem& d,
+                   const StoreEpilogue<T>* ep = nullptr) {
   constexpr int L = simd::Vec<T>::size;
   if constexpr (!std::is_same_v<O, T>) {
     TORCH_INTERNAL_ASSERT(d.nchw, "dense_forward: a rounded output must be NCHW");
@@ -524,6 +528,9 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
         const int nb = static_cast<int>(std::min<int64_t>(shape.nb, Kb - kb0));
         const T* wk = w + kb0 * g.w_kb + c0 * L;
         const T* b = bias != nullptr ? bias + kb0 * L : nullptr;
+        // The epilogue on the NHWC output's tiles (the last C chunk's sums).
+        const bool tile_epilogue = ep != nullptr && !d.nchw && chunk == chunks - 1;
+        const int64_t tile_channels = std::min<int64_t>(nb * L, d.K - kb0 * L);
         if (tiling != DenseTiling::kSpan) {
           tile_by_class(m_begin, m_end, [&](int64_t k, const int64_t* pixels, int ur) {
             const T* xs[kTilePixels];
@@ -541,6 +548,9 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
             if (!fused) gk.inner = cc;
             if (d.nchw) gk.K = Kb * L;
             table(ur, nb)(xs, wk + class_w[k], b, outs, kb0 * L, gk, chunk > 0);
+            if (tile_epilogue) {
+              for (int u = 0; u < ur; ++u) epilogue_run<T, true>(*ep, outs[u], tile_channels, kb0 * L);
+            }
           });
         } else {
           // Position of pixel m_begin, then stepped pixel by pixel.
@@ -564,15 +574,27 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
               }
             }
             table(ur, nb)(xs, wk, b, outs, kb0 * L, gc, chunk > 0);
+            if (tile_epilogue) {
+              for (int u = 0; u < ur; ++u) epilogue_run<T, true>(*ep, outs[u], tile_channels, kb0 * L);
+            }
           });
         }
         if (d.nchw) {  // the block's pixels, image by image, to NCHW
           const int64_t PQ = d.P * d.Q, channels = std::min<int64_t>(block_width, d.K - kb0 * L);
           for (int64_t a = m_begin; a < m_end;) {
             const int64_t image = a / PQ, e = std::min(m_end, (image + 1) * PQ);
+            O* dst = out + (image * d.K + kb0 * L) * PQ + a - image * PQ;
+            if constexpr (std::is_same_v<O, T>) {
+              if (ep != nullptr) {
+                transpose_plane<T, T, O>(block_out.data() + (a - m_begin) * block_width,
+                                         block_width, e - a, channels, dst, PQ,
+                                         ColumnEpilogue<T>{ep, kb0 * L});
+                a = e;
+                continue;
+              }
+            }
             transpose_plane<T, T, O>(block_out.data() + (a - m_begin) * block_width, block_width,
-                                     e - a, channels,
-                                     out + (image * d.K + kb0 * L) * PQ + a - image * PQ, PQ);
+                                     e - a, channels, dst, PQ);
             a = e;
           }
         }

@@ -385,9 +385,11 @@ inline PlaneGeometry forward_geometry(const Conv2dShape& p) {
 // Forward on NCHW-like tensors (any strides): out is contiguous N x K x P x Q.
 // groups == C with K = m * C (m = K_per_group): output channel k reads
 // input channel k / m.
+// ep (ep->out == out): conv2d_fused's epilogue on each plane as soon as it
+// is written (in L1/L2).
 template <typename T>
 void forward_planes(const at::Tensor& input, const T* w, const T* bias, T* out,
-                    const Conv2dShape& p) {
+                    const Conv2dShape& p, const StoreEpilogue<T>* ep = nullptr) {
   constexpr int L = simd::Vec<T>::size;
   const PlanePlan plan = plan_plane(forward_geometry(p), L, true);
   const T* x = input.const_data_ptr<T>();
@@ -409,6 +411,7 @@ void forward_planes(const at::Tensor& input, const T* w, const T* bias, T* out,
       }
       plane_forward(plan, buf.data(), w + k * taps, bias != nullptr ? bias[k] : T(0),
                     out + nk * p.P * p.Q, p.Q, 1, scratch.data());
+      if (ep != nullptr) epilogue_run<T, false>(*ep, out + nk * p.P * p.Q, p.P * p.Q, k);
     }
   });
 }
@@ -802,7 +805,7 @@ inline bool fits_channel_block(const Conv2dShape& p, int L) {
 
 template <typename T>
 void channel_blocks(const at::Tensor& input, const T* packed, const T* bias, T* out,
-                    const Conv2dShape& p, bool channels_last);
+                    const Conv2dShape& p, bool channels_last, const StoreEpilogue<T>* ep);
 
 // input: channels-contiguous (stride(1) == 1), any other strides;
 // wt: weights as [R][S][C]; bias: C values or null; out: NHWC contiguous.
@@ -813,9 +816,11 @@ void channel_blocks(const at::Tensor& input, const T* packed, const T* bias, T* 
 // padded channel block (forward_nhwc).
 inline constexpr int64_t kMinChannelsLastBlockTaps = 25;
 
+// ep (ep->out == out): conv2d_fused's epilogue on each output row once
+// written (in L1/L2).
 template <typename T>
 void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
-                  const Conv2dShape& p) {
+                  const Conv2dShape& p, const StoreEpilogue<T>* ep = nullptr) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
   const int64_t taps = p.R * p.S;
@@ -824,7 +829,7 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
   // 0.47 ms at 768x7); at 3x3 its copy costs more than the border checks it
   // saves (256x28: 2.58 -> 4.28 ms), so small filters stay on this kernel.
   if (taps >= kMinChannelsLastBlockTaps && fits_channel_block(p, L)) {
-    channel_blocks<T>(input, packed.data(), bias, out, p, true);
+    channel_blocks<T>(input, packed.data(), bias, out, p, true, ep);
     return;
   }
   const T* x = input.const_data_ptr<T>();
@@ -880,6 +885,9 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
             }
           });
         }
+      }
+      if (ep != nullptr) {
+        for (int64_t q = 0; q < p.Q; ++q) epilogue_run<T, true>(*ep, orow + q * C, C, 0);
       }
     }
   });
@@ -953,9 +961,11 @@ void fill_channel_block(const T* x, int64_t sc, int64_t sh, int64_t sw, int64_t 
 // other strides, copied into the block one pixel vector at a time; out
 // contiguous NHWC, written by the tiles (through the scratch result when the
 // last channel block is partial). packed: weights as [C / L][taps][L].
+// ep (ep->out == out): conv2d_fused's epilogue, in the transposed NCHW
+// stores, else on the item's pixels once written.
 template <typename T>
 void channel_blocks(const at::Tensor& input, const T* packed, const T* bias, T* out,
-                    const Conv2dShape& p, bool channels_last) {
+                    const Conv2dShape& p, bool channels_last, const StoreEpilogue<T>* ep) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
   const T* x = input.const_data_ptr<T>();
@@ -1053,10 +1063,20 @@ void channel_blocks(const at::Tensor& input, const T* packed, const T* bias, T* 
           });
         }
       }
-      if (direct) continue;
+      if (direct) {
+        if (ep != nullptr) {
+          T* oc = out + n * PQ * C + c0;
+          for (int64_t m = 0; m < PQ; ++m) epilogue_run<T, true>(*ep, oc + m * C, L, c0);
+        }
+        continue;
+      }
       if (channels_last) {  // Out: the partial last channel block.
         T* oc = out + n * PQ * C + c0;
-        for (int64_t m = 0; m < PQ; ++m) V::store_partial(oc + m * C, V::load(result.data() + m * L), lanes);
+        for (int64_t m = 0; m < PQ; ++m) {
+          typename V::type r = V::load(result.data() + m * L);
+          if (ep != nullptr) r = apply_epilogue_vector<T, true>(r, *ep, c0, oc + m * C, lanes);
+          V::store_partial(oc + m * C, r, lanes);
+        }
         continue;
       }
       // Out: L pixels of L channels, transposed to L elements of each plane.
@@ -1071,6 +1091,7 @@ void channel_blocks(const at::Tensor& input, const T* packed, const T* bias, T* 
 #pragma GCC unroll 64
         for (int l = 0; l < L; ++l) {
           if (l >= lanes) break;
+          if (ep != nullptr) v[l] = apply_epilogue_vector<T, false>(v[l], *ep, c0 + l, oc + l * PQ + m0, count);
           if (count == L) {
             V::store(oc + l * PQ + m0, v[l]);
           } else {
@@ -1086,10 +1107,10 @@ void channel_blocks(const at::Tensor& input, const T* packed, const T* bias, T* 
 // w: contiguous C x R x S; bias: C values or null; out: contiguous NCHW.
 template <typename T>
 void forward_channel_blocks(const at::Tensor& input, const T* w, const T* bias, T* out,
-                            const Conv2dShape& p) {
+                            const Conv2dShape& p, const StoreEpilogue<T>* ep = nullptr) {
   const int64_t taps = p.R * p.S;
   const std::vector<T> packed = pack_channel_blocks<T>(w, p.C, taps, taps, 1);
-  channel_blocks<T>(input, packed.data(), bias, out, p, false);
+  channel_blocks<T>(input, packed.data(), bias, out, p, false, ep);
 }
 
 // grad-weight on channel blocks at unit horizontal stride and dilation:

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "conv2d_cpu_common.h"
+#include "conv2d_epilogue_cpu.h"
 #include "simd.h"
 
 namespace conv_ext {
@@ -157,10 +158,12 @@ at::Tensor phase_split_input(const at::Tensor& input, const Conv2dShape& p, int6
   return xp;
 }
 
-// The forward of problem p (first_layer::fits) into a new NCHW tensor.
+// The forward of problem p (first_layer::fits) into `out`, contiguous NCHW;
+// with ep, conv2d_fused's epilogue on each work item's rows as soon as its
+// channel tiles are stored (while they are in L1).
 template <typename T>
-at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                   const Conv2dShape& p) {
+void forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+             const Conv2dShape& p, at::Tensor& out, const StoreEpilogue<T>* ep = nullptr) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
   constexpr int KT = kTileChannels;
@@ -198,7 +201,6 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::
     }
   }
 
-  auto out = at::empty(p.output_sizes(), input.options());
   T* o = out.mutable_data_ptr<T>();
   const T* x = xp.const_data_ptr<T>();
   const int64_t out_channel = p.P * p.Q;
@@ -222,9 +224,11 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::
              bias.defined() ? bp.data() + kb * KT : nullptr, ot + kb * KT * out_channel,
              out_channel, kcount, last);
       }
+      if (ep != nullptr) {
+        for (int64_t k = 0; k < p.K; ++k) epilogue_run<T, false>(*ep, ot + k * out_channel, pixels, k);
+      }
     }
   });
-  return out;
 }
 
 }  // namespace first_layer

@@ -7,6 +7,7 @@
 
 #include "conv2d_cpu_plan.h"
 #include "conv2d_dense_kernels.h"
+#include "conv2d_epilogue_cpu.h"
 #include "conv2d_depthwise_kernels.h"
 #include "conv2d_first_layer_kernels.h"
 #include "conv2d_generic_kernels.h"
@@ -25,10 +26,12 @@ namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
 // widened in the padded copy and the weight packing, the result rounded
 // once where it leaves the kernel's buffers (NCHW block transpose, or the
 // pass out of the NHWC buffer).
+// epilogue: conv2d_fused's, applied in the tile stores (NHWC output), the
+// NCHW block transpose or the NHWC -> NCHW pass, float and double only.
 template <typename T, typename S = T>
 at::Tensor dense_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                              const at::Tensor& bias, const Conv2dShape& p, CpuPath path,
-                             at::MemoryFormat format) {
+                             at::MemoryFormat format, EpilogueRequest* epilogue = nullptr) {
   constexpr int L = simd::Vec<T>::size;
   // A channels_last pointwise input is already the NHWC buffer (no padding).
   const bool use_input_as_is = std::is_same_v<S, T> && path == CpuPath::kPointwise &&
@@ -44,43 +47,73 @@ at::Tensor dense_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   DenseProblem d = dense_forward_problem(p);
   d.nchw = format == at::MemoryFormat::Contiguous && dense_writes_nchw<T>(d);
   const T* bp = b.defined() ? b.const_data_ptr<T>() : nullptr;
+  const bool fuse = std::is_same_v<S, T> && epilogue != nullptr;
+  StoreEpilogue<T> ep;
   if (d.nchw) {
     auto out = at::empty(p.output_sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+    if (fuse) ep = store_epilogue<T>(*epilogue->tensors, out.const_data_ptr<T>());
     dense_forward<T, S>(x.const_data_ptr<T>(), w.const_data_ptr<T>(), bp,
-                        out.mutable_data_ptr<S>(), d);
+                        out.mutable_data_ptr<S>(), d, fuse ? &ep : nullptr);
+    if (fuse) epilogue->applied = true;
     return out;
   }
   at::Tensor out = at::empty(p.output_sizes(), compute_options<T>(input.options())
                                              .memory_format(at::MemoryFormat::ChannelsLast));
-  dense_forward<T>(x.const_data_ptr<T>(), w.const_data_ptr<T>(), bp, out.mutable_data_ptr<T>(), d);
-  return nhwc_in_format<T, S>(out, format);
+  const bool nhwc_final = format == at::MemoryFormat::ChannelsLast;
+  if (fuse) ep = store_epilogue<T>(*epilogue->tensors, out.const_data_ptr<T>());
+  dense_forward<T>(x.const_data_ptr<T>(), w.const_data_ptr<T>(), bp, out.mutable_data_ptr<T>(), d,
+                   fuse && nhwc_final ? &ep : nullptr);
+  if (!fuse || nhwc_final) {
+    if (fuse) epilogue->applied = true;
+    return nhwc_in_format<T, S>(out, format);
+  }
+  // NCHW result of a C-chunked problem: the epilogue in the transpose.
+  at::Tensor nchw = at::empty(p.output_sizes(), input.options());
+  if constexpr (std::is_same_v<S, T>) {
+    ep = store_epilogue<T>(*epilogue->tensors, nchw.const_data_ptr<T>());
+    nhwc_to_nchw<T, T>(out.const_data_ptr<T>(), nchw.mutable_data_ptr<T>(), p.N, p.K, p.P * p.Q,
+                       &ep);
+    epilogue->applied = true;
+  }
+  return nchw;
 }
 
 // Depthwise: NCHW planes through a phase-split buffer, or channels_last
 // natively with vectors along the channels (conv2d_depthwise_kernels.h).
+// epilogue: conv2d_fused's, in the stores (where the output has the
+// format the residual was prepared in).
 template <typename T>
 at::Tensor depthwise_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                                  const at::Tensor& bias, const Conv2dShape& p,
-                                 at::MemoryFormat format) {
+                                 at::MemoryFormat format, EpilogueRequest* epilogue = nullptr) {
   const at::Tensor b = bias.defined() ? bias.contiguous() : bias;
   const T* bp = b.defined() ? b.const_data_ptr<T>() : nullptr;
+  StoreEpilogue<T> ep;
+  auto epilogue_for = [&](const at::Tensor& out) -> const StoreEpilogue<T>* {
+    if (epilogue == nullptr || !out.is_contiguous(format)) return nullptr;
+    ep = store_epilogue<T>(*epilogue->tensors, out.const_data_ptr<T>());
+    epilogue->applied = true;
+    return &ep;
+  };
   if (format == at::MemoryFormat::ChannelsLast && p.K_per_group == 1) {
     const at::Tensor x = input.stride(1) == 1 ? input : input.contiguous(at::MemoryFormat::ChannelsLast);
     // weights as [R][S][C]: one contiguous vector of channels per tap
     const at::Tensor wt = weight.reshape({p.C, p.taps()}).t().contiguous();
     auto out = at::empty(p.output_sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
-    depthwise::forward_nhwc<T>(x, wt.const_data_ptr<T>(), bp, out.mutable_data_ptr<T>(), p);
+    depthwise::forward_nhwc<T>(x, wt.const_data_ptr<T>(), bp, out.mutable_data_ptr<T>(), p,
+                               epilogue_for(out));
     return out;
   }
   auto out = at::empty(p.output_sizes(), input.options());
   if (depthwise::use_channel_blocks(p, simd::Vec<T>::size)) {
     const at::Tensor w = weight.contiguous();
     depthwise::forward_channel_blocks<T>(input.contiguous(), w.const_data_ptr<T>(), bp,
-                                         out.mutable_data_ptr<T>(), p);
+                                         out.mutable_data_ptr<T>(), p, epilogue_for(out));
     return out;
   }
   const at::Tensor w = weight.contiguous();
-  depthwise::forward_planes<T>(input, w.const_data_ptr<T>(), bp, out.mutable_data_ptr<T>(), p);
+  depthwise::forward_planes<T>(input, w.const_data_ptr<T>(), bp, out.mutable_data_ptr<T>(), p,
+                               epilogue_for(out));
   return out;
 }
 
@@ -101,8 +134,20 @@ at::Tensor generic_forward_cpu(const at::Tensor& input, const at::Tensor& weight
   return output;
 }
 
+// conv2d_fused's epilogue as a separate pass over a finished output in `format`.
+inline void epilogue_cpu(at::Tensor& output, const EpilogueTensors& tensors, const Conv2dShape& p,
+                         at::MemoryFormat format) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(), "conv2d_fused_cpu", [&] {
+    epilogue_pass<scalar_t>(output.mutable_data_ptr<scalar_t>(), tensors, p.N, p.K, p.P * p.Q,
+                            format == at::MemoryFormat::ChannelsLast);
+  });
+}
+
+// epilogue: null for conv2d_forward; for conv2d_fused the paths below that
+// take it in their stores (float and double) mark it applied.
 at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                       const Conv2dShape& p, at::MemoryFormat format) {
+                       const Conv2dShape& p, at::MemoryFormat format,
+                       EpilogueRequest* epilogue = nullptr) {
   const CpuPath path = select_path(p, Pass::kForward, input.scalar_type());
   if (path == CpuPath::kGeneric) return generic_forward_cpu(input, weight, bias, p);
   if (is_reduced_float(input.scalar_type()) && path == CpuPath::kDepthwise) {
@@ -120,7 +165,7 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const 
       result = grouped::forward_op<T, scalar_t>(input, weight, bias, p, format);
     } else if (path == CpuPath::kDepthwise) {
       if constexpr (std::is_same_v<T, scalar_t>) {
-        result = depthwise_forward_cpu<scalar_t>(input, weight, bias, p, format);
+        result = depthwise_forward_cpu<scalar_t>(input, weight, bias, p, format, epilogue);
       }
     } else if (std::is_same_v<T, scalar_t> && path == CpuPath::kFirstLayer &&
                format == at::MemoryFormat::Contiguous &&
@@ -128,13 +173,20 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const 
       // float and double only: its copies do not convert (bfloat16 and
       // float16 first layers take the dense kernel, whose copies do).
       if constexpr (std::is_same_v<T, scalar_t>) {
-        result = first_layer::forward<scalar_t>(input, weight, bias, p);
+        StoreEpilogue<scalar_t> ep;
+        result = at::empty(p.output_sizes(), input.options());
+        if (epilogue != nullptr) {
+          ep = store_epilogue<scalar_t>(*epilogue->tensors, result.const_data_ptr<scalar_t>());
+          epilogue->applied = true;
+        }
+        first_layer::forward<scalar_t>(input, weight, bias, p, result,
+                                       epilogue != nullptr ? &ep : nullptr);
       }
     } else if (path == CpuPath::kPointwise && format == at::MemoryFormat::Contiguous) {
       result = pointwise_nchw<T, scalar_t>(input, weight.view({p.K, p.C}), bias, p.stride_h,
-                                           p.stride_w, p.P, p.Q);
+                                           p.stride_w, p.P, p.Q, epilogue);
     } else {  // channels_last pointwise runs as a dense problem: NHWC in, NHWC out
-      result = dense_forward_cpu<T, scalar_t>(input, weight, bias, p, path, format);
+      result = dense_forward_cpu<T, scalar_t>(input, weight, bias, p, path, format, epilogue);
     }
   });
   return result;

@@ -1,56 +1,17 @@
-// conv2d_fused on the CPU: the forward convolution, then the epilogue
-// (conv2d_epilogue.h) in one pass over the output, in the output's layout.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
+// conv2d_fused on the CPU: the forward convolution with the epilogue
+// (conv2d_epilogue.h) in the kernels' store stage where the path takes it
+// (conv2d_epilogue_cpu.h: dense and first-layer stores, the NHWC -> NCHW
+// transposes, the pointwise tiles, the depthwise stores), else in one
+// vectorized pass over the output in its layout (forward_with_epilogue).
+#include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "../conv2d_front.h"
-#include "conv2d_cpu_common.h"
+#include "conv2d_cpu_isa.h"
 
 namespace conv_ext {
 namespace cpu {
 namespace {
-
-// out: N x K x HW, channels_last ([N][HW][K]) or not ([N][K][HW]).
-template <typename T>
-void apply_epilogue(T* out, const Epilogue<T>& e, int64_t N, int64_t K, int64_t HW,
-                    bool channels_last) {
-  using A = at::opmath_type<T>;
-  if (channels_last) {
-    at::parallel_for(0, N * HW, grain_for(K), [&](int64_t begin, int64_t end) {
-      for (int64_t px = begin; px < end; ++px) {
-        T* o = out + px * K;
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t i = px * K + k;
-          o[k] = static_cast<T>(e.template apply<A>(static_cast<A>(o[k]), k, i));
-        }
-      }
-    });
-  } else {
-    at::parallel_for(0, N * K, grain_for(HW), [&](int64_t begin, int64_t end) {
-      for (int64_t nk = begin; nk < end; ++nk) {
-        const int64_t k = nk % K;
-        T* o = out + nk * HW;
-        for (int64_t hw = 0; hw < HW; ++hw) {
-          o[hw] = static_cast<T>(e.template apply<A>(static_cast<A>(o[hw]), k, nk * HW + hw));
-        }
-      }
-    });
-  }
-}
-
-at::Tensor conv2d_forward_op(const at::Tensor& input, const at::Tensor& weight,
-                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("conv_ext::conv2d_forward", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
-  return op.call(input, weight, bias, stride, padding, dilation, groups);
-}
 
 at::Tensor conv2d_fused_cpu(const at::Tensor& input, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias,
@@ -60,19 +21,19 @@ at::Tensor conv2d_fused_cpu(const at::Tensor& input, const at::Tensor& weight,
                             c10::string_view activation, bool residual_before_activation,
                             at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, int64_t groups) {
-  return conv2d_fused_front(
-      input, weight, bias, scale, shift, residual, activation, residual_before_activation, stride,
-      padding, dilation, groups, conv2d_forward_op,
-      [](at::Tensor& output, const EpilogueTensors& e, const Conv2dShape& p,
-         at::MemoryFormat format) {
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(),
-                                        "conv2d_fused_cpu", [&] {
-          const Epilogue<scalar_t> ep = e.view<scalar_t>();
-          if (ep.is_identity()) return;
-          apply_epilogue<scalar_t>(output.mutable_data_ptr<scalar_t>(), ep, p.N, p.K, p.P * p.Q,
-                                   format == at::MemoryFormat::ChannelsLast);
-        });
-      });
+  // conv2d_fused_front's checks and order, with the epilogue handed to the
+  // backend instead of applied after it.
+  const Conv2dShape shape =
+      check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
+  check_conv2d_epilogue(input, shape, scale, shift, residual);
+  const auto format = conv2d_memory_format(input, weight);
+  const EpilogueTensors e = prepare_epilogue(scale, shift, residual, activation,
+                                             residual_before_activation, format);
+  if (element_count(shape.output_sizes()) == 0) {
+    return in_memory_format(at::empty(shape.output_sizes(), input.options()), format);
+  }
+  const at::Tensor b = bias.has_value() && bias->defined() ? *bias : at::Tensor();
+  return in_memory_format(forward_with_epilogue(input, weight, b, shape, format, &e), format);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "conv2d_cpu_common.h"
+#include "conv2d_epilogue_cpu.h"
 #include "simd.h"
 
 namespace conv_ext {
@@ -124,28 +125,45 @@ template <typename T>
 // tensors the copy that changes the layout also widens to float (inputs) or
 // rounds to the tensor's dtype (results), so no separate conversion pass.
 
+// The transposes' default: the values are stored as they are. An epilogue
+// (ColumnEpilogue, conv2d_epilogue_cpu.h) maps each transposed vector, column
+// j of the source (j counted from the transpose_plane's first column), on its
+// way to d + j * d_row; Dst is then T.
+struct NoEpilogue {
+  template <typename V, typename D>
+  V operator()(V v, int64_t, const D*, int) const { return v; }
+  template <typename E, typename D>
+  E scalar(E v, int64_t, const D*) const { return v; }
+};
+
 // d[j * d_row + i] = s[i * s_row + j] for i, j < L: one whole block through registers.
-template <typename T, typename Src = T, typename Dst = T>
-inline void transpose_block(const Src* s, int64_t s_row, Dst* d, int64_t d_row) {
+template <typename T, typename Src = T, typename Dst = T, typename Ep = NoEpilogue>
+inline void transpose_block(const Src* s, int64_t s_row, Dst* d, int64_t d_row,
+                            const Ep& ep = Ep{}, int64_t col0 = 0) {
   using V = simd::Vec<T>;
   constexpr int L = V::size;
   typename V::type v[L];
   for (int i = 0; i < L; ++i) v[i] = simd::Stored<T, Src>::load(s + i * s_row);
   transpose_square<T>(v);
-  for (int j = 0; j < L; ++j) simd::Stored<T, Dst>::store(d + j * d_row, v[j]);
+  for (int j = 0; j < L; ++j) {
+    simd::Stored<T, Dst>::store(d + j * d_row, ep(v[j], col0 + j, d + j * d_row, L));
+  }
 }
 
 // The same for i < rows, j < cols (both <= L): a block at the edge, masked.
-template <typename T, typename Src = T, typename Dst = T>
+template <typename T, typename Src = T, typename Dst = T, typename Ep = NoEpilogue>
 __attribute__((noinline)) void transpose_edge_block(const Src* s, int64_t s_row, int rows,
-                                                    int cols, Dst* d, int64_t d_row) {
+                                                    int cols, Dst* d, int64_t d_row,
+                                                    const Ep& ep = Ep{}, int64_t col0 = 0) {
   using V = simd::Vec<T>;
   using In = simd::Stored<T, Src>;
   using Out = simd::Stored<T, Dst>;
   constexpr int L = V::size;
   if constexpr (!simd::kMaskedAccess) {  // a partial load would be a memcpy call
     for (int i = 0; i < rows; ++i)
-      for (int j = 0; j < cols; ++j) d[j * d_row + i] = Out::put(In::get(s[i * s_row + j]));
+      for (int j = 0; j < cols; ++j) {
+        d[j * d_row + i] = Out::put(ep.scalar(In::get(s[i * s_row + j]), col0 + j, d + j * d_row + i));
+      }
     return;
   }
   typename V::type v[L];
@@ -156,19 +174,20 @@ __attribute__((noinline)) void transpose_edge_block(const Src* s, int64_t s_row,
   }
   transpose_square<T>(v);
   for (int j = 0; j < cols; ++j) {
+    const typename V::type vj = ep(v[j], col0 + j, d + j * d_row, rows);
     if (rows == L) {
-      Out::store(d + j * d_row, v[j]);
+      Out::store(d + j * d_row, vj);
     } else {
-      Out::store_partial(d + j * d_row, v[j], rows);
+      Out::store_partial(d + j * d_row, vj, rows);
     }
   }
 }
 
 // d[j * d_row + i] = s[i * s_row + j] for i < rows, j < cols: a rows x cols
-// matrix transposed in L x L blocks.
-template <typename T, typename Src = T, typename Dst = T>
+// matrix transposed in L x L blocks (ep: NoEpilogue above).
+template <typename T, typename Src = T, typename Dst = T, typename Ep = NoEpilogue>
 void transpose_plane(const Src* s, int64_t s_row, int64_t rows, int64_t cols, Dst* d,
-                     int64_t d_row) {
+                     int64_t d_row, const Ep& ep = Ep{}) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t rows_full = rows / L * L, cols_full = cols / L * L;
   for (int64_t i0 = 0; i0 < rows; i0 += L) {
@@ -176,12 +195,12 @@ void transpose_plane(const Src* s, int64_t s_row, int64_t rows, int64_t cols, Ds
     Dst* di = d + i0;
     if (i0 < rows_full) {
       for (int64_t j0 = 0; j0 < cols_full; j0 += L)
-        transpose_block<T, Src, Dst>(si + j0, s_row, di + j0 * d_row, d_row);
+        transpose_block<T, Src, Dst>(si + j0, s_row, di + j0 * d_row, d_row, ep, j0);
     }
     const int bi = static_cast<int>(std::min<int64_t>(L, rows - i0));
     for (int64_t j0 = i0 < rows_full ? cols_full : 0; j0 < cols; j0 += L) {
       const int bj = static_cast<int>(std::min<int64_t>(L, cols - j0));
-      transpose_edge_block<T, Src, Dst>(si + j0, s_row, bi, bj, di + j0 * d_row, d_row);
+      transpose_edge_block<T, Src, Dst>(si + j0, s_row, bi, bj, di + j0 * d_row, d_row, ep, j0);
     }
   }
 }
@@ -235,15 +254,24 @@ at::Tensor padded_nhwc(const at::Tensor& input, int64_t pad_h, int64_t pad_w,
   return out;
 }
 
-// dst[n][c][hw] = src[n][hw][c]: NHWC to NCHW, in cache-sized tiles.
+// dst[n][c][hw] = src[n][hw][c]: NHWC to NCHW, in cache-sized tiles; with
+// ep (D == T), conv2d_fused's epilogue on the way (ep->out == dst).
 template <typename T, typename D = T>
-void nhwc_to_nchw(const T* src, D* dst, int64_t N, int64_t C, int64_t HW) {
+void nhwc_to_nchw(const T* src, D* dst, int64_t N, int64_t C, int64_t HW,
+                  const StoreEpilogue<T>* ep = nullptr) {
   constexpr int64_t kTileHW = 64;
   const int64_t hw_tiles = (HW + kTileHW - 1) / kTileHW;
   at::parallel_for(0, N * hw_tiles, grain_for(kTileHW * C), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / hw_tiles, hw0 = (item % hw_tiles) * kTileHW;
       const int64_t hw1 = std::min(HW, hw0 + kTileHW);
+      if constexpr (std::is_same_v<T, D>) {
+        if (ep != nullptr) {
+          transpose_plane<T, T, D>(src + (n * HW + hw0) * C, C, hw1 - hw0, C,
+                                   dst + n * C * HW + hw0, HW, ColumnEpilogue<T>{ep, 0});
+          continue;
+        }
+      }
       transpose_plane<T, T, D>(src + (n * HW + hw0) * C, C, hw1 - hw0, C,
                                dst + n * C * HW + hw0, HW);
     }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "conv2d_cpu_common.h"
+#include "conv2d_epilogue_cpu.h"
 #include "conv2d_layout_kernels.h"
 #include "simd.h"
 
@@ -32,10 +33,13 @@ inline constexpr int kPwV = simd::kVectorBytes == 64 ? 4 : 2;
 // x: X[0][hw0] with row stride x_row (>= hw0 + UV*L readable in every row);
 // w: W[k0][0] with row stride w_row (unit stride along C); out: Y[k0][hw0]
 // with row stride out_row, elements O (T, or bfloat16/float16: rounded
-// once, here); lanes: valid pixels (<= UV*L).
+// once, here); lanes: valid pixels (<= UV*L). ep (O == T): conv2d_fused's
+// epilogue, applied to the accumulators before the store; row i is output
+// channel k0 + i.
 template <typename T, typename O, int UK, int UV>
 void pointwise_tile(const T* x, int64_t x_row, const T* w, int64_t w_row, int64_t C,
-                    const T* bias, O* out, int64_t out_row, int64_t lanes) {
+                    const T* bias, O* out, int64_t out_row, int64_t lanes,
+                    const StoreEpilogue<T>* ep, int64_t k0) {
   using V = simd::Vec<T>;
   using Out = simd::Stored<T, O>;
   constexpr int L = V::size;
@@ -56,6 +60,12 @@ void pointwise_tile(const T* x, int64_t x_row, const T* w, int64_t w_row, int64_
     for (int v = 0; v < UV; ++v) {
       const int64_t n = std::min<int64_t>(L, lanes - v * L);
       if (n <= 0) break;
+      if constexpr (std::is_same_v<O, T>) {
+        if (ep != nullptr) {
+          acc[i][v] = apply_epilogue_vector<T, false>(acc[i][v], *ep, k0 + i,
+                                                      out + i * out_row + v * L, static_cast<int>(n));
+        }
+      }
       if (n == L) {
         Out::store(out + i * out_row + v * L, acc[i][v]);
       } else {
@@ -67,7 +77,7 @@ void pointwise_tile(const T* x, int64_t x_row, const T* w, int64_t w_row, int64_
 
 template <typename T, typename O>
 using PointwiseTileFn = void (*)(const T*, int64_t, const T*, int64_t, int64_t, const T*, O*,
-                                 int64_t, int64_t);
+                                 int64_t, int64_t, const StoreEpilogue<T>*, int64_t);
 
 // pointwise_tile<T, O, uk, uv> for every uk <= kPwK, uv <= kPwV (tails).
 template <typename T, typename O>
@@ -89,9 +99,12 @@ const TileTable<PointwiseTileFn<T, O>, kPwK, kPwV>& pointwise_tile_table() {
 // 8 x 4 vectors of which 49/64 lanes are used). Each output element still
 // sums its C products alone, in order: results do not depend on the tiling
 // (bitwise identical for any batch split).
+//
+// ep (S == T, ep->out == out): conv2d_fused's epilogue in the tiles' stores.
 template <typename T, typename S = T>
 void pointwise_forward(const S* x, int64_t x_row, const T* w, int64_t w_row, const T* bias,
-                       S* out, int64_t N, int64_t C, int64_t K, int64_t HW) {
+                       S* out, int64_t N, int64_t C, int64_t K, int64_t HW,
+                       const StoreEpilogue<T>* ep = nullptr) {
   constexpr int L = simd::Vec<T>::size;
   constexpr int64_t tile_px = kPwV * L;
   const int64_t M = N * HW;
@@ -142,15 +155,20 @@ void pointwise_forward(const S* x, int64_t x_row, const T* w, int64_t w_row, con
           const int64_t n = m / HW, hw = m - n * HW;
           if (hw + lanes <= HW) {  // within image n
             table(uk, uv)(xt, tile_px, wt, w_row, C, bt, out + (n * K + kt * kPwK) * HW + hw, HW,
-                        lanes);
+                        lanes, ep, kt * kPwK);
             continue;
           }
-          table(uk, uv)(xt, tile_px, wt, w_row, C, bt, &spanning[0][0], tile_px, lanes);
+          // (the epilogue after the copy out: the residual is indexed by
+          // the output address)
+          table(uk, uv)(xt, tile_px, wt, w_row, C, bt, &spanning[0][0], tile_px, lanes, nullptr, 0);
           for (int64_t a = m; a < m + lanes;) {
             const int64_t an = a / HW, ahw = a - an * HW, len = std::min(m + lanes - a, HW - ahw);
             for (int i = 0; i < uk; ++i) {
-              std::memcpy(out + (an * K + kt * kPwK + i) * HW + ahw, &spanning[i][a - m],
-                          sizeof(S) * len);
+              S* dst = out + (an * K + kt * kPwK + i) * HW + ahw;
+              std::memcpy(dst, &spanning[i][a - m], sizeof(S) * len);
+              if constexpr (std::is_same_v<S, T>) {
+                if (ep != nullptr) epilogue_run<T, false>(*ep, dst, len, kt * kPwK + i);
+              }
             }
             a += len;
           }
@@ -166,9 +184,11 @@ void pointwise_forward(const S* x, int64_t x_row, const T* w, int64_t w_row, con
 // through a compact (subsampled) [N][C][P][Q] copy. Elements S: T, or
 // bfloat16/float16 (T = float): input widened in the tiles' pixel-block
 // copy, weights in one float copy, output rounded by the tiles.
+// epilogue: conv2d_fused's, in the tiles' stores (S == T).
 template <typename T, typename S = T>
 at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight2d,
-                          const at::Tensor& bias, int64_t sh, int64_t sw, int64_t P, int64_t Q) {
+                          const at::Tensor& bias, int64_t sh, int64_t sw, int64_t P, int64_t Q,
+                          EpilogueRequest* epilogue = nullptr) {
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t K = weight2d.size(0), HW = P * Q;
   at::Tensor x;
@@ -193,9 +213,17 @@ at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight2d,
     b.narrow(0, 0, K).copy_(bias);
   }
   auto out = at::empty({N, K, P, Q}, input.options());
+  StoreEpilogue<T> ep;
+  const bool fuse = std::is_same_v<S, T> && epilogue != nullptr;
+  if constexpr (std::is_same_v<S, T>) {
+    if (fuse) {
+      ep = store_epilogue<T>(*epilogue->tensors, out.const_data_ptr<T>());
+      epilogue->applied = true;
+    }
+  }
   pointwise_forward<T, S>(x.const_data_ptr<S>(), x_row, w.const_data_ptr<T>(), w.stride(0),
                           b.defined() ? b.const_data_ptr<T>() : nullptr,
-                          out.mutable_data_ptr<S>(), N, C, K, HW);
+                          out.mutable_data_ptr<S>(), N, C, K, HW, fuse ? &ep : nullptr);
   return out;
 }
 

@@ -1,0 +1,218 @@
+// conv2d_fused's epilogue (../conv2d_epilogue.h) on SIMD vectors, for the
+// CPU kernels' store stage: the finished sums go through it on their way to
+// memory (in registers where a kernel stores whole vectors of one shape, or
+// on the block a work item has just written, while it is in L1), so the
+// output is written once and no separate pass reads it back. Two shapes of
+// vector: lanes along consecutive channels of one pixel (NHWC stores) or
+// along consecutive pixels of one channel (NCHW stores).
+//
+// The arithmetic is Epilogue<T>::apply's, operation for operation: scale
+// (a multiply), shift (an add), the residual (an add, before or after the
+// activation), each one IEEE operation per lane as in the scalar code (the
+// product is rounded before the shift: epilogue_detail::rounded), ReLU and
+// ReLU6 and hardswish as the same compare-and-select and operations (NaN
+// stays NaN, -0 stays -0), so these are bitwise equal to the scalar
+// epilogue. SiLU and GELU go lane by lane through the scalar `activate`: the
+// same formula and libm calls (expf, erff, tanhf) as the scalar code, so
+// bitwise equal to it as well; against torch's vectorized formulas they
+// agree within a few ulp.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "../conv2d_epilogue.h"
+#include "../conv2d_fused_params.h"
+#include "simd.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace CONV_EXT_ISA {  // one copy per ISA: conv2d_cpu_isa.h
+
+// An epilogue for a kernel writing into `out`: the residual is indexed like
+// `out` (same layout), by the offset of the store address from `out`.
+template <typename T>
+struct StoreEpilogue {
+  Epilogue<T> e;
+  const T* out = nullptr;
+};
+
+// The epilogue tensors as a StoreEpilogue for an output of T at `out`
+// (null: nothing to apply).
+template <typename T>
+StoreEpilogue<T> store_epilogue(const EpilogueTensors& tensors, const T* out) {
+  StoreEpilogue<T> s;
+  s.e = tensors.view<T>();
+  s.out = out;
+  return s;
+}
+
+namespace epilogue_detail {
+
+template <typename T>
+inline typename simd::Vec<T>::type load_n(const T* p, int n) {
+  using V = simd::Vec<T>;
+  return n == V::size ? V::load(p) : V::load_partial(p, n);
+}
+
+template <typename T>
+inline void store_n(T* p, typename simd::Vec<T>::type v, int n) {
+  using V = simd::Vec<T>;
+  if (n == V::size) {
+    V::store(p, v);
+  } else {
+    V::store_partial(p, v, n);
+  }
+}
+
+// The product rounded before the next add: g++ contracts a multiply and an
+// add into an FMA in C++ (-ffp-contract=fast even in ISO mode) where the
+// target has one, which the scalar epilogue (two roundings) does not do.
+template <typename V>
+inline void rounded(V& v) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+x"(v));
+#elif defined(__aarch64__)
+  asm("" : "+w"(v));
+#endif
+}
+
+template <typename T, Activation A>
+inline typename simd::Vec<T>::type activate_lanes(typename simd::Vec<T>::type v) {
+  using V = simd::Vec<T>;
+  T lanes[V::size];
+  std::memcpy(lanes, &v, sizeof(v));
+  for (int l = 0; l < V::size; ++l) lanes[l] = activate(lanes[l], A);
+  std::memcpy(&v, lanes, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline typename simd::Vec<T>::type activate_vector(typename simd::Vec<T>::type v, Activation a) {
+  using V = simd::Vec<T>;
+  const typename V::type zero = V::zero();
+  switch (a) {
+    case Activation::kNone:
+      return v;
+    case Activation::kRelu:
+      return v < zero ? zero : v;  // activate's compare-and-select
+    case Activation::kRelu6: {
+      const typename V::type six = V::broadcast(T(6));
+      return v < zero ? zero : (v > six ? six : v);
+    }
+    case Activation::kSilu:
+      return activate_lanes<T, Activation::kSilu>(v);
+    case Activation::kGeluErf:
+      return activate_lanes<T, Activation::kGeluErf>(v);
+    case Activation::kGeluTanh:
+      return activate_lanes<T, Activation::kGeluTanh>(v);
+    case Activation::kHardswish: {  // activate's operations, in the same order
+      const typename V::type six = V::broadcast(T(6));
+      typename V::type t = v + V::broadcast(T(3));
+      t = t < zero ? zero : (t > six ? six : t);
+      return v * t / six;
+    }
+  }
+  return v;
+}
+
+}  // namespace epilogue_detail
+
+// v: sums (with bias) for `n` valid lanes, to be stored at `dst`. Lanes are
+// channels k, k+1, ... (along_channels) or pixels of channel k.
+template <typename T, bool along_channels>
+inline typename simd::Vec<T>::type apply_epilogue_vector(typename simd::Vec<T>::type v,
+                                                         const StoreEpilogue<T>& s, int64_t k,
+                                                         const T* dst, int n) {
+  using V = simd::Vec<T>;
+  using epilogue_detail::load_n;
+  const Epilogue<T>& e = s.e;
+  if (e.scale != nullptr) {
+    v *= along_channels ? load_n(e.scale + k, n) : V::broadcast(e.scale[k]);
+    epilogue_detail::rounded(v);
+  }
+  if (e.shift != nullptr) {
+    v += along_channels ? load_n(e.shift + k, n) : V::broadcast(e.shift[k]);
+  }
+  const T* residual = e.residual != nullptr ? e.residual + (dst - s.out) : nullptr;
+  if (residual != nullptr && e.residual_before_activation) v += load_n(residual, n);
+  v = epilogue_detail::activate_vector<T>(v, e.activation);
+  if (residual != nullptr && !e.residual_before_activation) v += load_n(residual, n);
+  return v;
+}
+
+// In place on n consecutive elements at dst: channels k .. k + n - 1 of one
+// pixel (along_channels), or n pixels of channel k.
+template <typename T, bool along_channels>
+inline void epilogue_run(const StoreEpilogue<T>& s, T* dst, int64_t n, int64_t k) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    V::store(dst + i, apply_epilogue_vector<T, along_channels>(V::load(dst + i), s,
+                                                               along_channels ? k + i : k, dst + i, L));
+  }
+  if (i < n) {
+    const int r = static_cast<int>(n - i);
+    if constexpr (simd::kMaskedAccess) {
+      epilogue_detail::store_n(dst + i, apply_epilogue_vector<T, along_channels>(
+                                            epilogue_detail::load_n(dst + i, r), s,
+                                            along_channels ? k + i : k, dst + i, r), r);
+    } else {
+      for (; i < n; ++i) {
+        dst[i] = s.e.template apply<T>(dst[i], along_channels ? k + i : k, dst + i - s.out);
+      }
+    }
+  }
+}
+
+// The epilogue of a transpose into NCHW (transpose_plane): column j of the
+// transposed block is output channel k0 + j, its rows consecutive pixels.
+template <typename T>
+struct ColumnEpilogue {
+  const StoreEpilogue<T>* s;
+  int64_t k0;
+  typename simd::Vec<T>::type operator()(typename simd::Vec<T>::type v, int64_t j, const T* dst,
+                                         int n) const {
+    return apply_epilogue_vector<T, false>(v, *s, k0 + j, dst, n);
+  }
+  T scalar(T v, int64_t j, const T* dst) const {
+    return s->e.template apply<T>(v, k0 + j, dst - s->out);
+  }
+};
+
+// The separate pass, where a path cannot take the epilogue in its stores:
+// out N x K x HW, channels_last ([N][HW][K]) or not ([N][K][HW]), elements
+// S (float, double: vectors; bfloat16/float16: the scalar epilogue in
+// float, one rounding).
+template <typename S>
+void epilogue_pass(S* out, const EpilogueTensors& tensors, int64_t N, int64_t K, int64_t HW,
+                   bool channels_last) {
+  const Epilogue<S> e = tensors.view<S>();
+  if (e.is_identity()) return;
+  if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
+    const StoreEpilogue<S> s = store_epilogue<S>(tensors, out);
+    if (channels_last) {
+      at::parallel_for(0, N * HW, grain_for(K), [&](int64_t begin, int64_t end) {
+        for (int64_t px = begin; px < end; ++px) epilogue_run<S, true>(s, out + px * K, K, 0);
+      });
+    } else {
+      at::parallel_for(0, N * K, grain_for(HW), [&](int64_t begin, int64_t end) {
+        for (int64_t nk = begin; nk < end; ++nk) epilogue_run<S, false>(s, out + nk * HW, HW, nk % K);
+      });
+    }
+  } else {
+    using A = at::opmath_type<S>;
+    const int64_t total = N * K * HW;
+    at::parallel_for(0, total, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t k = channels_last ? i % K : (i / HW) % K;
+        out[i] = static_cast<S>(e.template apply<A>(static_cast<A>(out[i]), k, i));
+      }
+    });
+  }
+}
+
+}  // namespace CONV_EXT_ISA
+}  // namespace cpu
+}  // namespace conv_ext
