@@ -258,32 +258,42 @@ template <typename T>
 using ForwardTileFn = void (*)(const T* const*, const int64_t*, int64_t, const T*, int64_t,
                                const T*, T* const*);
 
-template <typename T, int NB>
-ForwardTileFn<T> forward_tile_for_gb(int GB) {
-  constexpr int UR = tile_pixels(NB);
-  if constexpr (NB > 1) {
-    return &forward_tile<T, 1, UR, NB>;  // several vectors only when GB == 1
-  } else {
-    switch (GB) {
-      case 1: return &forward_tile<T, 1, UR, 1>;
-      case 2: return &forward_tile<T, 2, UR, 1>;
-      case 4: return &forward_tile<T, 4, UR, 1>;
-      case 8: return &forward_tile<T, 8, UR, 1>;
-      default:
-        if constexpr (kLanes<T> >= 16) return &forward_tile<T, 16, UR, 1>;
-        return nullptr;
+// The tile instances that exist, by GB (groups per vector) and nb (vectors
+// of output channels per group): several vectors only when GB == 1, GB of
+// 1, 2, 4, 8 (16 where a vector has 16 lanes). make.template
+// operator()<GB, NB>() names the instance; nullptr where none exists.
+template <typename T, typename Make>
+auto grouped_tile_switch(int GB, int nb, const Make& make)
+    -> decltype(make.template operator()<1, 1>()) {
+  using Fn = decltype(make.template operator()<1, 1>());
+  auto for_gb = [&]<int NB>() -> Fn {
+    if constexpr (NB > 1) {
+      return make.template operator()<1, NB>();
+    } else {
+      switch (GB) {
+        case 1: return make.template operator()<1, 1>();
+        case 2: return make.template operator()<2, 1>();
+        case 4: return make.template operator()<4, 1>();
+        case 8: return make.template operator()<8, 1>();
+        default:
+          if constexpr (kLanes<T> >= 16) return make.template operator()<16, 1>();
+          return nullptr;
+      }
     }
+  };
+  switch (nb) {
+    case 1: return for_gb.template operator()<1>();
+    case 2: return for_gb.template operator()<2>();
+    case 3: if constexpr (kMaxNB >= 3) return for_gb.template operator()<3>(); return nullptr;
+    default: if constexpr (kMaxNB >= 4) return for_gb.template operator()<4>(); return nullptr;
   }
 }
 
 template <typename T>
 ForwardTileFn<T> forward_tile_fn(int GB, int nb) {
-  switch (nb) {
-    case 1: return forward_tile_for_gb<T, 1>(GB);
-    case 2: return forward_tile_for_gb<T, 2>(GB);
-    case 3: if constexpr (kMaxNB >= 3) return forward_tile_for_gb<T, 3>(GB); return nullptr;
-    default: if constexpr (kMaxNB >= 4) return forward_tile_for_gb<T, 4>(GB); return nullptr;
-  }
+  return grouped_tile_switch<T>(GB, nb, []<int G, int NB>() -> ForwardTileFn<T> {
+    return &forward_tile<T, G, tile_pixels(NB), NB>;
+  });
 }
 
 inline int ur_for(int nb) {
@@ -644,32 +654,11 @@ template <typename T>
 using WeightTileFn = void (*)(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t,
                               int64_t, const int64_t*, T* const*, int64_t, bool);
 
-template <typename T, int NB>
-WeightTileFn<T> weight_tile_for_gb(int GB) {
-  constexpr int UC = tile_pixels(NB);
-  if constexpr (NB > 1) {
-    return &weight_tile<T, 1, UC, NB>;
-  } else {
-    switch (GB) {
-      case 1: return &weight_tile<T, 1, UC, 1>;
-      case 2: return &weight_tile<T, 2, UC, 1>;
-      case 4: return &weight_tile<T, 4, UC, 1>;
-      case 8: return &weight_tile<T, 8, UC, 1>;
-      default:
-        if constexpr (kLanes<T> >= 16) return &weight_tile<T, 16, UC, 1>;
-        return nullptr;
-    }
-  }
-}
-
 template <typename T>
 WeightTileFn<T> weight_tile_fn(int GB, int nb) {
-  switch (nb) {
-    case 1: return weight_tile_for_gb<T, 1>(GB);
-    case 2: return weight_tile_for_gb<T, 2>(GB);
-    case 3: if constexpr (kMaxNB >= 3) return weight_tile_for_gb<T, 3>(GB); return nullptr;
-    default: if constexpr (kMaxNB >= 4) return weight_tile_for_gb<T, 4>(GB); return nullptr;
-  }
+  return grouped_tile_switch<T>(GB, nb, []<int G, int NB>() -> WeightTileFn<T> {
+    return &weight_tile<T, G, tile_pixels(NB), NB>;
+  });
 }
 
 // The same with one output vector, for TAPS taps x CC consecutive

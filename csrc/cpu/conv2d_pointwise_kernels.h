@@ -87,6 +87,58 @@ const TileTable<PointwiseTileFn<T, O>, kPwK, kPwV>& pointwise_tile_table() {
   return table;
 }
 
+// Copies pixels [m0, m1) (numbered across images, m = n * HW + hw) of x
+// [N][C][x_row] into packed [pixel tile][C][tile_px] of T (widened), zeros
+// past m1 in the last tile. Whole tiles within one image (all but the edges
+// of images) are copied channel by channel across the block: each input row
+// is then read as one sequential run (C rows at once defeat the prefetchers),
+// with vector moves instead of a copy call per tile row (which cost as much
+// as the tiles' arithmetic where K is small: C = K = 64).
+template <typename T, typename S>
+void pointwise_pack(const S* x, int64_t x_row, int64_t C, int64_t HW, int64_t m0, int64_t m1,
+                    T* packed) {
+  using V = simd::Vec<T>;
+  using In = simd::Stored<T, S>;
+  constexpr int L = V::size;
+  constexpr int64_t tile_px = kPwV * L;
+  // Runs of whole tiles within one image: [t0, t1) from pixel hw of image n.
+  struct Run {
+    int64_t t0, t1, n, hw;
+  };
+  std::vector<Run> runs;
+  for (int64_t m = m0, t = 0; m < m1; m += tile_px, ++t) {
+    const int64_t count = std::min(tile_px, m1 - m);
+    const int64_t n = m / HW, hw = m - n * HW;
+    if (count == tile_px && hw + tile_px <= HW) {
+      if (!runs.empty() && runs.back().t1 == t && runs.back().n == n) {
+        ++runs.back().t1;
+      } else {
+        runs.push_back({t, t + 1, n, hw});
+      }
+      continue;
+    }
+    T* dst = packed + t * C * tile_px;  // a tile at an image's edge or the end
+    for (int64_t c = 0; c < C; ++c) {
+      T* d = dst + c * tile_px;
+      for (int64_t a = m; a < m + count;) {  // image by image
+        const int64_t an = a / HW, ahw = a - an * HW, len = std::min(m + count - a, HW - ahw);
+        simd::convert_copy<T>(x + (an * C + c) * x_row + ahw, d + (a - m), len);
+        a += len;
+      }
+      std::fill(d + count, d + tile_px, T(0));
+    }
+  }
+  for (const Run& r : runs) {
+    for (int64_t c = 0; c < C; ++c) {
+      const S* src = x + (r.n * C + c) * x_row + r.hw;
+      T* d = packed + (r.t0 * C + c) * tile_px;
+      for (int64_t t = r.t0; t < r.t1; ++t, src += tile_px, d += C * tile_px) {
+        for (int v = 0; v < kPwV; ++v) V::store(d + v * L, In::load(src + v * L));
+      }
+    }
+  }
+}
+
 // x: [N][C][x_row] of S (T, or bfloat16/float16, widened in the copy of
 // the pixel block), w: [K][C] of T with row stride w_row (unit stride along C:
 // the UK broadcasts of a step read UK rows, each one sequentially, so no
@@ -108,40 +160,42 @@ void pointwise_forward(const S* x, int64_t x_row, const T* w, int64_t w_row, con
   constexpr int L = simd::Vec<T>::size;
   constexpr int64_t tile_px = kPwV * L;
   const int64_t M = N * HW;
-  // Pixel blocks whose C rows stay in L2 while all output channels sweep them.
-  const int64_t block_px = std::max<int64_t>(
-      tile_px, (256 * 1024 / static_cast<int64_t>(sizeof(T)) / std::max<int64_t>(C, 1)) / tile_px * tile_px);
-  const int64_t blocks = (M + block_px - 1) / block_px;
+  if (M <= 0 || K <= 0) return;
+  // Pixel blocks whose C rows stay in L2 while all output channels sweep
+  // them: near-equal runs of whole tiles (block hb: tiles [hb * tiles /
+  // blocks, (hb + 1) * tiles / blocks)), as many as a multiple of the thread
+  // count where there are several, so that the threads' shares match (1024
+  // channels of 14 x 14 at N=1, AVX2: 13 tiles in 4 blocks of 3, 3, 3, 4, not
+  // 4, 4, 4, 1, which 2 threads split 8 : 5).
+  const int64_t tiles = (M + tile_px - 1) / tile_px;
+  const int64_t max_block_tiles = std::max<int64_t>(
+      1, 256 * 1024 / static_cast<int64_t>(sizeof(T)) / std::max<int64_t>(C, 1) / tile_px);
+  int64_t blocks = (tiles + max_block_tiles - 1) / max_block_tiles;
+  const int64_t threads = at::get_num_threads();
+  if (blocks > 1 && blocks % threads != 0) {
+    blocks = std::min(tiles, (blocks + threads - 1) / threads * threads);
+  }
+  const int64_t block_tiles = (tiles + blocks - 1) / blocks;  // the largest
   const int64_t Kt = (K + kPwK - 1) / kPwK;
   constexpr int64_t k_tiles_per_group = 8;
   const int64_t KG = (Kt + k_tiles_per_group - 1) / k_tiles_per_group;
   const auto& table = pointwise_tile_table<T, S>();
-  at::parallel_for(0, blocks * KG, grain_for(block_px * C * k_tiles_per_group), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, blocks * KG, grain_for(block_tiles * tile_px * C * k_tiles_per_group),
+                   [&](int64_t begin, int64_t end) {
     // The block of X as [pixel tile][C][tile_px]: every tile then streams one
     // contiguous run instead of C rows a whole image apart (which costs a TLB
     // entry per row for large C).
-    std::vector<T> packed(static_cast<size_t>(C * block_px));
+    std::vector<T> packed(static_cast<size_t>(C * block_tiles * tile_px));
     // A tile spanning images writes here first, then each image's part.
     S spanning[kPwK][tile_px];
     int64_t packed_block = -1;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t kg = item % KG, hb = item / KG;
-      const int64_t m0 = hb * block_px, m1 = std::min(M, m0 + block_px);
+      const int64_t m0 = hb * tiles / blocks * tile_px;
+      const int64_t m1 = std::min(M, (hb + 1) * tiles / blocks * tile_px);
       if (packed_block != hb) {
         packed_block = hb;
-        for (int64_t m = m0, t = 0; m < m1; m += tile_px, ++t) {
-          const int64_t count = std::min(tile_px, m1 - m);
-          T* dst = packed.data() + t * C * tile_px;
-          for (int64_t c = 0; c < C; ++c) {
-            T* d = dst + c * tile_px;
-            for (int64_t a = m; a < m + count;) {  // image by image
-              const int64_t n = a / HW, hw = a - n * HW, len = std::min(m + count - a, HW - hw);
-              simd::convert_copy<T>(x + (n * C + c) * x_row + hw, d + (a - m), len);
-              a += len;
-            }
-            std::fill(d + count, d + tile_px, T(0));
-          }
-        }
+        pointwise_pack<T, S>(x, x_row, C, HW, m0, m1, packed.data());
       }
       const int64_t kt_end = std::min(Kt, (kg + 1) * k_tiles_per_group);
       for (int64_t kt = kg * k_tiles_per_group; kt < kt_end; ++kt) {
@@ -155,7 +209,7 @@ void pointwise_forward(const S* x, int64_t x_row, const T* w, int64_t w_row, con
           const int64_t n = m / HW, hw = m - n * HW;
           if (hw + lanes <= HW) {  // within image n
             table(uk, uv)(xt, tile_px, wt, w_row, C, bt, out + (n * K + kt * kPwK) * HW + hw, HW,
-                        lanes, ep, kt * kPwK);
+                          lanes, ep, kt * kPwK);
             continue;
           }
           // (the epilogue after the copy out: the residual is indexed by
