@@ -38,6 +38,18 @@ CASES = {
     "grad_output_in_place": (2, 16, 8, 8, 32, 3, 3, 1, 1, 1),
     # first layer (C < 8): the fused (s, c) tiles
     "first_layer": (2, 3, 15, 13, 20, 5, 5, 2, 2, 1),
+    # 1x1 stride 1, K + C <= 256, NCHW operands (contiguous, and the channel-
+    # strided grad_output of "strided"): the dot-product tiles in place.
+    # k and c tiles of unequal size, 63 pixels (a partial vector per plane)
+    "pointwise_pixel_tail": (2, 24, 7, 9, 20, 1, 1, 1, 0, 1),
+    # planes of 6 pixels (less than a vector): a chunk spans many images
+    "pointwise_small_planes": (9, 13, 2, 3, 11, 1, 1, 1, 0, 1),
+    # 930-pixel planes: bands of whole vectors, the last with the tail
+    "pointwise_bands": (2, 100, 30, 31, 90, 1, 1, 1, 0, 1),
+    # fewer channels than one tile
+    "pointwise_one_tile": (3, 8, 5, 5, 3, 1, 1, 1, 0, 1),
+    # K + C > 256: the dense GEMM (B = the input's copy) on NCHW too
+    "pointwise_wide_dense": (1, 9, 5, 6, 260, 1, 1, 1, 0, 1),
 }
 
 
@@ -97,7 +109,8 @@ def test_grad_weight_bitwise_across_thread_counts(case, layout):
         assert torch.equal(results[0], other)
 
 
-@pytest.mark.parametrize("name", ["padding_beyond_filter", "strided_dilated", "expansion_b_input"])
+@pytest.mark.parametrize("name", ["padding_beyond_filter", "strided_dilated", "expansion_b_input",
+                                  "pointwise_pixel_tail", "pointwise_bands"])
 def test_gradcheck_float64(name):
     N, C, H, W, K, R, S, stride, padding, dilation = CASES[name]
     x = torch.randn(1, C, min(H, 7), min(W, 8), dtype=torch.float64, requires_grad=True)

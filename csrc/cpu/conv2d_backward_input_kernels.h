@@ -40,17 +40,171 @@ at::Tensor pack_phase_weights(const at::Tensor& weight, const std::vector<int64_
   return packed;
 }
 
-// Whether dense_backward_input can write grad_input as NCHW: at unit stride
-// its one phase problem covers the whole NHWC-contiguous grad_input, so the
-// dense kernel's NCHW output applies (dense_writes_nchw).
+// Whether dense_backward_input can write grad_input as NCHW: where no
+// phase's tile column of weights is split along K (dense_writes_nchw). At
+// unit stride the one phase problem covers the whole grad_input and the
+// dense kernel writes NCHW itself; with stride, the phases of a band of
+// rows run in one work item (dense_backward_input_phases_nchw).
 template <typename T>
 bool dense_backward_input_writes_nchw(const Conv2dShape& p) {
-  return p.stride_h == 1 && p.stride_w == 1 &&
-         dense_writes_nchw<T>(DenseProblem{.N = p.N, .C = p.K, .Hp = 0, .Wp = 0, .K = p.C,
-                                           .R = p.R, .S = p.S, .P = p.H, .Q = p.W,
-                                           .stride_h = 1, .stride_w = 1, .dilation_h = 1,
-                                           .dilation_w = 1, .out_image = 0, .out_row = 0,
-                                           .out_pixel = 0});
+  for (int64_t ah = 0; ah < p.stride_h; ++ah) {
+    for (int64_t aw = 0; aw < p.stride_w; ++aw) {
+      const PhaseTaps r = phase_taps(ah, p.pad_h, p.stride_h, p.dilation_h, p.R);
+      const PhaseTaps s = phase_taps(aw, p.pad_w, p.stride_w, p.dilation_w, p.S);
+      if (r.count == 0 || s.count == 0) continue;
+      if (!dense_writes_nchw<T>(DenseProblem{.N = p.N, .C = p.K, .Hp = 0, .Wp = 0, .K = p.C,
+                                             .R = r.count, .S = s.count, .P = p.H, .Q = p.W,
+                                             .stride_h = 1, .stride_w = 1, .dilation_h = 1,
+                                             .dilation_w = 1, .out_image = 0, .out_row = 0,
+                                             .out_pixel = 0})) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+// The taps of every stride phase, and the symmetric padding of grad_output
+// that lets every phase's tiles read without bounds checks.
+struct BackwardInputPhases {
+  std::vector<PhaseTapList> rows, cols;
+  int64_t pad_h = 0, pad_w = 0;
+};
+
+inline BackwardInputPhases backward_input_phases(const Conv2dShape& p) {
+  BackwardInputPhases ph;
+  ph.rows.resize(p.stride_h);
+  ph.cols.resize(p.stride_w);
+  int64_t top = 0, bottom = 0, left = 0, right = 0;
+  for (int64_t a = 0; a < p.stride_h; ++a) {
+    const PhaseTapList& t = ph.rows[a] = phase_tap_list(a, p.H, p.R, p.stride_h, p.pad_h, p.dilation_h);
+    if (t.tap.empty() || t.count == 0) continue;
+    top = std::max(top, -t.offset.front());
+    bottom = std::max(bottom, t.count - 1 + t.offset.back() - (p.P - 1));
+  }
+  for (int64_t a = 0; a < p.stride_w; ++a) {
+    const PhaseTapList& t = ph.cols[a] = phase_tap_list(a, p.W, p.S, p.stride_w, p.pad_w, p.dilation_w);
+    if (t.tap.empty() || t.count == 0) continue;
+    left = std::max(left, -t.offset.front());
+    right = std::max(right, t.count - 1 + t.offset.back() - (p.Q - 1));
+  }
+  // Asymmetric padding through a symmetric copy of the larger side (a few
+  // zero rows more, no branch in the kernel).
+  ph.pad_h = std::max(top, bottom);
+  ph.pad_w = std::max(left, right);
+  return ph;
+}
+
+template <typename T, typename S, typename O>
+void dense_backward_input_phases_nchw(const at::Tensor& grad_output, const at::Tensor& weight,
+                                      O* gx, const Conv2dShape& p) {
+  constexpr int L = simd::Vec<T>::size;
+  const BackwardInputPhases ph = backward_input_phases(p);
+  const at::Tensor gy = padded_nhwc<T, S>(grad_output, ph.pad_h, ph.pad_w);
+  const int64_t Hp = p.P + 2 * ph.pad_h, Wp = p.Q + 2 * ph.pad_w;
+  const int64_t Cb = (p.C + L - 1) / L;
+  const DenseTileShape shape = dense_tile_shape(Cb);
+  // The phases with taps, their tile strides and where their taps start in
+  // the packed filter and grad_output.
+  struct Phase {
+    int64_t ah, aw, tap0, x0;
+    DenseTileStrides g;
+  };
+  std::vector<Phase> phases;
+  std::vector<int64_t> offsets;
+  bool empty_phase = false;
+  for (int64_t ah = 0; ah < p.stride_h; ++ah) {
+    for (int64_t aw = 0; aw < p.stride_w; ++aw) {
+      const PhaseTapList& rt = ph.rows[ah];
+      const PhaseTapList& ct = ph.cols[aw];
+      if (rt.count == 0 || ct.count == 0) continue;  // no such input pixels
+      if (rt.tap.empty() || ct.tap.empty()) {
+        empty_phase = true;
+        continue;
+      }
+      Phase f{.ah = ah, .aw = aw, .tap0 = static_cast<int64_t>(offsets.size()),
+              .x0 = ((ph.pad_h + rt.offset.front()) * Wp + ph.pad_w + ct.offset.front()) * p.K};
+      const std::vector<int64_t> o = tap_offsets(rt.tap, ct.tap, weight.stride(2), weight.stride(3));
+      offsets.insert(offsets.end(), o.begin(), o.end());
+      const int64_t rows = static_cast<int64_t>(rt.tap.size());
+      const int64_t cols = static_cast<int64_t>(ct.tap.size());
+      const bool fused = ct.spacing == 1 || cols == 1;
+      f.g.x_r = rt.spacing * Wp * p.K;
+      f.g.x_s = ct.spacing * p.K;
+      f.g.w_r = cols * p.K * L;
+      f.g.w_rs = p.K * L;
+      f.g.R = rows;
+      f.g.S_outer = fused ? 1 : cols;
+      f.g.inner = fused ? cols * p.K : p.K;
+      f.g.K = Cb * L;  // whole vectors: the block has them
+      phases.push_back(f);
+    }
+  }
+  const int64_t taps = static_cast<int64_t>(offsets.size());
+  // One packing of every phase's sub-filter: [Cb][taps][K][L].
+  at::Tensor packed = at::empty({Cb, std::max<int64_t>(taps, 1), p.K, L},
+                                compute_options<T>(weight.options()));
+  if (taps > 0) {
+    pack_lane_blocks<T, S>(weight.const_data_ptr<S>(), p.C, weight.stride(1), p.K,
+                           weight.stride(0), offsets, packed.mutable_data_ptr<T>());
+  }
+  for (Phase& f : phases) f.g.w_kb = taps * p.K * L;
+  const T* w = packed.const_data_ptr<T>();
+  const T* x = gy.const_data_ptr<T>();
+  // Work items: (channel group, image, band of input rows), channel group
+  // major (a thread's consecutive items reuse the packed weights). A band
+  // is whole stride periods of rows, about 16 tiles per phase, fewer where
+  // that leaves under 4 items per thread (N = 1, small planes).
+  const int64_t HW = p.H * p.W, period = p.stride_h * p.stride_w;
+  const int64_t periods = (p.H + p.stride_h - 1) / p.stride_h;
+  const int64_t KG = shape.groups;
+  const int64_t items_wanted = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t bands_wanted = std::max<int64_t>(1, (items_wanted + KG * p.N - 1) / (KG * p.N));
+  const int64_t target_rows = std::max<int64_t>(1, 16 * shape.ur * period / std::max<int64_t>(p.W, 1) / p.stride_h);
+  const int64_t band_periods = std::clamp<int64_t>((periods + bands_wanted - 1) / bands_wanted, 1, target_rows);
+  const int64_t bands = (periods + band_periods - 1) / band_periods;
+  const int64_t band_rows = band_periods * p.stride_h;
+  const int64_t block_width = shape.nb * L;
+  const auto& table = dense_tile_table<T>();
+  const int64_t taps_per_pixel = std::max<int64_t>(1, taps / std::max<int64_t>(1, period));
+  at::parallel_for(0, KG * p.N * bands,
+                   grain_for(band_rows * p.W * taps_per_pixel * p.K * shape.nb),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<T> block(band_rows * p.W * block_width);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t kg = item / (p.N * bands), n = (item / bands) % p.N, band = item % bands;
+      const int64_t h0 = band * band_rows, h1 = std::min(p.H, h0 + band_rows);
+      const int64_t kb0 = kg * shape.nb;
+      const int nb = static_cast<int>(std::min<int64_t>(shape.nb, Cb - kb0));
+      if (empty_phase) std::fill(block.begin(), block.begin() + (h1 - h0) * p.W * block_width, T(0));
+      for (const Phase& f : phases) {
+        const PhaseTapList& rt = ph.rows[f.ah];
+        const PhaseTapList& ct = ph.cols[f.aw];
+        // phase rows i with h = i * stride_h + ah in [h0, h1)
+        const int64_t i0 = std::max<int64_t>(0, (h0 - f.ah + p.stride_h - 1) / p.stride_h);
+        const int64_t i1 = std::min(rt.count, (h1 - f.ah + p.stride_h - 1) / p.stride_h);
+        if (i0 >= i1) continue;
+        const T* xn = x + n * Hp * Wp * p.K + f.x0;
+        const T* wk = w + kb0 * f.g.w_kb + f.tap0 * p.K * L;
+        int64_t i = i0, j = 0;
+        near_equal_pieces((i1 - i0) * ct.count, shape.ur, [&](int64_t, int64_t pixels) {
+          const int ur = static_cast<int>(pixels);
+          const T* xs[kTilePixels];
+          T* outs[kTilePixels];
+          for (int u = 0; u < ur; ++u) {
+            xs[u] = xn + (i * Wp + j) * p.K;
+            outs[u] = block.data() +
+                      ((i * p.stride_h + f.ah - h0) * p.W + j * p.stride_w + f.aw) * block_width;
+            if (++j == ct.count) j = 0, ++i;
+          }
+          table(ur, nb)(xs, wk, nullptr, outs, kb0 * L, f.g, false);
+        });
+      }
+      const int64_t channels = std::min<int64_t>(block_width, p.C - kb0 * L);
+      transpose_plane<T, T, O>(block.data(), block_width, (h1 - h0) * p.W, channels,
+                               gx + (n * p.C + kb0 * L) * HW + h0 * p.W, HW);
+    }
+  });
 }
 
 // Dense grad-input into an NHWC buffer gx [N][H][W][C] (zeroed by the caller
@@ -61,23 +215,13 @@ bool dense_backward_input_writes_nchw(const Conv2dShape& p) {
 template <typename T, typename S = T, typename O = T>
 void dense_backward_input(const at::Tensor& grad_output, const at::Tensor& weight, O* gx,
                           const Conv2dShape& p, bool nchw = false) {
-  std::vector<PhaseTapList> rows(p.stride_h), cols(p.stride_w);
-  int64_t top = 0, bottom = 0, left = 0, right = 0;
-  for (int64_t a = 0; a < p.stride_h; ++a) {
-    rows[a] = phase_tap_list(a, p.H, p.R, p.stride_h, p.pad_h, p.dilation_h);
-    if (rows[a].tap.empty() || rows[a].count == 0) continue;
-    top = std::max(top, -rows[a].offset.front());
-    bottom = std::max(bottom, rows[a].count - 1 + rows[a].offset.back() - (p.P - 1));
+  if (nchw && !p.is_unit_stride()) {
+    return dense_backward_input_phases_nchw<T, S, O>(grad_output, weight, gx, p);
   }
-  for (int64_t a = 0; a < p.stride_w; ++a) {
-    cols[a] = phase_tap_list(a, p.W, p.S, p.stride_w, p.pad_w, p.dilation_w);
-    if (cols[a].tap.empty() || cols[a].count == 0) continue;
-    left = std::max(left, -cols[a].offset.front());
-    right = std::max(right, cols[a].count - 1 + cols[a].offset.back() - (p.Q - 1));
-  }
-  // Padded NHWC grad_output; asymmetric padding through a symmetric copy of
-  // the larger side (a few zero rows more, no branch in the kernel).
-  const int64_t pad_h = std::max(top, bottom), pad_w = std::max(left, right);
+  const BackwardInputPhases ph = backward_input_phases(p);
+  const std::vector<PhaseTapList>& rows = ph.rows;
+  const std::vector<PhaseTapList>& cols = ph.cols;
+  const int64_t pad_h = ph.pad_h, pad_w = ph.pad_w;
   const at::Tensor gy = padded_nhwc<T, S>(grad_output, pad_h, pad_w);
   const int64_t Hp = p.P + 2 * pad_h, Wp = p.Q + 2 * pad_w;
   for (int64_t ah = 0; ah < p.stride_h; ++ah) {

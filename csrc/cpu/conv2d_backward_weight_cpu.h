@@ -6,6 +6,7 @@
 #pragma once
 
 #include "conv2d_backward_weight_kernels.h"
+#include "conv2d_backward_weight_pointwise_kernels.h"
 #include "conv2d_cpu_plan.h"
 #include "conv2d_depthwise_kernels.h"
 #include "conv2d_generic_kernels.h"
@@ -128,6 +129,25 @@ at::Tensor dense_backward_weight_cpu(const at::Tensor& grad_output, const at::Te
   return at::Tensor();  // (S != T returned above)
 }
 
+// Whether each (n, c) plane of t has its H x W pixels contiguous (NCHW,
+// also channel- or image-strided views).
+inline bool pixels_contiguous(const at::Tensor& t) {
+  return (t.size(3) == 1 || t.stride(3) == 1) && (t.size(2) == 1 || t.stride(2) == t.size(3));
+}
+
+// 1x1 stride 1 with both operands' planes contiguous: the dot-product tiles
+// on the tensors in place (conv2d_backward_weight_pointwise_kernels.h).
+template <typename T, typename S>
+at::Tensor pointwise_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const Conv2dShape& p) {
+  auto grad_weight = at::empty(p.weight_sizes(), grad_output.options());
+  pointwise_backward_weight<T, S>(grad_output.const_data_ptr<S>(), grad_output.stride(0),
+                                  grad_output.stride(1), input.const_data_ptr<S>(),
+                                  input.stride(0), input.stride(1),
+                                  grad_weight.mutable_data_ptr<S>(), p.N, p.K, p.C, p.H * p.W);
+  return grad_weight;
+}
+
 // Other dtypes and grouped convolutions: one (k, c) filter slice per task,
 // reducing over N, P and Q.
 at::Tensor generic_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
@@ -164,7 +184,10 @@ at::Tensor backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& 
       if constexpr (std::is_same_v<T, scalar_t>) {
         result = depthwise_backward_weight_cpu<scalar_t>(grad_output, input, p);
       }
-    } else {
+    } else if (path == CpuPath::kPointwise && pixels_contiguous(grad_output) &&
+               pixels_contiguous(input)) {
+      result = pointwise_backward_weight_cpu<T, scalar_t>(grad_output, input, p);
+    } else {  // (pointwise with other layouts: the dense GEMM)
       result = dense_backward_weight_cpu<T, scalar_t>(grad_output, input, p,
                                                       path == CpuPath::kFirstLayer);
     }

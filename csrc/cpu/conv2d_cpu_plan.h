@@ -7,7 +7,10 @@
 //                along the channels (conv2d_depthwise_kernels.h)
 //   pointwise    1x1, no padding (float, double): forward a GEMM per image on
 //                NCHW data (conv2d_pointwise_kernels.h); grad-input the same
-//                with the transposed weight where the stride is 1
+//                with the transposed weight where the stride is 1;
+//                grad-weight at stride 1 with K + C <= 256 dot-product tiles
+//                on the NCHW operands in place
+//                (conv2d_backward_weight_pointwise_kernels.h)
 //   first_layer  few input channels (C < 8): forward into NCHW with output
 //                rows of 2+ vectors, tiles of output channels x pixels along
 //                the row (conv2d_first_layer_kernels.h), else the dense
@@ -60,6 +63,11 @@ inline bool is_reduced_float(at::ScalarType dtype) {
   return dtype == at::kBFloat16 || dtype == at::kHalf;
 }
 
+// grad-weight of 1x1 stride-1 layers up to this many channels (K + C) runs
+// the dot-product tiles on NCHW operands in place (no layout copy); above,
+// the dense GEMM's copy of one operand is amortised over more FMAs.
+inline constexpr int64_t kPointwiseWgradMaxChannels = 256;
+
 // Call with a checked, non-empty problem (the op front handles empty ones).
 inline CpuPath select_path(const Conv2dShape& p, Pass pass, at::ScalarType dtype) {
   if (dtype != at::kFloat && dtype != at::kDouble && !is_reduced_float(dtype)) {
@@ -78,7 +86,13 @@ inline CpuPath select_path(const Conv2dShape& p, Pass pass, at::ScalarType dtype
     case Pass::kBackwardInput:
       return p.is_pointwise() && p.is_unit_stride() ? CpuPath::kPointwise : CpuPath::kDense;
     case Pass::kBackwardWeight:
-      return p.C < 8 ? CpuPath::kFirstLayer : CpuPath::kDense;
+      if (p.C < 8) return CpuPath::kFirstLayer;
+      // (the backend takes it where both operands have contiguous planes,
+      // i.e. NCHW, else the dense GEMM)
+      if (p.is_pointwise() && p.is_unit_stride() && p.K + p.C <= kPointwiseWgradMaxChannels) {
+        return CpuPath::kPointwise;
+      }
+      return CpuPath::kDense;
   }
   return CpuPath::kDense;
 }
