@@ -37,6 +37,11 @@ CASES = {
     "channel_groups": (1, 70, 10, 9, 12, 3, 3, 2, 1, 1),
     # 5x5 stride 2 on a plane smaller than the filter span
     "5x5_small_plane": (3, 8, 4, 5, 16, 5, 5, 2, 2, 1),
+    # 1x1 stride 2, N = 1, odd plane, C tail: channels_last reads grad_output
+    # in place and zeroes only the pixels of the phases without taps
+    "pointwise_s2_n1_odd": (1, 33, 13, 9, 40, 1, 1, 2, 0, 1),
+    # 1x1 with a stride on one axis: empty column phases only
+    "pointwise_s1x2": (2, 17, 8, 7, 23, 1, 1, (1, 2), 0, 1),
 }
 
 

@@ -50,6 +50,15 @@ CASES = {
     "pointwise_one_tile": (3, 8, 5, 5, 3, 1, 1, 1, 0, 1),
     # K + C > 256: the dense GEMM (B = the input's copy) on NCHW too
     "pointwise_wide_dense": (1, 9, 5, 6, 260, 1, 1, 1, 0, 1),
+    # 1x1 with stride: a compact copy of the input pixels that meet
+    # grad_output (in the input's layout), then the stride-1 problem. Many
+    # input channels (the copy is B in NCHW; in place as B or A with
+    # channels_last), odd planes, asymmetric stride with C and K tails
+    "pointwise_s2_compact": (2, 1600, 6, 6, 80, 1, 1, 2, 0, 1),
+    "pointwise_s2_odd": (3, 40, 13, 11, 72, 1, 1, 2, 0, 1),
+    "pointwise_s23_tails": (1, 21, 9, 11, 19, 1, 1, (2, 3), 0, 1),
+    # many output channels: A = grad_output (2000), B = the input's copy
+    "pointwise_wide_k": (3, 80, 3, 3, 2000, 1, 1, 1, 0, 1),
 }
 
 
@@ -110,7 +119,8 @@ def test_grad_weight_bitwise_across_thread_counts(case, layout):
 
 
 @pytest.mark.parametrize("name", ["padding_beyond_filter", "strided_dilated", "expansion_b_input",
-                                  "pointwise_pixel_tail", "pointwise_bands"])
+                                  "pointwise_pixel_tail", "pointwise_bands",
+                                  "pointwise_wide_k", "pointwise_s2_odd", "pointwise_s23_tails"])
 def test_gradcheck_float64(name):
     N, C, H, W, K, R, S, stride, padding, dilation = CASES[name]
     x = torch.randn(1, C, min(H, 7), min(W, 8), dtype=torch.float64, requires_grad=True)

@@ -10,6 +10,8 @@ import math
 import pytest
 import torch
 
+import conv_ext
+
 from helpers import compare_with_torch
 
 ops = torch.ops.conv_ext
@@ -98,3 +100,74 @@ def test_pointwise_reduced_is_float32_rounded_once(case, dtype):
     want = ops.conv2d_forward(x.float(), w.float(), b.float(), *args).to(dtype)
     assert got.dtype == dtype
     assert torch.equal(got, want)
+
+
+# channels_last 1x1: the dense NHWC kernel on the input in place, its pixel
+# blocks in super-blocks whose input stays in L2 while every channel group
+# sweeps them (conv2d_dense_kernels.h: dense_forward's item order); grad-input
+# the same kernel on grad_output in place, the pixels of phases without taps
+# zeroed alone (stride 2). (name, N, C, H, W, K, stride)
+CL_CASES = [
+    ("cl_super_blocks", 3, 200, 23, 21, 150, 1),     # 6 super-blocks, the last short
+    ("cl_super_blocks_s2", 2, 130, 31, 29, 70, 2),   # odd planes, stride 2, K tail
+    ("cl_n1_odd", 1, 333, 17, 19, 90, 1),           # N = 1, C and K tails
+    ("cl_asym_stride", 2, 48, 9, 14, 40, (1, 2)),   # empty column phases only
+    ("cl_one_group", 2, 24, 5, 7, 16, 2),           # one channel group: no reordering
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CL_CASES, ids=_id)
+def test_channels_last_pointwise_train_matches_torch(case, dtype):
+    # forward, grad-input and grad-weight on fresh random channels_last tensors
+    _, N, C, H, W, K, stride = case
+    x, w, b = _data(N, C, H, W, K, dtype)
+    compare_with_torch(x, w, b, stride=stride, layout="channels_last", check_grads=True)
+
+
+@pytest.mark.parametrize("case", CL_CASES, ids=_id)
+def test_channels_last_pointwise_bitwise_across_threads_and_batch(case):
+    _, N, C, H, W, K, stride = case
+    x, w, b = _data(N, C, H, W, K)
+    cl = torch.channels_last
+    x, w = x.contiguous(memory_format=cl), w.contiguous(memory_format=cl)
+    args = (_pair(stride), [0, 0], [1, 1], 1)
+    y = ops.conv2d_forward(x, w, b, *args)
+    gy = torch.randn_like(y).contiguous(memory_format=cl)
+
+    def passes(xs, gys):
+        return (ops.conv2d_forward(xs, w, b, *args),
+                ops.conv2d_backward_input(gys, w, list(xs.shape), *args),
+                ops.conv2d_backward_weight(gys, xs, list(w.shape), *args))
+
+    saved = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(passes(x, gy))
+            fwd = torch.cat([ops.conv2d_forward(x[i:i + 1], w, b, *args) for i in range(N)])
+            gin = torch.cat([ops.conv2d_backward_input(gy[i:i + 1], w, [1, C, H, W], *args)
+                             for i in range(N)])
+            assert torch.equal(fwd, results[0][0]), f"forward batch split, {threads} threads"
+            assert torch.equal(gin, results[0][1]), f"grad-input batch split, {threads} threads"
+    finally:
+        torch.set_num_threads(saved)
+    assert results[0][1].is_contiguous(memory_format=cl)
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channels_last_pointwise_gradcheck_float64(stride):
+    cl = torch.channels_last
+    x = torch.randn(2, 20, 7, 9, dtype=torch.float64).contiguous(memory_format=cl)
+    w = torch.randn(36, 20, 1, 1, dtype=torch.float64).contiguous(memory_format=cl)
+    x.requires_grad_()
+    w.requires_grad_()
+
+    def fn(x, w):
+        return conv_ext.conv2d(x, w, None, stride, 0, 1)
+
+    assert torch.autograd.gradcheck(fn, (x, w), fast_mode=True)

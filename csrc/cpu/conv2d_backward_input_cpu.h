@@ -66,7 +66,7 @@ at::Tensor dense_backward_input_cpu(const at::Tensor& grad_output, const at::Ten
                            .memory_format(at::MemoryFormat::ChannelsLast);
   // (at::zeros would ignore the memory format in options)
   auto gx = at::empty(p.input_sizes(), options);
-  if (backward_input_has_empty_phase(p)) gx.zero_();
+  if (backward_input_has_empty_phase(p)) zero_empty_phases_nhwc<T>(gx.mutable_data_ptr<T>(), p);
   dense_backward_input<T, S>(grad_output, weight, gx.mutable_data_ptr<T>(), p);
   return nhwc_in_format<T, S>(gx, format);
 }

@@ -222,7 +222,11 @@ void dense_backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
   const std::vector<PhaseTapList>& rows = ph.rows;
   const std::vector<PhaseTapList>& cols = ph.cols;
   const int64_t pad_h = ph.pad_h, pad_w = ph.pad_w;
-  const at::Tensor gy = padded_nhwc<T, S>(grad_output, pad_h, pad_w);
+  // Without padding (1x1 layers) a channels_last grad_output already is the
+  // NHWC buffer the phases read: no copy.
+  const bool gy_as_is = std::is_same_v<S, T> && pad_h == 0 && pad_w == 0 &&
+                        grad_output.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor gy = gy_as_is ? grad_output : padded_nhwc<T, S>(grad_output, pad_h, pad_w);
   const int64_t Hp = p.P + 2 * pad_h, Wp = p.Q + 2 * pad_w;
   for (int64_t ah = 0; ah < p.stride_h; ++ah) {
     for (int64_t aw = 0; aw < p.stride_w; ++aw) {
@@ -255,6 +259,32 @@ inline bool backward_input_has_empty_phase(const Conv2dShape& p) {
     if (phase_taps(a, p.pad_w, p.stride_w, p.dilation_w, p.S).count == 0) return true;
   }
   return false;
+}
+
+// Zeroes the pixels of the NHWC grad_input gx [N][H][W][C] that no stride
+// phase writes (row or column phase without taps: 1x1 stride 2 leaves 3 of
+// 4 pixels), and only those: the phases' problems write every other pixel,
+// so the whole buffer is not cleared first.
+template <typename T>
+void zero_empty_phases_nhwc(T* gx, const Conv2dShape& p) {
+  std::vector<char> row_empty(p.stride_h), col_empty(p.stride_w);
+  for (int64_t a = 0; a < p.stride_h; ++a)
+    row_empty[a] = phase_taps(a, p.pad_h, p.stride_h, p.dilation_h, p.R).count == 0;
+  for (int64_t a = 0; a < p.stride_w; ++a)
+    col_empty[a] = phase_taps(a, p.pad_w, p.stride_w, p.dilation_w, p.S).count == 0;
+  const int64_t row = p.W * p.C;
+  at::parallel_for(0, p.N * p.H, grain_for(row), [&](int64_t begin, int64_t end) {
+    for (int64_t nh = begin; nh < end; ++nh) {
+      T* r = gx + nh * row;
+      if (row_empty[(nh % p.H) % p.stride_h]) {
+        std::fill(r, r + row, T(0));
+        continue;
+      }
+      for (int64_t w = 0; w < p.W; ++w) {
+        if (col_empty[w % p.stride_w]) std::fill(r + w * p.C, r + (w + 1) * p.C, T(0));
+      }
+    }
+  });
 }
 
 }  // namespace CONV_EXT_ISA

@@ -77,6 +77,24 @@ at::Tensor dense_backward_weight_cpu(const at::Tensor& grad_output, const at::Te
         .contiguous();
   }
   if constexpr (std::is_same_v<T, S>) {
+    if (p.is_pointwise() && !p.is_unit_stride()) {
+      // 1x1 with stride: only every stride-th input pixel meets grad_output.
+      // A compact copy of those (a quarter of the input at stride 2, in the
+      // input's layout) makes it a stride-1 problem: the input no longer
+      // the A operand read with stride (a_pixel = 4: chunks a quarter as
+      // long, every accumulator loaded and stored 4x as often: 2048 x 1024
+      // accumulators are 8 MB) and, NCHW, the smaller operand to copy
+      // to NHWC instead of grad_output.
+      const at::Tensor sub = input.slice(2, 0, p.H, p.stride_h).slice(3, 0, p.W, p.stride_w);
+      const at::Tensor xs = input.is_contiguous(at::MemoryFormat::ChannelsLast)
+                                ? sub.contiguous(at::MemoryFormat::ChannelsLast)
+                                : sub.contiguous();
+      Conv2dShape q = p;
+      q.H = p.P;
+      q.W = p.Q;
+      q.stride_h = q.stride_w = 1;
+      return dense_backward_weight_cpu<T, S>(grad_output, xs, q, false);
+    }
     // An NHWC tensor with whole vectors of channels serves as B without a copy.
     auto usable_in_place = [](const at::Tensor& t, int64_t channels) {
       return channels % L == 0 && t.is_contiguous(at::MemoryFormat::ChannelsLast);

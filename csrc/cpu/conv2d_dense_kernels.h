@@ -60,6 +60,9 @@ inline DenseTileShape dense_tile_shape(int64_t kb) {
 // Packed weights of one tile column (NB vectors x R*S*C) above this many
 // bytes are split along C so they stay in L2 while the tile sweeps the image.
 inline constexpr int64_t kWeightBlockBytes = 384 * 1024;
+// 1x1 problems: the input pixels that every channel group sweeps in turn
+// (dense_forward's super-blocks) are at most this many bytes, to stay in L2.
+inline constexpr int64_t kDenseInputBlockBytes = 256 * 1024;
 
 // Strides and loop bounds of the register tile in the padded NHWC buffers,
 // derived from a DenseProblem by dense_forward.
@@ -487,6 +490,36 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
   const int64_t block = std::clamp<int64_t>((M + blocks_wanted - 1) / blocks_wanted, shape.ur,
                                             shape.ur * 16);
   const int64_t blocks = (M + block - 1) / block;
+  // Item order. With one tap (1x1 layers, grad-input's 1x1 phases) a tile
+  // column's weights are small and the input is the large operand: the
+  // pixel blocks go in super-blocks whose input stays in L2
+  // (kDenseInputBlockBytes) while every channel group sweeps them (super-
+  // block major, then channel group, then block), instead of every channel
+  // group streaming the whole input from memory (K/64 passes over it).
+  // Otherwise channel group major (a thread's consecutive items reuse the
+  // same packed weights). The order changes no output's summation order.
+  // Only where that moves fewer bytes: the input read once instead of KG
+  // times, against the packed weights read once per super-block instead of
+  // once (4096 x 2048 channels of grad-input: 32 MB of weights, slower),
+  // and not with C chunks (weights above kWeightBlockBytes per column).
+  int64_t super_blocks = blocks;
+  if (d.R * d.S == 1 && KG > 1 && chunks == 1) {
+    const int64_t pixel_bytes = d.C * static_cast<int64_t>(sizeof(T));
+    const int64_t per_super =
+        std::clamp<int64_t>(kDenseInputBlockBytes / (pixel_bytes * block), 1, blocks);
+    const int64_t supers = (blocks + per_super - 1) / per_super;
+    const double input_bytes = static_cast<double>(M) * static_cast<double>(pixel_bytes);
+    const double weight_bytes = static_cast<double>(Kb * L * d.C * sizeof(T));
+    if (static_cast<double>(KG - 1) * input_bytes > static_cast<double>(supers - 1) * weight_bytes) {
+      super_blocks = per_super;
+    }
+  }
+  auto item_at = [&](int64_t item, int64_t& kg, int64_t& blk) {
+    const int64_t s = item / (KG * super_blocks), within = item - s * KG * super_blocks;
+    const int64_t count = std::min(super_blocks, blocks - s * super_blocks);
+    kg = within / count;
+    blk = s * super_blocks + within % count;
+  };
   // NCHW output: the tiles of one work item write [pixel][nb * L] here
   // (whole vectors: packed weights and bias are zero-padded to Kb * L), then
   // the block goes to NCHW.
@@ -522,7 +555,9 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
       if (!fused) gc.inner = cc;
       if (d.nchw) gc.K = Kb * L;  // no end-of-K tiles: block_out has whole vectors
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t kg = item / blocks, m_begin = (item % blocks) * block;
+        int64_t kg, blk;
+        item_at(item, kg, blk);
+        const int64_t m_begin = blk * block;
         const int64_t m_end = std::min(M, m_begin + block);
         const int64_t kb0 = kg * shape.nb;
         const int nb = static_cast<int>(std::min<int64_t>(shape.nb, Kb - kb0));
