@@ -21,7 +21,9 @@
 //                grad-input one such problem per stride phase
 //                (conv2d_backward_input_kernels.h), grad-weight a GEMM over
 //                the pixels on one operand in place and an NHWC copy of the
-//                other (conv2d_backward_weight_kernels.h)
+//                other (conv2d_backward_weight_kernels.h); 1x1 with stride
+//                as a stride-1 problem on a compact copy of the input pixels
+//                that meet grad_output
 //   grouped      groups > 1 with 2+ input channels per group: register-blocked
 //                direct kernels with several groups per SIMD vector
 //                (conv2d_grouped_kernels.h)
