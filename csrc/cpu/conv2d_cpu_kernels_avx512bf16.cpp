@@ -379,6 +379,131 @@ void forward_pairs(const BF16* x, const BF16* w, const float* bias, BF16* out, b
   });
 }
 
+// ---- 1x1, unit stride, NCHW in and out: pixels along the vector lanes ----
+// (the layout of the float32 pointwise_nchw GEMM: no transposes on the way
+// in or out, which on 1x1 layers with few channels cost as much as the
+// products). out[n][k][p] = bias[k] + sum over pairs of w[k][pair] . x[n][pair][p]:
+//   * input: [N][HW / 64][C2][64 pixels][2] bf16 (C2 = channel pairs, the
+//     64-pixel blocks zero-padded at the end of the image): per pair one
+//     contiguous 256-byte run of a block;
+//   * weights: [K][C2] 32-bit pairs, broadcast;
+//   * register tile: UR output channels x 4 vectors of 16 pixels.
+constexpr int kPwVectors = 4;
+constexpr int kPwPixels = kPwVectors * 16;  // pixels per block
+constexpr int kPwRows = 6;                  // output channels per tile (24 accumulators)
+
+template <int UR>
+__attribute__((noinline)) void pw_tile(const PairWord* xb, int64_t C2, const PairWord* w,
+                                       const float* bias, BF16* out, int64_t out_row,
+                                       int valid) {
+  __m512 acc[UR][kPwVectors];
+  for (int u = 0; u < UR; ++u) {
+    const __m512 b = _mm512_set1_ps(bias[u]);
+    for (int j = 0; j < kPwVectors; ++j) acc[u][j] = b;
+  }
+  for (int64_t c2 = 0; c2 < C2; ++c2) {
+    __m512i xv[kPwVectors];
+    for (int j = 0; j < kPwVectors; ++j) xv[j] = _mm512_loadu_si512(xb + c2 * kPwPixels + j * 16);
+    for (int u = 0; u < UR; ++u) {
+      const __m512i wb = _mm512_set1_epi32(w[u * C2 + c2]);
+      for (int j = 0; j < kPwVectors; ++j) {
+        acc[u][j] = _mm512_dpbf16_ps(acc[u][j], (__m512bh)xv[j], (__m512bh)wb);
+      }
+    }
+  }
+  for (int u = 0; u < UR; ++u) {
+    for (int j = 0; j < kPwVectors; ++j) {
+      const int left = valid - j * 16;
+      if (left >= 16) {
+        simd::Stored<float, BF16>::store(out + u * out_row + j * 16, acc[u][j]);
+      } else if (left > 0) {
+        simd::Stored<float, BF16>::store_partial(out + u * out_row + j * 16, acc[u][j], left);
+      }
+    }
+  }
+}
+
+using PwTileFn = void (*)(const PairWord*, int64_t, const PairWord*, const float*, BF16*, int64_t,
+                          int);
+constexpr PwTileFn kPwTiles[kPwRows] = {&pw_tile<1>, &pw_tile<2>, &pw_tile<3>,
+                                        &pw_tile<4>, &pw_tile<5>, &pw_tile<6>};
+
+// Whether forward_bf16 runs problem p on the pixel-lane kernel.
+bool pointwise_nchw_applies(const at::Tensor& input, const Conv2dShape& p,
+                            at::MemoryFormat format) {
+  return p.is_pointwise() && p.is_unit_stride() && format != at::MemoryFormat::ChannelsLast &&
+         input.is_contiguous();
+}
+
+at::Tensor pointwise_nchw_forward(const at::Tensor& input, const at::Tensor& weight,
+                                  const float* bias, const Conv2dShape& p) {
+  const int64_t N = p.N, C = p.C, K = p.K, HW = p.H * p.W, C2 = (C + 1) / 2;
+  const int64_t blocks = (HW + kPwPixels - 1) / kPwPixels;
+  // Input pairs, blocked.
+  at::Tensor xt = at::empty({N * blocks * C2 * kPwPixels * 2}, input.options());
+  PairWord* xp = reinterpret_cast<PairWord*>(xt.mutable_data_ptr<BF16>());
+  const BF16* src = input.const_data_ptr<BF16>();
+  at::parallel_for(0, N * C2, grain_for(HW * 2), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / C2, c2 = item % C2;
+      const BF16* lo = src + (n * C + 2 * c2) * HW;
+      const BF16* hi = 2 * c2 + 1 < C ? lo + HW : nullptr;
+      for (int64_t b = 0; b < blocks; ++b) {
+        PairWord* d = xp + ((n * blocks + b) * C2 + c2) * kPwPixels;
+        for (int j = 0; j < kPwVectors; ++j) {
+          const int64_t p0 = b * kPwPixels + j * 16;
+          const int count = static_cast<int>(std::clamp<int64_t>(HW - p0, 0, 16));
+          const __m512i v = count == 0 ? _mm512_setzero_si512()
+                                       : pair_words(lo + p0, hi != nullptr ? hi + p0 : nullptr,
+                                                    count);
+          _mm512_storeu_si512(d + j * 16, v);
+        }
+      }
+    }
+  });
+  // Weight pairs [K][C2]: a contiguous filter with C even is that already.
+  const BF16* ws = weight.const_data_ptr<BF16>();
+  const int64_t sk = weight.stride(0), sc = weight.stride(1);
+  at::Tensor wt;
+  const PairWord* wp = reinterpret_cast<const PairWord*>(ws);
+  if (!(sc == 1 && sk == C && C % 2 == 0)) {
+    wt = at::empty({K * C2 * 2}, weight.options().memory_format(at::MemoryFormat::Contiguous));
+    BF16* wd = wt.mutable_data_ptr<BF16>();
+    at::parallel_for(0, K, grain_for(2 * C2), [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        for (int64_t c = 0; c < 2 * C2; ++c) {
+          wd[k * 2 * C2 + c] = c < C ? ws[k * sk + c * sc] : BF16(0.0f);
+        }
+      }
+    });
+    wp = reinterpret_cast<const PairWord*>(wd);
+  }
+  at::Tensor out = at::empty(p.output_sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+  BF16* o = out.mutable_data_ptr<BF16>();
+  // Work items: (image, pixel block, chunk of output channels); chunks only
+  // where fewer than 4 items per thread would be left. Every output element
+  // is one tile's sum over all pairs, in pair order.
+  const int64_t row_tiles = (K + kPwRows - 1) / kPwRows;
+  const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t chunks = std::clamp<int64_t>((wanted + N * blocks - 1) / (N * blocks), 1, row_tiles);
+  const int64_t chunk_tiles = (row_tiles + chunks - 1) / chunks;
+  at::parallel_for(0, N * blocks * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t nb = item / chunks, chunk = item % chunks;
+      const int64_t n = nb / blocks, b = nb % blocks;
+      const int valid = static_cast<int>(std::min<int64_t>(kPwPixels, HW - b * kPwPixels));
+      const PairWord* xb = xp + nb * C2 * kPwPixels;
+      const int64_t k_end = std::min(K, (chunk + 1) * chunk_tiles * kPwRows);
+      for (int64_t k0 = chunk * chunk_tiles * kPwRows; k0 < k_end; k0 += kPwRows) {
+        const int ur = static_cast<int>(std::min<int64_t>(kPwRows, K - k0));
+        kPwTiles[ur - 1](xb, C2, wp + k0 * C2, bias + k0, o + (n * K + k0) * HW + b * kPwPixels,
+                         HW, valid);
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 at::Tensor forward_bf16(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
@@ -386,11 +511,14 @@ at::Tensor forward_bf16(const at::Tensor& input, const at::Tensor& weight, const
   TORCH_INTERNAL_ASSERT(input.scalar_type() == at::kBFloat16 &&
                         weight.scalar_type() == at::kBFloat16 && p.groups == 1);
   const int64_t Ce = p.C + (p.C & 1);
-  const at::Tensor x = padded_input(input, p.pad_h, p.pad_w, Ce);
-  const at::Tensor w = pack_pair_weights(weight, Ce);
   const int64_t Kb = (p.K + L - 1) / L;
   at::Tensor b = at::zeros({Kb * L}, input.options().dtype(at::kFloat));
   if (bias.defined()) b.narrow(0, 0, p.K).copy_(bias);
+  if (pointwise_nchw_applies(input, p, format)) {
+    return pointwise_nchw_forward(input, weight, b.const_data_ptr<float>(), p);
+  }
+  const at::Tensor x = padded_input(input, p.pad_h, p.pad_w, Ce);
+  const at::Tensor w = pack_pair_weights(weight, Ce);
   const bool nchw = format != at::MemoryFormat::ChannelsLast;
   at::Tensor out = at::empty(p.output_sizes(), input.options().memory_format(
                                                    nchw ? at::MemoryFormat::Contiguous
