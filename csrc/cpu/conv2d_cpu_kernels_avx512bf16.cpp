@@ -392,10 +392,13 @@ constexpr int kPwVectors = 4;
 constexpr int kPwPixels = kPwVectors * 16;  // pixels per block
 constexpr int kPwRows = 6;                  // output channels per tile (24 accumulators)
 
+// out: the tile's first output (channel k0, pixel of vector 0), rows
+// out_row apart, `valid` pixels stored; or, with out null, the float sums
+// to scratch [UR][64] (a block that spans two images).
 template <int UR>
 __attribute__((noinline)) void pw_tile(const PairWord* xb, int64_t C2, const PairWord* w,
                                        const float* bias, BF16* out, int64_t out_row,
-                                       int valid) {
+                                       int valid, float* scratch) {
   __m512 acc[UR][kPwVectors];
   for (int u = 0; u < UR; ++u) {
     const __m512 b = _mm512_set1_ps(bias[u]);
@@ -411,6 +414,11 @@ __attribute__((noinline)) void pw_tile(const PairWord* xb, int64_t C2, const Pai
       }
     }
   }
+  if (out == nullptr) {
+    for (int u = 0; u < UR; ++u)
+      for (int j = 0; j < kPwVectors; ++j) _mm512_storeu_ps(scratch + u * kPwPixels + j * 16, acc[u][j]);
+    return;
+  }
   for (int u = 0; u < UR; ++u) {
     for (int j = 0; j < kPwVectors; ++j) {
       const int left = valid - j * 16;
@@ -424,7 +432,7 @@ __attribute__((noinline)) void pw_tile(const PairWord* xb, int64_t C2, const Pai
 }
 
 using PwTileFn = void (*)(const PairWord*, int64_t, const PairWord*, const float*, BF16*, int64_t,
-                          int);
+                          int, float*);
 constexpr PwTileFn kPwTiles[kPwRows] = {&pw_tile<1>, &pw_tile<2>, &pw_tile<3>,
                                         &pw_tile<4>, &pw_tile<5>, &pw_tile<6>};
 
@@ -438,25 +446,43 @@ bool pointwise_nchw_applies(const at::Tensor& input, const Conv2dShape& p,
 at::Tensor pointwise_nchw_forward(const at::Tensor& input, const at::Tensor& weight,
                                   const float* bias, const Conv2dShape& p) {
   const int64_t N = p.N, C = p.C, K = p.K, HW = p.H * p.W, C2 = (C + 1) / 2;
-  const int64_t blocks = (HW + kPwPixels - 1) / kPwPixels;
-  // Input pairs, blocked.
-  at::Tensor xt = at::empty({N * blocks * C2 * kPwPixels * 2}, input.options());
+  // Pixels m = n * HW + p numbered across the images: blocks of 64 span
+  // image borders (no padding per image: 196 or 49 pixels would otherwise
+  // fill 256 or 64 slots).
+  const int64_t M = N * HW;
+  const int64_t blocks = (M + kPwPixels - 1) / kPwPixels;
+  // Input pairs, blocked: [blocks][C2][64] words.
+  at::Tensor xt = at::empty({blocks * C2 * kPwPixels * 2}, input.options());
   PairWord* xp = reinterpret_cast<PairWord*>(xt.mutable_data_ptr<BF16>());
   const BF16* src = input.const_data_ptr<BF16>();
-  at::parallel_for(0, N * C2, grain_for(HW * 2), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / C2, c2 = item % C2;
-      const BF16* lo = src + (n * C + 2 * c2) * HW;
-      const BF16* hi = 2 * c2 + 1 < C ? lo + HW : nullptr;
-      for (int64_t b = 0; b < blocks; ++b) {
-        PairWord* d = xp + ((n * blocks + b) * C2 + c2) * kPwPixels;
-        for (int j = 0; j < kPwVectors; ++j) {
-          const int64_t p0 = b * kPwPixels + j * 16;
-          const int count = static_cast<int>(std::clamp<int64_t>(HW - p0, 0, 16));
-          const __m512i v = count == 0 ? _mm512_setzero_si512()
-                                       : pair_words(lo + p0, hi != nullptr ? hi + p0 : nullptr,
-                                                    count);
-          _mm512_storeu_si512(d + j * 16, v);
+  at::parallel_for(0, blocks, grain_for(C2 * kPwPixels), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int j = 0; j < kPwVectors; ++j) {
+        const int64_t m0 = b * kPwPixels + j * 16;
+        const int64_t n = m0 / HW, p0 = m0 % HW;
+        const int count = static_cast<int>(std::clamp<int64_t>(M - m0, 0, 16));
+        PairWord* d = xp + b * C2 * kPwPixels + j * 16;
+        if (count > 0 && p0 + count <= HW) {  // one image
+          const BF16* lo = src + n * C * HW + p0;
+          for (int64_t c2 = 0; c2 < C2; ++c2) {
+            const BF16* l = lo + 2 * c2 * HW;
+            _mm512_storeu_si512(d + c2 * kPwPixels,
+                                pair_words(l, 2 * c2 + 1 < C ? l + HW : nullptr, count));
+          }
+        } else {  // past the end, or across an image border
+          for (int64_t c2 = 0; c2 < C2; ++c2) {
+            alignas(64) uint16_t v[32] = {};
+            for (int i = 0; i < count; ++i) {
+              const int64_t m = m0 + i, mn = m / HW, mp = m % HW;
+              for (int e = 0; e < 2; ++e) {
+                const int64_t c = 2 * c2 + e;
+                if (c < C) {
+                  v[2 * i + e] = src[(mn * C + c) * HW + mp].x;
+                }
+              }
+            }
+            std::memcpy(d + c2 * kPwPixels, v, sizeof(v));
+          }
         }
       }
     }
@@ -480,24 +506,44 @@ at::Tensor pointwise_nchw_forward(const at::Tensor& input, const at::Tensor& wei
   }
   at::Tensor out = at::empty(p.output_sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
   BF16* o = out.mutable_data_ptr<BF16>();
-  // Work items: (image, pixel block, chunk of output channels); chunks only
-  // where fewer than 4 items per thread would be left. Every output element
-  // is one tile's sum over all pairs, in pair order.
+  // Work items: (pixel block, chunk of output channels); chunks only where
+  // fewer than 4 items per thread would be left. Every output element is
+  // one tile's sum over all pairs, in pair order.
   const int64_t row_tiles = (K + kPwRows - 1) / kPwRows;
   const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t chunks = std::clamp<int64_t>((wanted + N * blocks - 1) / (N * blocks), 1, row_tiles);
+  const int64_t chunks = std::clamp<int64_t>((wanted + blocks - 1) / blocks, 1, row_tiles);
   const int64_t chunk_tiles = (row_tiles + chunks - 1) / chunks;
-  at::parallel_for(0, N * blocks * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, blocks * chunks, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float scratch[kPwRows * kPwPixels];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t nb = item / chunks, chunk = item % chunks;
-      const int64_t n = nb / blocks, b = nb % blocks;
-      const int valid = static_cast<int>(std::min<int64_t>(kPwPixels, HW - b * kPwPixels));
-      const PairWord* xb = xp + nb * C2 * kPwPixels;
+      const int64_t b = item / chunks, chunk = item % chunks;
+      const int64_t m0 = b * kPwPixels, m1 = std::min(M, m0 + kPwPixels);
+      const int64_t n = m0 / HW, p0 = m0 % HW;
+      const bool one_image = p0 + (m1 - m0) <= HW;
+      const PairWord* xb = xp + b * C2 * kPwPixels;
       const int64_t k_end = std::min(K, (chunk + 1) * chunk_tiles * kPwRows);
       for (int64_t k0 = chunk * chunk_tiles * kPwRows; k0 < k_end; k0 += kPwRows) {
         const int ur = static_cast<int>(std::min<int64_t>(kPwRows, K - k0));
-        kPwTiles[ur - 1](xb, C2, wp + k0 * C2, bias + k0, o + (n * K + k0) * HW + b * kPwPixels,
-                         HW, valid);
+        if (one_image) {
+          kPwTiles[ur - 1](xb, C2, wp + k0 * C2, bias + k0, o + (n * K + k0) * HW + p0, HW,
+                           static_cast<int>(m1 - m0), nullptr);
+          continue;
+        }
+        kPwTiles[ur - 1](xb, C2, wp + k0 * C2, bias + k0, nullptr, HW, 0, scratch);
+        // The block's pixels image by image, rounded once.
+        for (int64_t a = m0; a < m1;) {
+          const int64_t an = a / HW, ap = a % HW, e = std::min(m1, (an + 1) * HW);
+          for (int u = 0; u < ur; ++u) {
+            const float* r = scratch + u * kPwPixels + (a - m0);
+            BF16* dst = o + (an * K + k0 + u) * HW + ap;
+            for (int64_t i = 0; i < e - a; i += 16) {
+              const int cnt = static_cast<int>(std::min<int64_t>(16, e - a - i));
+              const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << cnt) - 1), r + i);
+              simd::Stored<float, BF16>::store_partial(dst + i, v, cnt);
+            }
+          }
+          a = e;
+        }
       }
     }
   });
