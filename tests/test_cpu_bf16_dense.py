@@ -84,6 +84,10 @@ CASES = [
     ("1x1_s2", 2, 64, 9, 11, 24, 1, 1, 2, 0, 1),
     ("1x1_k100_c70", 1, 70, 5, 6, 100, 1, 1, 1, 0, 1),
     ("1x1_c7", 2, 7, 6, 5, 17, 1, 1, 1, 0, 1),
+    ("1x1_s2_wide", 2, 41, 13, 70, 36, 1, 1, 2, 0, 1),      # rows of 35: runs across blocks
+    ("1x1_s21", 3, 9, 7, 9, 20, 1, 1, (2, 1), 0, 1),
+    ("1x1_s12", 1, 16, 5, 33, 16, 1, 1, (1, 2), 0, 1),
+    ("1x1_s3", 1, 16, 10, 10, 16, 1, 1, 3, 0, 1),            # stride_w 3: the NHWC tile
 ]
 
 
@@ -189,7 +193,7 @@ def test_channels_last_input_with_nchw_weight(mode):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
     "3x3_odd_c_k", "3x3_k200", "3x3_s2", "dil_w2", "asym", "5x5_wide_row", "7x7_s2_c3",
-    "1x1_k100_c70")], ids=_id)
+    "1x1_k100_c70", "1x1_s2_wide", "1x1_s21")], ids=_id)
 def test_bitwise_across_threads_runs_and_batch(mode, case, layout):
     x, w, b, args = _make(case, layout, n=3)
     y = ops.conv2d_forward(x, w, b, *args)

@@ -379,7 +379,7 @@ void forward_pairs(const BF16* x, const BF16* w, const float* bias, BF16* out, b
   });
 }
 
-// ---- 1x1, unit stride, NCHW in and out: pixels along the vector lanes ----
+// ---- 1x1 (stride_w 1 or 2), NCHW in and out: pixels along the vector lanes ----
 // (the layout of the float32 pointwise_nchw GEMM: no transposes on the way
 // in or out, which on 1x1 layers with few channels cost as much as the
 // products). out[n][k][p] = bias[k] + sum over pairs of w[k][pair] . x[n][pair][p]:
@@ -437,25 +437,69 @@ constexpr PwTileFn kPwTiles[kPwRows] = {&pw_tile<1>, &pw_tile<2>, &pw_tile<3>,
                                         &pw_tile<4>, &pw_tile<5>, &pw_tile<6>};
 
 // Whether forward_bf16 runs problem p on the pixel-lane kernel.
+// The input pairs of a strided 1x1 (stride_w 1 or 2, any stride_h) in the
+// blocked layout of pointwise_nchw_forward: per output row and 16 output
+// pixels, the sampled pixels of two channel rows (stride 2: 31 loaded, the
+// even ones kept by truncating 32-bit lanes), stored at their slots (a run
+// across a block border: the rest compress-stored into the next block).
+void strided_pair_copy(const BF16* src, const Conv2dShape& p, int64_t C2, PairWord* xp) {
+  const int64_t C = p.C, HW = p.H * p.W, PQ = p.P * p.Q, M = p.N * PQ;
+  const int64_t blocks = (M + kPwPixels - 1) / kPwPixels, used = M - (blocks - 1) * kPwPixels;
+  if (used < kPwPixels) {  // the last block's slots past M
+    for (int64_t c2 = 0; c2 < C2; ++c2) {
+      std::memset(static_cast<void*>(xp + ((blocks - 1) * C2 + c2) * kPwPixels + used), 0,
+                  sizeof(PairWord) * (kPwPixels - used));
+    }
+  }
+  auto sampled = [&](const BF16* row, int count) -> __m512i {
+    if (p.stride_w == 1) return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(simd::lanes16(count), row));
+    const int n = 2 * count - 1;
+    const __m512i v = _mm512_maskz_loadu_epi16(static_cast<__mmask32>((1u << n) - 1), row);
+    return _mm512_cvtepu16_epi32(_mm512_cvtepi32_epi16(v));
+  };
+  at::parallel_for(0, p.N * p.P, grain_for(p.Q * C), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / p.P, oh = item % p.P;
+      const BF16* row = src + n * C * HW + oh * p.stride_h * p.W;
+      for (int64_t ow0 = 0; ow0 < p.Q; ow0 += 16) {
+        const int count = static_cast<int>(std::min<int64_t>(16, p.Q - ow0));
+        const int64_t m = n * PQ + oh * p.Q + ow0, b = m / kPwPixels, slot = m % kPwPixels;
+        const int first = static_cast<int>(std::min<int64_t>(count, kPwPixels - slot));
+        const __mmask16 head = simd::lanes16(first);
+        const __mmask16 rest = static_cast<__mmask16>(simd::lanes16(count) & ~head);
+        for (int64_t c2 = 0; c2 < C2; ++c2) {
+          const BF16* l = row + 2 * c2 * HW + ow0 * p.stride_w;
+          __m512i v = sampled(l, count);
+          if (2 * c2 + 1 < C) v = _mm512_or_si512(v, _mm512_slli_epi32(sampled(l + HW, count), 16));
+          _mm512_mask_storeu_epi32(xp + (b * C2 + c2) * kPwPixels + slot, head, v);
+          if (rest != 0) _mm512_mask_compressstoreu_epi32(xp + ((b + 1) * C2 + c2) * kPwPixels, rest, v);
+        }
+      }
+    }
+  });
+}
+
 bool pointwise_nchw_applies(const at::Tensor& input, const Conv2dShape& p,
                             at::MemoryFormat format) {
-  return p.is_pointwise() && p.is_unit_stride() && format != at::MemoryFormat::ChannelsLast &&
+  return p.is_pointwise() && p.stride_w <= 2 && format != at::MemoryFormat::ChannelsLast &&
          input.is_contiguous();
 }
 
 at::Tensor pointwise_nchw_forward(const at::Tensor& input, const at::Tensor& weight,
                                   const float* bias, const Conv2dShape& p) {
-  const int64_t N = p.N, C = p.C, K = p.K, HW = p.H * p.W, C2 = (C + 1) / 2;
-  // Pixels m = n * HW + p numbered across the images: blocks of 64 span
-  // image borders (no padding per image: 196 or 49 pixels would otherwise
-  // fill 256 or 64 slots).
-  const int64_t M = N * HW;
+  const int64_t N = p.N, C = p.C, K = p.K, HW = p.H * p.W, PQ = p.P * p.Q, C2 = (C + 1) / 2;
+  // Output pixels m = n * PQ + p numbered across the images: blocks of 64
+  // span image borders (no padding per image: 196 or 49 pixels would
+  // otherwise fill 256 or 64 slots).
+  const int64_t M = N * PQ;
   const int64_t blocks = (M + kPwPixels - 1) / kPwPixels;
   // Input pairs, blocked: [blocks][C2][64] words.
   at::Tensor xt = at::empty({blocks * C2 * kPwPixels * 2}, input.options());
   PairWord* xp = reinterpret_cast<PairWord*>(xt.mutable_data_ptr<BF16>());
   const BF16* src = input.const_data_ptr<BF16>();
-  at::parallel_for(0, blocks, grain_for(C2 * kPwPixels), [&](int64_t begin, int64_t end) {
+  if (!p.is_unit_stride()) {
+    strided_pair_copy(src, p, C2, xp);
+  } else at::parallel_for(0, blocks, grain_for(C2 * kPwPixels), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       for (int j = 0; j < kPwVectors; ++j) {
         const int64_t m0 = b * kPwPixels + j * 16;
@@ -518,24 +562,24 @@ at::Tensor pointwise_nchw_forward(const at::Tensor& input, const at::Tensor& wei
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / chunks, chunk = item % chunks;
       const int64_t m0 = b * kPwPixels, m1 = std::min(M, m0 + kPwPixels);
-      const int64_t n = m0 / HW, p0 = m0 % HW;
-      const bool one_image = p0 + (m1 - m0) <= HW;
+      const int64_t n = m0 / PQ, p0 = m0 % PQ;
+      const bool one_image = p0 + (m1 - m0) <= PQ;
       const PairWord* xb = xp + b * C2 * kPwPixels;
       const int64_t k_end = std::min(K, (chunk + 1) * chunk_tiles * kPwRows);
       for (int64_t k0 = chunk * chunk_tiles * kPwRows; k0 < k_end; k0 += kPwRows) {
         const int ur = static_cast<int>(std::min<int64_t>(kPwRows, K - k0));
         if (one_image) {
-          kPwTiles[ur - 1](xb, C2, wp + k0 * C2, bias + k0, o + (n * K + k0) * HW + p0, HW,
+          kPwTiles[ur - 1](xb, C2, wp + k0 * C2, bias + k0, o + (n * K + k0) * PQ + p0, PQ,
                            static_cast<int>(m1 - m0), nullptr);
           continue;
         }
-        kPwTiles[ur - 1](xb, C2, wp + k0 * C2, bias + k0, nullptr, HW, 0, scratch);
+        kPwTiles[ur - 1](xb, C2, wp + k0 * C2, bias + k0, nullptr, PQ, 0, scratch);
         // The block's pixels image by image, rounded once.
         for (int64_t a = m0; a < m1;) {
-          const int64_t an = a / HW, ap = a % HW, e = std::min(m1, (an + 1) * HW);
+          const int64_t an = a / PQ, ap = a % PQ, e = std::min(m1, (an + 1) * PQ);
           for (int u = 0; u < ur; ++u) {
             const float* r = scratch + u * kPwPixels + (a - m0);
-            BF16* dst = o + (an * K + k0 + u) * HW + ap;
+            BF16* dst = o + (an * K + k0 + u) * PQ + ap;
             for (int64_t i = 0; i < e - a; i += 16) {
               const int cnt = static_cast<int>(std::min<int64_t>(16, e - a - i));
               const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << cnt) - 1), r + i);
