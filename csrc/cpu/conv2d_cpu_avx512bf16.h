@@ -1,7 +1,9 @@
 // bfloat16 dense, first-layer and pointwise forward on AVX512-BF16
 // (`vdpbf16ps`: a float32 vector += 16 pairs of bf16 products, twice the
 // multiply-adds of an fp32 FMA per instruction), for CPUs with AVX512-BF16
-// but no AMX (AMD Zen 4/5, Intel Cooper Lake).
+// but no AMX (AMD Zen 4/5, Intel Cooper Lake); also the unit-stride dense
+// grad-input, as a forward of grad_output with the rotated, transposed
+// filter (conv2d_cpu_ops.cpp: backward_input_backend).
 //
 // The kernel lives in its own translation unit,
 // conv2d_cpu_kernels_avx512bf16.cpp (compiled for AVX-512 + AVX512-BF16,

@@ -17,7 +17,11 @@
 //     broadcast into NB vdpbf16ps;
 //   * output: the accumulators start from the bias, go to a float block per
 //     work item, and are rounded once to bf16 into the NCHW (block
-//     transpose) or channels_last result.
+//     transpose) or channels_last result;
+//   * taps that meet only padding skipped on small planes (choose_dense_tiling).
+// 1x1 layers with NCHW input and output (stride_w 1 or 2) take a second
+// kernel with the pixels along the lanes instead (pointwise_nchw_forward
+// below): no transposes in or out.
 #include "conv2d_cpu_isa_prelude.h"
 // (compiled for the baseline ISA, as the prelude)
 #include "conv2d_cpu_avx512bf16.h"
