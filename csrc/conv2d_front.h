@@ -9,9 +9,9 @@
 //   backward_input(grad_output, weight, shape, format)
 //   backward_weight(grad_output, input, shape, format)
 // each called only for a non-empty result (and, for grad-weight, a non-empty
-// reduction). conv2d_fused takes the backend's conv2d_forward op and an
-//   apply_epilogue(output, epilogue_tensors, shape, format)
-// called on the non-empty output, in place, in the output's layout.
+// reduction), and for conv2d_fused
+//   fused(input, weight, bias, shape, format, epilogue_tensors)
+// which returns the output with the epilogue applied.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -79,7 +79,12 @@ at::Tensor conv2d_backward_weight_front(const at::Tensor& grad_output, const at:
   return in_memory_format(backend(grad_output, input, shape, format), format);
 }
 
-template <typename Forward, typename ApplyEpilogue>
+// The fused op's checks, epilogue preparation and empty case, in one place
+// for both backends. backend(input, weight, bias, shape, format, epilogue)
+// returns the output in `format` with the epilogue applied: in the kernels'
+// store stage (CPU) or as a pass after the forward (CUDA). bias is an
+// undefined tensor when absent.
+template <typename Backend>
 at::Tensor conv2d_fused_front(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias,
                               const std::optional<at::Tensor>& scale,
@@ -87,19 +92,18 @@ at::Tensor conv2d_fused_front(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& residual,
                               c10::string_view activation, bool residual_before_activation,
                               at::IntArrayRef stride, at::IntArrayRef padding,
-                              at::IntArrayRef dilation, int64_t groups, const Forward& forward,
-                              const ApplyEpilogue& apply_epilogue) {
+                              at::IntArrayRef dilation, int64_t groups, const Backend& backend) {
   const Conv2dShape shape =
       check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
   check_conv2d_epilogue(input, shape, scale, shift, residual);
   const auto format = conv2d_memory_format(input, weight);
   const EpilogueTensors e = prepare_epilogue(scale, shift, residual, activation,
                                              residual_before_activation, format);
-  at::Tensor output = forward(input, weight, bias, stride, padding, dilation, groups);
-  if (output.numel() == 0) return output;
-  output = output.contiguous(format);  // a no-op: the forward returns this layout
-  apply_epilogue(output, e, shape, format);
-  return output;
+  if (element_count(shape.output_sizes()) == 0) {
+    return in_memory_format(at::empty(shape.output_sizes(), input.options()), format);
+  }
+  const at::Tensor b = bias.has_value() && bias->defined() ? *bias : at::Tensor();
+  return in_memory_format(backend(input, weight, b, shape, format, e), format);
 }
 
 }  // namespace conv_ext

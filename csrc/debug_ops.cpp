@@ -26,6 +26,17 @@
 //       variable CONV_EXT_CPU_AMX=0 switches them off from the start.)
 //   cpu_forward_uses_amx(input, weight, stride, padding, dilation, groups) -> bool
 //       whether conv2d_forward runs these arguments on the AMX tiles now
+//   cpu_bf16_dot_supported() -> bool
+//       the CPU has AVX512-BF16 (cpu/conv2d_cpu_avx512bf16.h)
+//   cpu_bf16_dot() -> bool
+//       the bfloat16 forward runs on vdpbf16ps now where AMX does not take it
+//       (supported, switched on, the avx512 kernels active)
+//   set_cpu_bf16_dot(enabled) -> bool
+//       switch it on or off from now on; returns the previous switch. Raises
+//       when switching on where unsupported. (CONV_EXT_CPU_BF16_DOT=0
+//       switches it off from the start.)
+//   cpu_forward_uses_bf16_dot(input, weight, stride, padding, dilation, groups) -> bool
+//       whether conv2d_forward runs these arguments with vdpbf16ps now
 //   fma_peak_cpu(iterations, rounds) -> float
 //       the machine's measured fp32 FMA throughput in GFLOP/s (all threads,
 //       the active ISA's vectors), the "100%" of the benchmark's
@@ -37,6 +48,7 @@
 
 #include "conv2d_params.h"
 #include "cpu/conv2d_cpu_amx.h"
+#include "cpu/conv2d_cpu_avx512bf16.h"
 #include "cpu/conv2d_cpu_isa.h"
 #include "cpu/conv2d_cpu_plan.h"
 
@@ -60,6 +72,22 @@ bool cpu_forward_uses_amx(const at::Tensor& input, const at::Tensor& weight,
   const at::ScalarType dtype = input.scalar_type();
   return cpu::use_amx_forward(p, dtype, cpu::select_path(p, Pass::kForward, dtype));
 }
+
+bool cpu_forward_uses_bf16_dot(const at::Tensor& input, const at::Tensor& weight,
+                               at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, int64_t groups) {
+  const Conv2dShape p = check_conv2d_forward(input, weight, std::nullopt, stride, padding,
+                                             dilation, groups);
+  const at::ScalarType dtype = input.scalar_type();
+  const cpu::CpuPath path = cpu::select_path(p, Pass::kForward, dtype);
+  return !cpu::use_amx_forward(p, dtype, path) && cpu::use_bf16_dot_forward(p, dtype, path);
+}
+
+bool cpu_bf16_dot_supported() { return cpu::bf16_dot_supported(); }
+
+bool cpu_bf16_dot() { return cpu::bf16_dot_active(); }
+
+bool set_cpu_bf16_dot(bool enabled) { return cpu::set_bf16_dot_enabled(enabled); }
 
 bool cpu_amx_supported() { return cpu::amx_supported(); }
 
@@ -90,6 +118,11 @@ TORCH_LIBRARY(conv_ext_debug, m) {
   m.def("cpu_amx_supported() -> bool", &cpu_amx_supported);
   m.def("cpu_amx() -> bool", &cpu_amx);
   m.def("set_cpu_amx(bool enabled) -> bool", &set_cpu_amx);
+  m.def("cpu_forward_uses_bf16_dot(Tensor input, Tensor weight, int[] stride, int[] padding, "
+        "int[] dilation, int groups) -> bool", &cpu_forward_uses_bf16_dot);
+  m.def("cpu_bf16_dot_supported() -> bool", &cpu_bf16_dot_supported);
+  m.def("cpu_bf16_dot() -> bool", &cpu_bf16_dot);
+  m.def("set_cpu_bf16_dot(bool enabled) -> bool", &set_cpu_bf16_dot);
   m.def("simd_isa() -> str", &simd_isa);
   m.def("cpu_isas() -> str[]", &cpu_isas);
   m.def("set_cpu_isa(str isa) -> str", &set_cpu_isa);

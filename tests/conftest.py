@@ -36,13 +36,17 @@ def cpu_isa(request):
 
 @pytest.fixture
 def amx_off():
-    """bfloat16 on the float32 kernels, not the AMX tiles (csrc/cpu/conv2d_cpu_amx.h):
-    for tests of those kernels' exact results."""
-    previous = torch.ops.conv_ext_debug.set_cpu_amx(False)
+    """bfloat16 on the float32 kernels, not the AMX tiles (csrc/cpu/conv2d_cpu_amx.h)
+    nor vdpbf16ps (csrc/cpu/conv2d_cpu_avx512bf16.h): for tests of those kernels'
+    exact results."""
+    debug = torch.ops.conv_ext_debug
+    previous = debug.set_cpu_amx(False)
+    previous_dot = debug.set_cpu_bf16_dot(False)
     try:
         yield
     finally:
-        torch.ops.conv_ext_debug.set_cpu_amx(previous)
+        debug.set_cpu_bf16_dot(previous_dot)
+        debug.set_cpu_amx(previous)
 
 
 @pytest.fixture(autouse=True)

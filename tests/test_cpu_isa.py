@@ -198,9 +198,11 @@ def test_no_vector_code_outside_the_isa_namespaces():
     in_isa = lambda name, isa: f"conv_ext::cpu::{isa}::" in name  # noqa: E731
     if any(in_isa(n, "portable") for n in counts):
         pytest.skip("built with an -march that has AVX (CONV_EXT_MARCH): the baseline is AVX")
-    # (amx: the AMX tiles' translation unit, AVX-512 + AMX, conv2d_cpu_amx.h)
-    outside = sorted(n for n in counts if not any(in_isa(n, isa) for isa in ("avx2", "avx512", "amx")))
-    assert outside == [], f"AVX code outside conv_ext::cpu::avx2/avx512/amx: {outside[:10]}"
+    # (amx: the AMX tiles' translation unit, AVX-512 + AMX, conv2d_cpu_amx.h;
+    # avx512bf16: the vdpbf16ps forward, conv2d_cpu_avx512bf16.h)
+    isas = ("avx2", "avx512", "amx", "avx512bf16")
+    outside = sorted(n for n in counts if not any(in_isa(n, isa) for isa in isas))
+    assert outside == [], f"AVX code outside conv_ext::cpu::avx2/avx512/amx/avx512bf16: {outside[:10]}"
     # And each copy is what its name says: zmm registers in avx512 only.
     assert any(in_isa(n, "avx512") and zmm for n, (_, zmm) in counts.items())
     assert any(in_isa(n, "avx2") for n in counts)

@@ -92,9 +92,16 @@ def _check(case, dtype, layout, activation):
         msg = f"{case} {activation} scale={with_scale} residual={with_residual} before={before}"
         if dtype in (torch.float32, torch.float64) and activation in EXACT:
             assert torch.equal(got, want), msg
+        elif dtype == torch.float32:
+            # Against the activation in float64: torch's own float32 GELU is
+            # off by up to 1e-6 in the tail on some CPUs (its AVX-512 erf),
+            # more than conv_ext's (4e-7).
+            def f64(t):
+                return None if t is None else t.double()
+            want = _reference(y.double(), f64(s), f64(t), f64(res), activation, before)
+            torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-6, msg=msg)
         else:
-            tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else \
-                dict(atol=1e-13, rtol=1e-13) if dtype == torch.float64 else dict(atol=3e-2, rtol=3e-2)
+            tol = dict(atol=1e-13, rtol=1e-13) if dtype == torch.float64 else dict(atol=3e-2, rtol=3e-2)
             torch.testing.assert_close(got, want, **tol, msg=msg)
 
 

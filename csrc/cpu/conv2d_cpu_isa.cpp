@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "conv2d_cpu_amx.h"
+#include "conv2d_cpu_avx512bf16.h"
 
 #if defined(__linux__) && defined(__x86_64__)
 #include <cpuid.h>
@@ -149,6 +150,40 @@ bool amx_supported() {
 bool amx_active() {
   return g_amx_enabled.load(std::memory_order_relaxed) && amx_supported() &&
          active_backends().isa == CpuIsa::kAvx512;
+}
+
+namespace {
+
+// CONV_EXT_CPU_BF16_DOT=0 turns the AVX512-BF16 forward off (read once);
+// anything else: on where supported.
+std::atomic<bool> g_bf16_dot_enabled{[] {
+  const char* env = std::getenv("CONV_EXT_CPU_BF16_DOT");
+  return env == nullptr || std::string(env) != "0";
+}()};
+
+}  // namespace
+
+bool bf16_dot_supported() {
+#if defined(__x86_64__)
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    return cpu_supports(CpuIsa::kAvx512) && __builtin_cpu_supports("avx512bf16");
+  }();
+  return supported;
+#else
+  return false;
+#endif
+}
+
+bool bf16_dot_active() {
+  return g_bf16_dot_enabled.load(std::memory_order_relaxed) && bf16_dot_supported() &&
+         active_backends().isa == CpuIsa::kAvx512;
+}
+
+bool set_bf16_dot_enabled(bool enabled) {
+  TORCH_CHECK(!enabled || bf16_dot_supported(),
+              "conv_ext: the AVX512-BF16 forward was asked for, but this CPU lacks AVX512-BF16");
+  return g_bf16_dot_enabled.exchange(enabled) && bf16_dot_supported();
 }
 
 bool set_amx_enabled(bool enabled) {

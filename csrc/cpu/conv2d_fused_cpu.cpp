@@ -21,19 +21,13 @@ at::Tensor conv2d_fused_cpu(const at::Tensor& input, const at::Tensor& weight,
                             c10::string_view activation, bool residual_before_activation,
                             at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, int64_t groups) {
-  // conv2d_fused_front's checks and order, with the epilogue handed to the
-  // backend instead of applied after it.
-  const Conv2dShape shape =
-      check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
-  check_conv2d_epilogue(input, shape, scale, shift, residual);
-  const auto format = conv2d_memory_format(input, weight);
-  const EpilogueTensors e = prepare_epilogue(scale, shift, residual, activation,
-                                             residual_before_activation, format);
-  if (element_count(shape.output_sizes()) == 0) {
-    return in_memory_format(at::empty(shape.output_sizes(), input.options()), format);
-  }
-  const at::Tensor b = bias.has_value() && bias->defined() ? *bias : at::Tensor();
-  return in_memory_format(forward_with_epilogue(input, weight, b, shape, format, &e), format);
+  return conv2d_fused_front(
+      input, weight, bias, scale, shift, residual, activation, residual_before_activation, stride,
+      padding, dilation, groups,
+      [](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const Conv2dShape& shape,
+         at::MemoryFormat format, const EpilogueTensors& e) {
+        return forward_with_epilogue(x, w, b, shape, format, &e);
+      });
 }
 
 }  // namespace

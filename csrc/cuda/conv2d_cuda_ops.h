@@ -262,12 +262,12 @@ at::Tensor conv2d_fused_impl(const Launcher& launch, const at::Tensor& input,
   return conv2d_fused_front(
       input, weight, bias, scale, shift, residual, activation, residual_before_activation, stride,
       padding, dilation, groups,
-      [&](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
-          at::IntArrayRef st, at::IntArrayRef pad, at::IntArrayRef dil, int64_t g) {
-        return conv2d_forward_impl(launch, x, w, b, st, pad, dil, g);
-      },
-      [&](at::Tensor& output, const EpilogueTensors& e, const Conv2dShape& shape,
-          at::MemoryFormat format) {
+      [&](const at::Tensor& x, const at::Tensor& w, const at::Tensor& /*b*/,
+          const Conv2dShape& shape, at::MemoryFormat format, const EpilogueTensors& e) {
+        // The epilogue is a pass after the forward (not yet in the kernels' store).
+        at::Tensor output = conv2d_forward_impl(launch, x, w, bias, stride, padding, dilation,
+                                                groups)
+                                .contiguous(format);  // a no-op: the forward returns this layout
         AT_DISPATCH_FLOATING_TYPES_AND2(
             at::kHalf, at::kBFloat16, output.scalar_type(), "conv_ext_conv2d_fused_cuda", [&] {
               const Epilogue<scalar_t> ep = e.view<scalar_t>();
@@ -280,6 +280,7 @@ at::Tensor conv2d_fused_impl(const Launcher& launch, const at::Tensor& input,
                      output.mutable_data_ptr<scalar_t>(), ep, count, shape.K, shape.P * shape.Q,
                      format == at::MemoryFormat::ChannelsLast);
             });
+        return output;
       });
 }
 
