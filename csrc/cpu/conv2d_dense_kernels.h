@@ -63,6 +63,9 @@ inline constexpr int64_t kWeightBlockBytes = 384 * 1024;
 // 1x1 problems: the input pixels that every channel group sweeps in turn
 // (dense_forward's super-blocks) are at most this many bytes, to stay in L2.
 inline constexpr int64_t kDenseInputBlockBytes = 256 * 1024;
+// ... and only where all packed weights, cycled through per super-block,
+// are at most this many bytes (they stay in L2).
+inline constexpr int64_t kDenseSuperWeightBytes = 1024 * 1024;
 
 // Strides and loop bounds of the register tile in the padded NHWC buffers,
 // derived from a DenseProblem by dense_forward.
@@ -500,11 +503,13 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
   // same packed weights). The order changes no output's summation order.
   // Only where that moves fewer bytes: the input read once instead of KG
   // times, against the packed weights read once per super-block instead of
-  // once (always reordering made ResNet-50's 2048 -> 1024 channel 1x1
-  // grad-input, 8 MB of packed weights, slower), and not with C chunks
-  // (a tile column's weights above kWeightBlockBytes).
+  // once; and only where all packed weights stay in L2
+  // (kDenseSuperWeightBytes) and there are no C chunks: always reordering
+  // made ResNet-50's 2048 -> 1024 channel 1x1 grad-input (8 MB of packed
+  // weights, cycled through per block of 96 pixels) slower.
   int64_t super_blocks = blocks;
-  if (d.R * d.S == 1 && KG > 1 && chunks == 1) {
+  if (d.R * d.S == 1 && KG > 1 && chunks == 1 &&
+      Kb * L * d.C * static_cast<int64_t>(sizeof(T)) <= kDenseSuperWeightBytes) {
     const int64_t pixel_bytes = d.C * static_cast<int64_t>(sizeof(T));
     const int64_t per_super =
         std::clamp<int64_t>(kDenseInputBlockBytes / (pixel_bytes * block), 1, blocks);
