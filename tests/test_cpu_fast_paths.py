@@ -47,7 +47,7 @@ CASES = [
     ("dense_dilated", 1, 10, 12, 12, 9, 3, 3, 1, 2, 2, 1, "dense"),
     ("dense_dilated_w_only", 2, 8, 9, 13, 8, 3, 3, (2, 1), (1, 0), (1, 2), 1, "dense"),
     ("dense_even_kernel_no_pad", 1, 11, 8, 9, 6, 2, 4, 1, 0, 1, 1, "dense"),
-    ("dense_c_split", 1, 700, 5, 4, 9, 3, 3, 1, 1, 1, 1, "dense"),
+    ("dense_c_split", 1, 1200, 5, 4, 9, 3, 3, 1, 1, 1, 1, "dense"),  # weights over 640 KB: C chunks
     # Small planes under large padding or dilation: the pixels are tiled by
     # tap class and the taps that meet only padding are skipped
     # (choose_dense_tiling); rows and columns that read no image at all

@@ -188,7 +188,7 @@ CONVERSION_CASES = [
     ("dense_odd", 2, 19, 9, 11, 21, 3, 3, 1, 1, 1, 1),
     ("dense_s2_dil", 1, 12, 11, 10, 17, 3, 3, 2, 2, 2, 1),
     ("dense_wide_rows", 2, 16, 5, 37, 40, 3, 3, 1, 1, 1, 1),      # whole 16x16 blocks + tails
-    ("dense_c_split", 2, 200, 5, 6, 64, 3, 3, 1, 1, 1, 1),        # C chunks: NHWC then NCHW pass
+    ("dense_c_split", 2, 1200, 5, 6, 64, 3, 3, 1, 1, 1, 1),       # C chunks: NHWC then NCHW pass
     ("dense_asym", 1, 10, 8, 13, 9, 2, 5, (1, 2), (0, 3), (2, 1), 1),
     ("pointwise", 2, 16, 8, 8, 24, 1, 1, 1, 0, 1, 1),
     ("pointwise_7x7_span", 8, 40, 7, 7, 13, 1, 1, 1, 0, 1, 1),   # tiles spanning images
@@ -217,7 +217,10 @@ def test_reduced_is_float32_rounded_once_bitwise(case, dtype, layout):
     gy = make_layout(torch.randn(y.shape).to(dtype), layout)
     got = (y, ops.conv2d_backward_input(gy, w, list(x.shape), *args),
            ops.conv2d_backward_weight(gy, x, list(w.shape), *args))
-    xf, wf, gyf = x.float(), w.float(), gy.float()  # exact, layout kept
+    # Exact, and in the same layout: a strided view's .float() would be a
+    # contiguous copy, which may take another path (the in-place 1x1
+    # grad-weight needs contiguous pixels) and sum in another order.
+    xf, wf, gyf = (make_layout(t.float(), layout) for t in (x, w, gy))
     want = (ops.conv2d_forward(xf, wf, b.float(), *args),
             ops.conv2d_backward_input(gyf, wf, list(x.shape), *args),
             ops.conv2d_backward_weight(gyf, xf, list(w.shape), *args))
