@@ -87,3 +87,63 @@ def set_cudnn_allow_tf32(value):
     disable_global_flags on import)."""
     with getattr(torch.backends, "__allow_nonbracketed_mutation")():
         torch.backends.cudnn.allow_tf32 = value
+
+
+def pair(v):
+    """An int or a tuple as the [h, w] list the ops take."""
+    return list(v) if isinstance(v, tuple) else [v, v]
+
+
+def assert_bf16_within_one_rounding(y, x, w, b, args, summed_channels=None):
+    """A bf16 forward `y` against float64 on the same bf16 values:
+    |y - exact| <= one bf16 rounding + float32 summation of the C*R*S + 1
+    terms (`summed_channels` where the kernel sums more channels than C,
+    e.g. a zero channel that pads C to even)."""
+    stride, padding, dilation, _ = args
+    x64, w64 = x.double(), w.double()
+    b64 = b.double() if b is not None else None
+    exact = F.conv2d(x64, w64, b64, stride, padding, dilation)
+    magnitude = F.conv2d(x64.abs(), w64.abs(), b64.abs() if b is not None else None, stride,
+                         padding, dilation)
+    channels = w.shape[1] if summed_channels is None else summed_channels
+    terms = channels * w.shape[2] * w.shape[3] + 1
+    bound = 2.0 ** -8 * exact.abs() + terms * 2.0 ** -24 * magnitude
+    err = (y.double() - exact).abs()
+    assert bool((err <= bound).all()), f"max excess {(err - bound).max().item()}"
+
+
+def assert_bitwise_across_threads_runs_and_batch(forward, x, threads=(1, 2, 3)):
+    """forward(x) is the same to the bit run to run, at each thread count,
+    per sample and for the first two samples (x has N >= 2)."""
+    y = forward(x)
+    assert torch.equal(forward(x), y)
+    saved = torch.get_num_threads()
+    try:
+        for t in threads:
+            torch.set_num_threads(t)
+            assert torch.equal(forward(x), y), t
+    finally:
+        torch.set_num_threads(saved)
+    for i in range(x.shape[0]):
+        assert torch.equal(forward(x[i:i + 1]), y[i:i + 1]), i
+    assert torch.equal(forward(x[:2]), y[:2])
+
+
+def check_bf16_gradients(x, w, b, args, summed_channels=None):
+    """conv_ext.conv2d on bf16 operands: the forward within one rounding
+    (assert_bf16_within_one_rounding) and all three gradients within bf16
+    precision of float64's on the same values."""
+    stride, padding, dilation, _ = args
+    x, w, b = (t.requires_grad_() for t in (x, w, b))
+    y = conv_ext.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation)
+    gy = torch.randn(y.shape).bfloat16()
+    gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    y64 = F.conv2d(x64, w64, b64, stride, padding, dilation)
+    want = torch.autograd.grad(y64, (x64, w64, b64), gy.double())
+    assert_bf16_within_one_rounding(y.detach(), x.detach(), w.detach(), b.detach(), args,
+                                    summed_channels)
+    for got, ref in zip((gx, gw, gb), want):
+        assert got.dtype == torch.bfloat16
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(got.double(), ref, rtol=2.0 ** -7, atol=1e-3 * scale)

@@ -16,10 +16,11 @@ import textwrap
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import conv_ext
-from helpers import make_layout
+from helpers import (assert_bf16_within_one_rounding,
+                     assert_bitwise_across_threads_runs_and_batch, check_bf16_gradients,
+                     make_layout, pair)
 
 debug = torch.ops.conv_ext_debug
 ops = torch.ops.conv_ext
@@ -46,10 +47,6 @@ def mode(request):
         pytest.skip(NO_AMX)
     with amx_mode(request.param == "amx"):
         yield request.param
-
-
-def _pair(v):
-    return list(v) if isinstance(v, tuple) else [v, v]
 
 
 # (name, N, C, H, W, K, R, S, stride, padding, dilation)
@@ -80,22 +77,8 @@ def _make(case, layout, bias=True, dtype=torch.bfloat16):
     x = make_layout(torch.randn(N, C, H, W).to(dtype), layout)
     w = make_layout((torch.randn(K, C, R, S) / (C * R * S) ** 0.5).to(dtype), layout)
     b = torch.randn(K).to(dtype) if bias else None
-    args = (_pair(stride), _pair(padding), _pair(dilation), 1)
+    args = (pair(stride), pair(padding), pair(dilation), 1)
     return x, w, b, args
-
-
-def _assert_within_one_rounding(y, x, w, b, args):
-    """|y - exact| <= (one bf16 rounding) + (float32 summation of C*R*S + 1 terms)."""
-    stride, padding, dilation, _ = args
-    x64, w64 = x.double(), w.double()
-    b64 = b.double() if b is not None else None
-    exact = F.conv2d(x64, w64, b64, stride, padding, dilation)
-    magnitude = F.conv2d(x64.abs(), w64.abs(), b64.abs() if b is not None else None, stride,
-                         padding, dilation)
-    terms = w.shape[1] * w.shape[2] * w.shape[3] + 1
-    bound = 2.0 ** -8 * exact.abs() + terms * 2.0 ** -24 * magnitude
-    err = (y.double() - exact).abs()
-    assert bool((err <= bound).all()), f"max excess {(err - bound).max().item()}"
 
 
 def test_amx_taken_where_expected():
@@ -131,14 +114,14 @@ def test_matches_float64(mode, case, layout):
     assert y.dtype == torch.bfloat16
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     assert y.is_contiguous(memory_format=fmt)
-    _assert_within_one_rounding(y, x, w, b, args)
+    assert_bf16_within_one_rounding(y, x, w, b, args)
 
 
 def test_channels_last_input_with_nchw_weight(mode):
     x, w, b, args = _make(CASES[1], "channels_last")
     w = w.contiguous()
     y = ops.conv2d_forward(x, w, b, *args)
-    _assert_within_one_rounding(y, x, w, b, args)
+    assert_bf16_within_one_rounding(y, x, w, b, args)
     assert torch.equal(y.contiguous(), ops.conv2d_forward(x.contiguous(), w, b, *args))
 
 
@@ -150,35 +133,14 @@ def test_bitwise_across_threads_runs_and_batch(mode, case, layout):
     if x.shape[0] == 1:
         x = torch.cat([x, torch.randn_like(x), torch.randn_like(x)]).contiguous(
             memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
-    y = ops.conv2d_forward(x, w, b, *args)
-    assert torch.equal(ops.conv2d_forward(x, w, b, *args), y)
-    saved = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert torch.equal(ops.conv2d_forward(x, w, b, *args), y)
-    finally:
-        torch.set_num_threads(saved)
-    for i in range(x.shape[0]):
-        assert torch.equal(ops.conv2d_forward(x[i:i + 1], w, b, *args), y[i:i + 1])
+    assert_bitwise_across_threads_runs_and_batch(lambda x: ops.conv2d_forward(x, w, b, *args), x)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("3x3_odd_c_k", "3x3_s3_dil2", "1x1")],
                          ids=_id)
 def test_autograd_gradients(mode, case):
     x, w, b, args = _make(case, "contiguous")
-    stride, padding, dilation, _ = args
-    x, w, b = (t.requires_grad_() for t in (x, w, b))
-    y = conv_ext.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation)
-    gy = torch.randn(y.shape).bfloat16()
-    gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy)
-    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
-    y64 = F.conv2d(x64, w64, b64, stride, padding, dilation)
-    want = torch.autograd.grad(y64, (x64, w64, b64), gy.double())
-    _assert_within_one_rounding(y.detach(), x.detach(), w.detach(), b.detach(), args)
-    for got, ref in zip((gx, gw, gb), want):
-        assert got.dtype == torch.bfloat16
-        scale = ref.abs().max().item()
-        torch.testing.assert_close(got.double(), ref, rtol=2.0 ** -7, atol=1e-3 * scale)
+    check_bf16_gradients(x, w, b, args)
 
 
 def test_amx_and_float32_tiles_agree_closely():

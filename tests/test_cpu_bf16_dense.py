@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 import conv_ext
-from helpers import make_layout
+from helpers import (assert_bf16_within_one_rounding,
+                     assert_bitwise_across_threads_runs_and_batch, check_bf16_gradients,
+                     make_layout, pair)
 
 debug = torch.ops.conv_ext_debug
 ops = torch.ops.conv_ext
@@ -60,10 +62,6 @@ def dot_on():
         yield
 
 
-def _pair(v):
-    return list(v) if isinstance(v, tuple) else [v, v]
-
-
 # (name, N, C, H, W, K, R, S, stride, padding, dilation)
 CASES = [
     ("3x3_whole", 2, 64, 10, 12, 64, 3, 3, 1, 1, 1),
@@ -101,22 +99,13 @@ def _make(case, layout, bias=True, n=None):
     x = make_layout(torch.randn(N, C, H, W).bfloat16(), layout)
     w = make_layout((torch.randn(K, C, R, S) / (C * R * S) ** 0.5).bfloat16(), layout)
     b = torch.randn(K).bfloat16() if bias else None
-    args = (_pair(stride), _pair(padding), _pair(dilation), 1)
+    args = (pair(stride), pair(padding), pair(dilation), 1)
     return x, w, b, args
 
 
 def _assert_within_one_rounding(y, x, w, b, args):
-    """|y - exact| <= (one bf16 rounding) + (float32 summation of C*R*S + 1 terms)."""
-    stride, padding, dilation, _ = args
-    x64, w64 = x.double(), w.double()
-    b64 = b.double() if b is not None else None
-    exact = F.conv2d(x64, w64, b64, stride, padding, dilation)
-    magnitude = F.conv2d(x64.abs(), w64.abs(), b64.abs() if b is not None else None, stride,
-                         padding, dilation)
-    terms = (w.shape[1] + 1) * w.shape[2] * w.shape[3] + 1
-    bound = 2.0 ** -8 * exact.abs() + terms * 2.0 ** -24 * magnitude
-    err = (y.double() - exact).abs()
-    assert bool((err <= bound).all()), f"max excess {(err - bound).max().item()}"
+    # C + 1 channels: the zero channel that pads odd C to whole pairs.
+    assert_bf16_within_one_rounding(y, x, w, b, args, summed_channels=w.shape[1] + 1)
 
 
 def _assert_near_torch(y, x, w, b, args):
@@ -196,35 +185,12 @@ def test_channels_last_input_with_nchw_weight(mode):
     "1x1_k100_c70", "1x1_s2_wide", "1x1_s21")], ids=_id)
 def test_bitwise_across_threads_runs_and_batch(mode, case, layout):
     x, w, b, args = _make(case, layout, n=3)
-    y = ops.conv2d_forward(x, w, b, *args)
-    assert torch.equal(ops.conv2d_forward(x, w, b, *args), y)
-    saved = torch.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            assert torch.equal(ops.conv2d_forward(x, w, b, *args), y), threads
-    finally:
-        torch.set_num_threads(saved)
-    for i in range(x.shape[0]):
-        assert torch.equal(ops.conv2d_forward(x[i:i + 1], w, b, *args), y[i:i + 1])
-    assert torch.equal(ops.conv2d_forward(x[:2], w, b, *args), y[:2])
+    assert_bitwise_across_threads_runs_and_batch(lambda x: ops.conv2d_forward(x, w, b, *args), x)
 
 
 def test_autograd_gradients(mode):
     x, w, b, args = _make(CASES[1], "contiguous")
-    stride, padding, dilation, _ = args
-    x, w, b = (t.requires_grad_() for t in (x, w, b))
-    y = conv_ext.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation)
-    gy = torch.randn(y.shape).bfloat16()
-    gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy)
-    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
-    y64 = F.conv2d(x64, w64, b64, stride, padding, dilation)
-    want = torch.autograd.grad(y64, (x64, w64, b64), gy.double())
-    _assert_within_one_rounding(y.detach(), x.detach(), w.detach(), b.detach(), args)
-    for got, ref in zip((gx, gw, gb), want):
-        assert got.dtype == torch.bfloat16
-        scale = ref.abs().max().item()
-        torch.testing.assert_close(got.double(), ref, rtol=2.0 ** -7, atol=1e-3 * scale)
+    check_bf16_gradients(x, w, b, args, summed_channels=w.shape[1] + 1)
 
 
 def test_bf16_dot_and_float32_kernels_agree_closely(dot_on):
@@ -281,7 +247,7 @@ def _grad_input_tensors(case, layout):
     _, N, C, H, W, K, R, S, stride, padding, dilation = case
     if S is None:
         R, S = R
-    args = (_pair(stride), _pair(padding), _pair(dilation), 1)
+    args = (pair(stride), pair(padding), pair(dilation), 1)
     x_shape = [N, C, H, W]
     y = F.conv2d(torch.zeros(N, C, H, W), torch.zeros(K, C, R, S), None, *args[:3])
     gy = make_layout(torch.randn(y.shape).bfloat16(), layout)

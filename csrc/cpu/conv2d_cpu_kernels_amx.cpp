@@ -30,6 +30,7 @@
 #define CONV_EXT_TARGET_AVX512
 #include "conv2d_cpu_target_macros.h"
 #define CONV_EXT_ISA amx
+#include "conv2d_bf16_pair_words.h"
 #include "conv2d_layout_kernels.h"
 #include "simd.h"
 
@@ -208,24 +209,6 @@ at::Tensor phase_split_input(const at::Tensor& input, const AmxPlan& g) {
     }
   });
   return buffer;
-}
-
-// v[i][j] <- v[j][i] for 16 vectors of 16 32-bit words (channel pairs).
-inline void transpose_words(__m512i* v) {
-  simd::Vec<float>::type f[16];
-  for (int i = 0; i < 16; ++i) f[i] = _mm512_castsi512_ps(v[i]);
-  transpose_square<float>(f);
-  for (int i = 0; i < 16; ++i) v[i] = _mm512_castps_si512(f[i]);
-}
-
-// 32-bit words: bf16 of channel pair (c, c + 1) of `count` (<= 16) taps in
-// a row from two rows of taps (lo: channel c, hi: channel c + 1 or null).
-inline __m512i pair_words(const BF16* lo, const BF16* hi, int count) {
-  const __mmask16 m = static_cast<__mmask16>((1u << count) - 1);
-  const __m512i l = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, lo));
-  if (hi == nullptr) return l;
-  const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, hi));
-  return _mm512_or_si512(l, _mm512_slli_epi32(h, 16));
 }
 
 // Weights K x C x R x S (bf16, any strides) as B tiles:
