@@ -415,6 +415,311 @@ at::Tensor forward_bf16(const at::Tensor& input, const at::Tensor& weight, const
   return out;
 }
 
+
+// ---------------------------------------------------------------------------
+// bfloat16 grad-weight on AMX tiles (conv2d_cpu_amx.h: use_amx_backward_weight).
+//
+// grad_weight[k][c][r][s] = sum over (n, p, q) of gy[n][k][p][q] * x at the
+// tap, as tiles C[16 c][16 k] += A[16 c][32 pixels] * B[16 pixel pairs][16 k][2]:
+//   * A (the input): phase-split, zero-padded planes [phase][N][Cp][plane],
+//     one plane per (image, channel) in the forward's pixel slots
+//     m = oh * Wph + ow (conv2d_cpu_kernels_amx.cpp's phases above), so
+//     every tap is a shift of the plane: an A tile is 16 channel planes at
+//     one offset (row stride: the plane), for any stride and dilation.
+//     `plane` = Hph * Wph + slack (zero), a multiple of 32.
+//   * B (grad_output): pixel pairs [N][Mp / 2][Kp][2], the pair layout
+//     tdpbf16ps reads, zero at the dropped slots (ow >= Q) and past M, so
+//     those slots add exact zeros (the A values they meet are finite
+//     padded-input values; a non-finite input value there would give NaN).
+//   * accumulators: 2 x 2 tiles (32 c x 32 k) per work item (k group, c
+//     group, tap), over blocks of pixel steps (32 slots of one image each),
+//     stored to the item's float block after each pixel block and loaded
+//     before the next: each element is reduced in the one order
+//     (images, then slots in steps of 32, each step one tdpbf16ps),
+//     whatever the threads. The items are split over the threads; after
+//     the last pixel block each item's block is rounded once to bf16 into
+//     the [Kp][taps][Cp] (channels_last) result.
+namespace {
+
+constexpr int64_t kWgSlack = 32;  // zero slots past each plane: steps read up to 31 past M
+
+struct WgradPlan {
+  AmxPlan g;             // the forward's phases (Hph, Wph, M, phase_index, phases, taps)
+  int64_t Kp, Kg, Cg;    // K padded to 32, groups of 32 output / input channels
+  int64_t plane;         // elements per (phase, n, c) plane
+  int64_t Mp;            // slots per image, padded to 32
+  int64_t chunks;        // steps per image: Mp / 32
+  std::vector<int64_t> tap_offset;  // [tap]: phase plane base + shift
+};
+
+WgradPlan make_wgrad_plan(const Conv2dShape& p) {
+  WgradPlan w;
+  w.g = make_plan(p);
+  const AmxPlan& g = w.g;
+  w.Kp = (p.K + kBlockChannels - 1) / kBlockChannels * kBlockChannels;
+  w.Kg = w.Kp / kBlockChannels;
+  w.Cg = g.Cp / kBlockChannels;
+  w.plane = (g.Hph * g.Wph + kWgSlack + 31) / 32 * 32;
+  w.Mp = (g.M + kBlockPixels - 1) / kBlockPixels * kBlockPixels;
+  w.chunks = w.Mp / kBlockPixels;
+  w.tap_offset.resize(g.taps);
+  for (int64_t r = 0; r < p.R; ++r) {
+    for (int64_t s = 0; s < p.S; ++s) {
+      const int64_t dr = r * p.dilation_h, ds = s * p.dilation_w;
+      const int phase = g.phase_index[(dr % p.stride_h) * p.stride_w + ds % p.stride_w];
+      w.tap_offset[r * p.S + s] =
+          phase * p.N * g.Cp * w.plane + (dr / p.stride_h) * g.Wph + ds / p.stride_w;
+    }
+  }
+  return w;
+}
+
+// The input (bf16, any strides) as phase-split zero-padded planes
+// [phase][N][Cp][plane], zero past C and in each plane's slack.
+at::Tensor wgrad_input_planes(const at::Tensor& input, const WgradPlan& w) {
+  const AmxPlan& g = w.g;
+  at::Tensor buffer = at::empty({g.phases * g.N * g.Cp * w.plane}, input.options());
+  BF16* dst = buffer.mutable_data_ptr<BF16>();
+  const BF16* src = input.const_data_ptr<BF16>();
+  const int64_t sn = input.stride(0), sc = input.stride(1), sh = input.stride(2),
+                sw = input.stride(3);
+  const int64_t used = g.Hph * g.Wph;
+  const int64_t rows = g.Hph * g.stride_h;  // padded rows, rounded up to whole phases
+  const int64_t Wt = g.Wph * g.stride_w;     // padded columns, likewise
+  at::parallel_for(0, g.N * rows, grain_for(Wt * g.Cp), [&](int64_t begin, int64_t end) {
+    std::vector<BF16> temp;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / rows, hp = item % rows;
+      const int64_t a = hp % g.stride_h, i = hp / g.stride_h, h = hp - g.pad_h;
+      // channel 0's row i of phase (a, b) in image n (channel c: + c * plane)
+      auto phase_row = [&](int64_t b) -> BF16* {
+        const int idx = g.phase_index[a * g.stride_w + b];
+        return idx < 0 ? nullptr : dst + ((idx * g.N + n) * g.Cp) * w.plane + i * g.Wph;
+      };
+      if (i == g.Hph - 1) {  // the slack after the last row
+        for (int64_t b = 0; b < g.stride_w; ++b) {
+          if (BF16* d = phase_row(b)) {
+            for (int64_t c = 0; c < g.Cp; ++c) {
+              std::fill(d + c * w.plane + g.Wph, d + c * w.plane + w.plane - used + g.Wph,
+                        BF16(0.0f));
+            }
+          }
+        }
+      }
+      if (h < 0 || h >= g.H) {
+        for (int64_t b = 0; b < g.stride_w; ++b) {
+          if (BF16* d = phase_row(b)) {
+            for (int64_t c = 0; c < g.Cp; ++c) std::fill(d + c * w.plane, d + c * w.plane + g.Wph, BF16(0.0f));
+          }
+        }
+        continue;
+      }
+      BF16* row;  // [Cp] rows of Wt padded columns, row stride row_stride
+      int64_t row_stride;
+      if (g.stride_w == 1) {
+        row = phase_row(0);
+        if (row == nullptr) continue;
+        row_stride = w.plane;
+      } else {
+        bool any = false;
+        for (int64_t b = 0; b < g.stride_w; ++b) any = any || phase_row(b) != nullptr;
+        if (!any) continue;
+        temp.resize(g.Cp * Wt);
+        row = temp.data();
+        row_stride = Wt;
+      }
+      for (int64_t c = 0; c < g.C; ++c) {
+        BF16* d = row + c * row_stride;
+        std::fill(d, d + g.pad_w, BF16(0.0f));
+        std::fill(d + g.pad_w + g.W, d + Wt, BF16(0.0f));
+      }
+      for (int64_t c = g.C; c < g.Cp; ++c) std::fill(row + c * row_stride, row + c * row_stride + Wt, BF16(0.0f));
+      const BF16* s = src + n * sn + h * sh;
+      BF16* d = row + g.pad_w;
+      if (sw == 1) {  // NCHW rows
+        for (int64_t c = 0; c < g.C; ++c) std::memcpy(d + c * row_stride, s + c * sc, sizeof(BF16) * g.W);
+      } else if (sc == 1) {  // channels_last: W x C transposed (widened and rounded back: exact)
+        transpose_plane<float, BF16, BF16>(s, sw, g.W, g.C, d, row_stride);
+      } else {
+        for (int64_t c = 0; c < g.C; ++c)
+          for (int64_t x = 0; x < g.W; ++x) d[c * row_stride + x] = s[c * sc + x * sw];
+      }
+      if (g.stride_w > 1) {
+        for (int64_t b = 0; b < g.stride_w; ++b) {
+          BF16* out = phase_row(b);
+          if (out == nullptr) continue;
+          for (int64_t c = 0; c < g.Cp; ++c) {
+            const BF16* in = row + c * row_stride + b;
+            BF16* o = out + c * w.plane;
+            for (int64_t j = 0; j < g.Wph; ++j) o[j] = in[j * g.stride_w];
+          }
+        }
+      }
+    }
+  });
+  return buffer;
+}
+
+// grad_output (bf16, any strides) as pixel pairs [N][Mp / 2][Kp][2]: word
+// (pair i, k) = (gy at slot 2i, gy at slot 2i + 1), zero at dropped slots
+// and past K.
+at::Tensor wgrad_output_pairs(const at::Tensor& gy, const WgradPlan& w) {
+  const AmxPlan& g = w.g;
+  at::Tensor buffer = at::empty({g.N * w.Mp * w.Kp}, gy.options());
+  BF16* dst = buffer.mutable_data_ptr<BF16>();
+  const BF16* src = gy.const_data_ptr<BF16>();
+  const int64_t sn = gy.stride(0), sk = gy.stride(1), sh = gy.stride(2), sw = gy.stride(3);
+  const int64_t groups = w.Kp / kTileN;  // of 16 output channels
+  const int64_t pairs = w.Mp / 2;
+  auto valid = [&](int64_t m) { return m < g.M && m % g.Wph < g.Q; };
+  at::parallel_for(0, g.N * groups, grain_for(w.Mp * kTileN), [&](int64_t begin, int64_t end) {
+    std::vector<BF16> temp;
+    alignas(64) static const BF16 zeros[kTileN] = {};
+    __m512i v[16];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / groups, k0 = (item % groups) * kTileN;
+      const int count = static_cast<int>(std::clamp<int64_t>(g.K - k0, 0, kTileN));
+      BF16* out = dst + n * w.Mp * w.Kp + 2 * k0;  // pair i at out + i * 2 * Kp
+      if (count == 0) {
+        for (int64_t i = 0; i < pairs; ++i) _mm512_storeu_si512(out + i * 2 * w.Kp, _mm512_setzero_si512());
+        continue;
+      }
+      const BF16* s = src + n * sn + k0 * sk;
+      if (sk == 1) {  // channels_last: the 16 channels of a slot are one run
+        for (int64_t i = 0; i < pairs; ++i) {
+          const int64_t m0 = 2 * i, m1 = m0 + 1;
+          const BF16* lo = valid(m0) ? s + (m0 / g.Wph) * sh + (m0 % g.Wph) * sw : zeros;
+          const BF16* hi = valid(m1) ? s + (m1 / g.Wph) * sh + (m1 % g.Wph) * sw : nullptr;
+          _mm512_storeu_si512(out + i * 2 * w.Kp, pair_words(lo, hi, count));
+        }
+        continue;
+      }
+      // Other layouts: 16 slot rows [16][Mp] (zero at dropped slots), then
+      // 32 slots of 16 channels transposed per step.
+      temp.assign(kTileN * w.Mp, BF16(0.0f));
+      for (int kk = 0; kk < count; ++kk) {
+        for (int64_t oh = 0; oh < g.P; ++oh) {
+          BF16* d = temp.data() + kk * w.Mp + oh * g.Wph;
+          const BF16* r = s + kk * sk + oh * sh;
+          if (sw == 1) {
+            std::memcpy(d, r, sizeof(BF16) * g.Q);
+          } else {
+            for (int64_t q = 0; q < g.Q; ++q) d[q] = r[q * sw];
+          }
+        }
+      }
+      for (int64_t j = 0; j < w.chunks; ++j) {
+        for (int kk = 0; kk < kTileN; ++kk) v[kk] = _mm512_loadu_si512(temp.data() + kk * w.Mp + j * kBlockPixels);
+        transpose_words(v);
+        for (int i = 0; i < 16; ++i) _mm512_storeu_si512(out + (j * 16 + i) * 2 * w.Kp, v[i]);
+      }
+    }
+  });
+  return buffer;
+}
+
+// acc (a [32 c][32 k] float block) += the steps' products: tmm0 (c 0-15,
+// k 0-15), tmm1 (c 0-15, k 16-31), tmm2 (c 16-31, k 0-15), tmm3 (c 16-31,
+// k 16-31); A tiles tmm4/5, B tiles tmm6/7. Step i: A at a + a_off[i]
+// (second 16 channels + a_second), B at b + b_off[i] (second 16 k + 32).
+__attribute__((noinline)) void wgrad_tiles(const BF16* a, const BF16* b, const int64_t* a_off,
+                                           const int64_t* b_off, int64_t steps,
+                                           int64_t a_stride_bytes, int64_t a_second,
+                                           int64_t b_stride_bytes, float* acc, bool first) {
+  constexpr int64_t row_bytes = kBlockChannels * sizeof(float);
+  if (first) {
+    CONV_EXT_TILE_ZERO(0);
+    CONV_EXT_TILE_ZERO(1);
+    CONV_EXT_TILE_ZERO(2);
+    CONV_EXT_TILE_ZERO(3);
+  } else {
+    CONV_EXT_TILE_LOAD(0, acc, row_bytes);
+    CONV_EXT_TILE_LOAD(1, acc + kTileN, row_bytes);
+    CONV_EXT_TILE_LOAD(2, acc + kTileRows * kBlockChannels, row_bytes);
+    CONV_EXT_TILE_LOAD(3, acc + kTileRows * kBlockChannels + kTileN, row_bytes);
+  }
+  for (int64_t i = 0; i < steps; ++i) {
+    const BF16* ai = a + a_off[i];
+    const BF16* bi = b + b_off[i];
+    CONV_EXT_TILE_LOAD(4, ai, a_stride_bytes);
+    CONV_EXT_TILE_LOAD(6, bi, b_stride_bytes);
+    CONV_EXT_TILE_LOAD(7, bi + 2 * kTileN, b_stride_bytes);
+    CONV_EXT_TILE_DP(0, 4, 6);
+    CONV_EXT_TILE_DP(1, 4, 7);
+    CONV_EXT_TILE_LOAD(5, ai + a_second, a_stride_bytes);
+    CONV_EXT_TILE_DP(2, 5, 6);
+    CONV_EXT_TILE_DP(3, 5, 7);
+  }
+  CONV_EXT_TILE_STORE(0, acc, row_bytes);
+  CONV_EXT_TILE_STORE(1, acc + kTileN, row_bytes);
+  CONV_EXT_TILE_STORE(2, acc + kTileRows * kBlockChannels, row_bytes);
+  CONV_EXT_TILE_STORE(3, acc + kTileRows * kBlockChannels + kTileN, row_bytes);
+}
+
+// Bytes of operands one pixel block may take (both operands of all the
+// thread's items): about half an L2.
+constexpr int64_t kWgradBlockBytes = 768 * 1024;
+
+}  // namespace
+
+at::Tensor backward_weight_bf16(const at::Tensor& grad_output, const at::Tensor& input,
+                                const Conv2dShape& p, at::MemoryFormat format) {
+  TORCH_INTERNAL_ASSERT(input.scalar_type() == at::kBFloat16 &&
+                        grad_output.scalar_type() == at::kBFloat16 && p.groups == 1);
+  const WgradPlan w = make_wgrad_plan(p);
+  const AmxPlan& g = w.g;
+  const at::Tensor xa = wgrad_input_planes(input, w);
+  const at::Tensor gb = wgrad_output_pairs(grad_output, w);
+  const BF16* x = xa.const_data_ptr<BF16>();
+  const BF16* gy = gb.const_data_ptr<BF16>();
+  // Steps: (image n, slots j * 32 ...), in that order.
+  const int64_t steps = g.N * w.chunks;
+  std::vector<int64_t> a_off(steps), b_off(steps);
+  for (int64_t n = 0; n < g.N; ++n) {
+    for (int64_t j = 0; j < w.chunks; ++j) {
+      a_off[n * w.chunks + j] = n * g.Cp * w.plane + j * kBlockPixels;
+      b_off[n * w.chunks + j] = (n * w.Mp + j * kBlockPixels) * w.Kp;
+    }
+  }
+  const int64_t step_bytes = (g.Cp + w.Kp) * kBlockPixels * static_cast<int64_t>(sizeof(BF16));
+  const int64_t block_steps = std::clamp<int64_t>(kWgradBlockBytes / step_bytes, 4, 256);
+  // Items (k group, c group, tap), taps innermost (they share the B tiles).
+  const int64_t items = w.Kg * w.Cg * g.taps;
+  constexpr int64_t kBlock = int64_t{kBlockChannels} * kBlockChannels;
+  at::Tensor acc = at::empty({items * kBlock}, input.options().dtype(at::kFloat));
+  float* accp = acc.mutable_data_ptr<float>();
+  // The result, [Kp][taps][Cp] (channels_last), narrowed at the end.
+  at::Tensor packed = at::empty({w.Kp, g.taps, g.Cp}, input.options());
+  BF16* out = packed.mutable_data_ptr<BF16>();
+  const int64_t a_stride_bytes = w.plane * static_cast<int64_t>(sizeof(BF16));
+  const int64_t b_stride_bytes = 2 * w.Kp * static_cast<int64_t>(sizeof(BF16));
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    TileScope tiles;
+    for (int64_t s0 = 0; s0 < steps; s0 += block_steps) {
+      const int64_t count = std::min(block_steps, steps - s0);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t kg = item / (w.Cg * g.taps), cg = item / g.taps % w.Cg, t = item % g.taps;
+        wgrad_tiles(x + w.tap_offset[t] + cg * kBlockChannels * w.plane, gy + 2 * kg * kBlockChannels,
+                    a_off.data() + s0, b_off.data() + s0, count, a_stride_bytes,
+                    kTileRows * w.plane, b_stride_bytes, accp + item * kBlock, s0 == 0);
+      }
+    }
+    // One rounding: block [32 c][32 k] -> out[k][t][c].
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t kg = item / (w.Cg * g.taps), cg = item / g.taps % w.Cg, t = item % g.taps;
+      transpose_plane<float, float, BF16>(
+          accp + item * kBlock, kBlockChannels, kBlockChannels, kBlockChannels,
+          out + (kg * kBlockChannels * g.taps + t) * g.Cp + cg * kBlockChannels, g.taps * g.Cp);
+    }
+  });
+  const at::Tensor result = packed.view({w.Kp, p.R, p.S, g.Cp})
+                                .permute({0, 3, 1, 2})
+                                .narrow(0, 0, p.K)
+                                .narrow(1, 0, p.C);
+  return result.contiguous(format == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
+                                                                    : at::MemoryFormat::Contiguous);
+}
+
 }  // namespace amx
 }  // namespace cpu
 }  // namespace conv_ext
@@ -426,6 +731,10 @@ namespace cpu {
 namespace amx {
 at::Tensor forward_bf16(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                         const Conv2dShape&, at::MemoryFormat) {
+  TORCH_CHECK(false, "conv_ext: the AMX kernels exist on x86-64 only");
+}
+at::Tensor backward_weight_bf16(const at::Tensor&, const at::Tensor&, const Conv2dShape&,
+                                at::MemoryFormat) {
   TORCH_CHECK(false, "conv_ext: the AMX kernels exist on x86-64 only");
 }
 }  // namespace amx
