@@ -5,6 +5,7 @@
 // (conv2d_cpu_amx.h), or else AVX512-BF16 for it (conv2d_cpu_avx512bf16.h).
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../conv2d_front.h"
@@ -136,9 +137,11 @@ at::Tensor bf16_tile_backward_input(const at::Tensor& grad_output, const at::Ten
     for (int64_t b = 0; b < p.stride_w; ++b) {
       const PhaseAxis& c = cols[b];
       if (c.taps.count == 0 || c.outputs == 0) continue;
-      // grad_output rows [r.lo, r.lo + r.span), columns likewise, zero outside.
-      const at::Tensor window = at::constant_pad_nd(
-          grad_output, {-c.lo, c.lo + c.span - p.Q, -r.lo, r.lo + r.span - p.P}, 0);
+      // grad_output rows [r.lo, r.lo + r.span), columns likewise, zero outside
+      // (grad_output itself where that is all of it: the kernels copy anyway).
+      const std::vector<int64_t> pads{-c.lo, c.lo + c.span - p.Q, -r.lo, r.lo + r.span - p.P};
+      const bool whole = std::all_of(pads.begin(), pads.end(), [](int64_t v) { return v == 0; });
+      const at::Tensor window = whole ? grad_output : at::constant_pad_nd(grad_output, pads, 0);
       const at::Tensor taps =
           weight.slice(2, r.taps.first, p.R, r.taps.step)
               .slice(3, c.taps.first, p.S, c.taps.step)
