@@ -36,8 +36,8 @@
 //       (supported, switched on, the avx512 kernels active)
 //   set_cpu_bf16_dot(enabled) -> bool
 //       switch it on or off from now on; returns the previous switch. Raises
-//       when switching on where unsupported. (CONV_EXT_CPU_BF16_DOT=0
-//       switches it off from the start.)
+//       when switching on where unsupported. (On by default on AMD CPUs
+//       only; CONV_EXT_CPU_BF16_DOT=0 / 1 switches it off / on from the start.)
 //   cpu_forward_uses_bf16_dot(input, weight, stride, padding, dilation, groups) -> bool
 //       whether conv2d_forward runs these arguments with vdpbf16ps now
 //   fma_peak_cpu(iterations, rounds) -> float

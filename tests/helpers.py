@@ -147,3 +147,18 @@ def check_bf16_gradients(x, w, b, args, summed_channels=None):
         assert got.dtype == torch.bfloat16
         scale = ref.abs().max().item()
         torch.testing.assert_close(got.double(), ref, rtol=2.0 ** -7, atol=1e-3 * scale)
+
+
+def assert_bf16_grad_input_within_one_rounding(got, grad_output, w, input_size, args):
+    """A bf16 grad-input against float64 on the same bf16 values: one bf16
+    rounding + float32 summation of the K*R*S terms (+ a pair channel)."""
+    stride, padding, dilation, _ = args
+    exact = torch.nn.grad.conv2d_input(list(input_size), w.double(), grad_output.double(), stride,
+                                       padding, dilation)
+    magnitude = torch.nn.grad.conv2d_input(list(input_size), w.double().abs(),
+                                           grad_output.double().abs(), stride, padding, dilation)
+    terms = (w.shape[0] + 1) * w.shape[2] * w.shape[3]
+    bound = 2.0 ** -8 * exact.abs() + terms * 2.0 ** -24 * magnitude
+    err = (got.double() - exact).abs()
+    assert got.dtype == torch.bfloat16 and got.shape == exact.shape
+    assert bool((err <= bound).all()), f"max excess {(err - bound).max().item()}"

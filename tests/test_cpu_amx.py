@@ -6,8 +6,8 @@ with the error bound of float32 accumulation plus one rounding to bf16. Odd
 channel counts (C not a multiple of 32, K not a multiple of 16), strides,
 dilation, padding larger than the filter, asymmetric filters, N up to 64,
 NCHW / channels_last / non-contiguous inputs and weights; bitwise identical
-across thread counts, runs and batch splits; gradients through autograd
-(grad-input stays on the float32 kernels). The grad-weight against float64
+across thread counts, runs and batch splits; the grad-input (the forward's
+tiles) and gradients through autograd. The grad-weight against float64
 with the bound of float32 accumulation over the N*P*Q pixels plus one
 rounding, bitwise identical across thread counts and runs."""
 import contextlib
@@ -18,9 +18,11 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import conv_ext
-from helpers import (assert_bf16_within_one_rounding,
+from helpers import (assert_bf16_grad_input_within_one_rounding,
+                     assert_bf16_within_one_rounding,
                      assert_bitwise_across_threads_runs_and_batch, check_bf16_gradients,
                      make_layout, pair)
 
@@ -143,6 +145,33 @@ def test_bitwise_across_threads_runs_and_batch(mode, case, layout):
 def test_autograd_gradients(mode, case):
     x, w, b, args = _make(case, "contiguous")
     check_bf16_gradients(x, w, b, args)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_grad_input(mode, case, layout):
+    """grad-input: unit stride as one forward of grad_output with the rotated,
+    transposed filter, larger strides as one forward per stride phase
+    (conv2d_cpu_ops.cpp: bf16_tile_backward_input)."""
+    x, w, _, args = _make(case, layout, bias=False)
+    y = F.conv2d(x.float(), w.float(), None, *args[:3])
+    gy = make_layout(torch.randn(y.shape).bfloat16(), layout)
+    got = ops.conv2d_backward_input(gy, w, list(x.shape), *args)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    if case[2] > 1:
+        assert got.is_contiguous(memory_format=fmt)
+    assert_bf16_grad_input_within_one_rounding(got, gy, w, x.shape, args)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
+    "3x3_odd_c_k", "3x3_s2", "3x3_s3_dil2", "asym", "1x1_s2")], ids=_id)
+def test_grad_input_bitwise_across_threads_runs_and_batch(mode, case):
+    x, w, _, args = _make(case, "contiguous", bias=False)
+    x = torch.cat([x, torch.randn_like(x), torch.randn_like(x)])
+    y = F.conv2d(x.float(), w.float(), None, *args[:3])
+    gy = torch.randn(y.shape).bfloat16()
+    assert_bitwise_across_threads_runs_and_batch(
+        lambda g: ops.conv2d_backward_input(g, w, [g.shape[0]] + list(x.shape[1:]), *args), gy)
 
 
 def test_amx_and_float32_tiles_agree_closely():

@@ -1,4 +1,6 @@
-// AMX bfloat16 tiles for the dense and pointwise forward and grad-weight (Intel AMX-BF16:
+// AMX bfloat16 tiles for the dense and pointwise forward, and through it the
+// dense grad-input (conv2d_cpu_ops.cpp: bf16_tile_backward_input), and the
+// dense and pointwise grad-weight (Intel AMX-BF16:
 // `tdpbf16ps`, a 16 x 16 float accumulator tile += 16 x 32 bf16 by 32 x 16
 // bf16, about 16x the multiply-adds per cycle of the AVX-512 FMA tiles).
 //

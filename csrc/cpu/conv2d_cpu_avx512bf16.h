@@ -1,9 +1,9 @@
 // bfloat16 dense, first-layer and pointwise forward on AVX512-BF16
 // (`vdpbf16ps`: a float32 vector += 16 pairs of bf16 products, twice the
 // multiply-adds of an fp32 FMA per instruction), for CPUs with AVX512-BF16
-// but no AMX (AMD Zen 4/5, Intel Cooper Lake); also the unit-stride dense
-// grad-input, as a forward of grad_output with the rotated, transposed
-// filter (conv2d_cpu_ops.cpp: backward_input_backend).
+// (AMD Zen 4/5); also the dense grad-input, as forwards of grad_output with
+// the rotated, transposed filter (conv2d_cpu_ops.cpp:
+// bf16_tile_backward_input).
 //
 // The kernel lives in its own translation unit,
 // conv2d_cpu_kernels_avx512bf16.cpp (compiled for AVX-512 + AVX512-BF16,
@@ -14,8 +14,10 @@
 //   * the AVX-512 copy of the kernels is the active one (conv2d_cpu_isa.h:
 //     forcing avx2 or portable turns it off too), and
 //   * the AMX tiles do not take the problem (conv2d_cpu_amx.h: they go first), and
-//   * it is not switched off: CONV_EXT_CPU_BF16_DOT=0 (read once), or the
-//     debug op set_cpu_bf16_dot(False).
+//   * it is switched on: by default on AMD CPUs only (on an Intel Xeon it
+//     ran slower than the float32 kernels: conv2d_cpu_isa.cpp,
+//     bf16_dot_pays); CONV_EXT_CPU_BF16_DOT=0 or 1 (read once), or the
+//     debug op set_cpu_bf16_dot, override that.
 // Everything else (float16, CPUs without it, the switch off) runs the
 // float32 kernels with widening copies as before.
 //

@@ -5,6 +5,9 @@
 // (conv2d_cpu_amx.h), or else AVX512-BF16 for it (conv2d_cpu_avx512bf16.h).
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "../conv2d_front.h"
 #include "conv2d_cpu_amx.h"
 #include "conv2d_cpu_avx512bf16.h"
@@ -26,18 +29,61 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                               forward_backend);
 }
 
-// bfloat16 grad-input at unit stride with vdpbf16ps (conv2d_cpu_avx512bf16.h):
+// The bfloat16 forward on AMX tiles, else with vdpbf16ps, where one of them
+// takes problem f (conv2d_cpu_amx.h, conv2d_cpu_avx512bf16.h); an undefined
+// tensor where neither does.
+at::Tensor bf16_tile_forward(const at::Tensor& input, const at::Tensor& weight,
+                             const Conv2dShape& f, at::MemoryFormat format) {
+  const CpuPath path = select_path(f, Pass::kForward, at::kBFloat16);
+  if (use_amx_forward(f, at::kBFloat16, path)) {
+    return amx::forward_bf16(input, weight, at::Tensor(), f, format);
+  }
+  if (use_bf16_dot_forward(f, at::kBFloat16, path)) {
+    return avx512bf16::forward_bf16(input, weight, at::Tensor(), f, format);
+  }
+  return at::Tensor();
+}
+
+// One axis of a grad-input stride phase (conv2d_shape.h: phase_taps) as a
+// unit-stride forward: the phase's outputs (input positions phase + i *
+// stride) read rows [lo, lo + span) of grad_output (zero outside it) with
+// the phase's taps in reverse order at dilation / gcd(dilation, stride).
+struct PhaseAxis {
+  PhaseTaps taps;
+  int64_t outputs = 0, lo = 0, span = 0, dilation = 1;
+};
+
+PhaseAxis phase_axis(int64_t phase, int64_t size, int64_t pad, int64_t stride,
+                     int64_t dilation, int64_t kernel) {
+  PhaseAxis a;
+  a.taps = phase_taps(phase, pad, stride, dilation, kernel);
+  a.outputs = phase_positions(phase, size, stride);
+  if (a.taps.count == 0 || a.outputs == 0) return a;
+  const int last_tap = a.taps.first + (a.taps.count - 1) * a.taps.step;
+  a.dilation = a.taps.step * dilation / stride;  // offsets fall by this per tap
+  a.lo = phase_tap_offset(phase, pad, stride, dilation, last_tap);
+  a.span = a.outputs + (a.taps.count - 1) * a.dilation;
+  return a;
+}
+
+// bfloat16 dense grad-input on the bf16 forward kernels (bf16_tile_forward):
 // the forward of grad_output with the filter transposed (K <-> C) and
-// rotated, padding dilation * (R - 1) - pad; else the active ISA's backend.
-at::Tensor backward_input_backend(const at::Tensor& grad_output, const at::Tensor& weight,
-                                  const Conv2dShape& p, at::MemoryFormat format) {
-  const at::ScalarType dtype = grad_output.scalar_type();
-  const CpuPath path = select_path(p, Pass::kBackwardInput, dtype);
-  if (p.is_unit_stride() && p.K > 0 && p.P > 0 && p.Q > 0 &&
-      use_bf16_dot_forward(p, dtype, path == CpuPath::kPointwise ? CpuPath::kDense : path)) {
-    Conv2dShape f = p;
-    f.C = f.C_per_group = p.K;
-    f.K = f.K_per_group = p.C;
+// rotated. At unit stride one forward with padding dilation * (R - 1) - pad;
+// at larger strides one forward per stride phase (its taps only, on a
+// zero-padded window of grad_output), written into the phase's positions.
+// Each element is one phase's forward sum: the fixed order of that kernel.
+// An undefined tensor where the kernels do not take the problem.
+at::Tensor bf16_tile_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                    const Conv2dShape& p, at::MemoryFormat format) {
+  if (grad_output.scalar_type() != at::kBFloat16 || p.groups != 1 || p.K == 0 || p.P == 0 ||
+      p.Q == 0 || p.N == 0) {
+    return at::Tensor();
+  }
+  Conv2dShape f = p;
+  f.C = f.C_per_group = p.K;
+  f.K = f.K_per_group = p.C;
+  f.stride_h = f.stride_w = 1;
+  if (p.is_unit_stride()) {
     f.H = p.P, f.W = p.Q;
     f.pad_h = p.dilation_h * (p.R - 1) - p.pad_h;
     f.pad_w = p.dilation_w * (p.S - 1) - p.pad_w;
@@ -46,13 +92,72 @@ at::Tensor backward_input_backend(const at::Tensor& grad_output, const at::Tenso
         f.pad_h >= 0 && f.pad_w >= 0 &&
         conv_output_length(f.H, f.pad_h, p.dilation_h * (p.R - 1) + 1, 1) == p.H &&
         conv_output_length(f.W, f.pad_w, p.dilation_w * (p.S - 1) + 1, 1) == p.W;
-    if (fits) {
-      // [C][K][R][S], rotated: a strided view the packing reads as it is
-      // (flip copies the small filter once).
-      const at::Tensor wt = weight.flip({2, 3}).transpose(0, 1);
-      return avx512bf16::forward_bf16(grad_output, wt, at::Tensor(), f, format);
+    if (!fits) return at::Tensor();
+    // [C][K][R][S], rotated: a strided view the packers read as it is
+    // (flip copies the small filter once).
+    return bf16_tile_forward(grad_output, weight.flip({2, 3}).transpose(0, 1), f, format);
+  }
+  // Phases: all must be taken (the same kernels for the whole problem).
+  std::vector<PhaseAxis> rows, cols;
+  for (int64_t a = 0; a < p.stride_h; ++a)
+    rows.push_back(phase_axis(a, p.H, p.pad_h, p.stride_h, p.dilation_h, p.R));
+  for (int64_t b = 0; b < p.stride_w; ++b)
+    cols.push_back(phase_axis(b, p.W, p.pad_w, p.stride_w, p.dilation_w, p.S));
+  auto phase_problem = [&](const PhaseAxis& r, const PhaseAxis& c) {
+    Conv2dShape g = f;
+    g.H = r.span, g.W = c.span;
+    g.R = r.taps.count, g.S = c.taps.count;
+    g.pad_h = g.pad_w = 0;
+    g.dilation_h = r.dilation, g.dilation_w = c.dilation;
+    g.P = r.outputs, g.Q = c.outputs;
+    return g;
+  };
+  bool any = false;
+  for (const PhaseAxis& r : rows) {
+    for (const PhaseAxis& c : cols) {
+      if (r.taps.count == 0 || c.taps.count == 0 || r.outputs == 0 || c.outputs == 0) continue;
+      const Conv2dShape g = phase_problem(r, c);
+      const CpuPath path = select_path(g, Pass::kForward, at::kBFloat16);
+      if (!use_amx_forward(g, at::kBFloat16, path) && !use_bf16_dot_forward(g, at::kBFloat16, path)) {
+        return at::Tensor();
+      }
+      any = true;
     }
   }
+  at::Tensor grad_input = at::empty(p.input_sizes(), grad_output.options().memory_format(format));
+  if (!any) return grad_input.zero_();
+  bool covered = true;
+  for (const PhaseAxis& r : rows)
+    for (const PhaseAxis& c : cols)
+      covered = covered && (r.outputs == 0 || c.outputs == 0 || (r.taps.count > 0 && c.taps.count > 0));
+  if (!covered) grad_input.zero_();  // positions no tap reaches
+  for (int64_t a = 0; a < p.stride_h; ++a) {
+    const PhaseAxis& r = rows[a];
+    if (r.taps.count == 0 || r.outputs == 0) continue;
+    for (int64_t b = 0; b < p.stride_w; ++b) {
+      const PhaseAxis& c = cols[b];
+      if (c.taps.count == 0 || c.outputs == 0) continue;
+      // grad_output rows [r.lo, r.lo + r.span), columns likewise, zero outside
+      // (grad_output itself where that is all of it: the kernels copy anyway).
+      const std::vector<int64_t> pads{-c.lo, c.lo + c.span - p.Q, -r.lo, r.lo + r.span - p.P};
+      const bool whole = std::all_of(pads.begin(), pads.end(), [](int64_t v) { return v == 0; });
+      const at::Tensor window = whole ? grad_output : at::constant_pad_nd(grad_output, pads, 0);
+      const at::Tensor taps =
+          weight.slice(2, r.taps.first, p.R, r.taps.step)
+              .slice(3, c.taps.first, p.S, c.taps.step)
+              .flip({2, 3})
+              .transpose(0, 1);
+      const at::Tensor phase = bf16_tile_forward(window, taps, phase_problem(r, c), format);
+      grad_input.slice(2, a, p.H, p.stride_h).slice(3, b, p.W, p.stride_w).copy_(phase);
+    }
+  }
+  return grad_input;
+}
+
+at::Tensor backward_input_backend(const at::Tensor& grad_output, const at::Tensor& weight,
+                                  const Conv2dShape& p, at::MemoryFormat format) {
+  at::Tensor out = bf16_tile_backward_input(grad_output, weight, p, format);
+  if (out.defined()) return out;
   return active_backends().backward_input(grad_output, weight, p, format);
 }
 
