@@ -61,6 +61,8 @@ CASES = [
     ("3x3_s2", 2, 24, 13, 12, 40, 3, 3, 2, 1, 1),              # 4 stride phases
     ("3x3_s3_dil2", 1, 33, 17, 16, 17, 3, 3, 3, 2, 2),        # 9 phases, C past 32
     ("pad_gt_filter", 2, 16, 5, 6, 18, 2, 2, 1, 3, 1),        # padding 3 > filter 2
+    ("s2_pad_gt_filter", 2, 16, 7, 8, 18, 2, 2, 2, 3, 1),     # grad-input phases padded past both ends
+    ("s2_dil3", 1, 16, 15, 14, 20, 3, 3, 2, 2, 3),            # phases with dilation 3 (gcd 1)
     ("asym", 1, 10, 8, 13, 9, 2, 5, (1, 2), (0, 3), (2, 1)),  # phases on one axis only
     ("5x5_wide_row", 1, 32, 4, 70, 32, 5, 5, 1, 2, 1),        # rows longer than a work item
     ("7x7_s2_c8", 2, 8, 15, 13, 16, 7, 7, 2, 3, 1),           # fewest channels AMX takes

@@ -45,34 +45,39 @@ at::Tensor bf16_tile_forward(const at::Tensor& input, const at::Tensor& weight,
 }
 
 // One axis of a grad-input stride phase (conv2d_shape.h: phase_taps) as a
-// unit-stride forward: the phase's outputs (input positions phase + i *
-// stride) read rows [lo, lo + span) of grad_output (zero outside it) with
-// the phase's taps in reverse order at dilation / gcd(dilation, stride).
+// unit-stride forward over grad_output: the phase's outputs (input positions
+// phase + i * stride) take the phase's taps in reverse order at dilation /
+// gcd(dilation, stride), output i reading from grad_output row i + lo. The
+// forward pads grad_output by `pad` on both sides (enough for both ends) and
+// its outputs from `skip` on are the phase's.
 struct PhaseAxis {
   PhaseTaps taps;
-  int64_t outputs = 0, lo = 0, span = 0, dilation = 1;
+  int64_t outputs = 0, dilation = 1, pad = 0, skip = 0, last_tap = 0;
+  bool empty() const { return taps.count == 0 || outputs == 0; }
 };
 
-PhaseAxis phase_axis(int64_t phase, int64_t size, int64_t pad, int64_t stride,
-                     int64_t dilation, int64_t kernel) {
+PhaseAxis phase_axis(int64_t phase, int64_t size, int64_t out_size, int64_t pad,
+                     int64_t stride, int64_t dilation, int64_t kernel) {
   PhaseAxis a;
   a.taps = phase_taps(phase, pad, stride, dilation, kernel);
   a.outputs = phase_positions(phase, size, stride);
-  if (a.taps.count == 0 || a.outputs == 0) return a;
-  const int last_tap = a.taps.first + (a.taps.count - 1) * a.taps.step;
+  if (a.empty()) return a;
+  a.last_tap = a.taps.first + (a.taps.count - 1) * a.taps.step;
   a.dilation = a.taps.step * dilation / stride;  // offsets fall by this per tap
-  a.lo = phase_tap_offset(phase, pad, stride, dilation, last_tap);
-  a.span = a.outputs + (a.taps.count - 1) * a.dilation;
+  const int64_t lo = phase_tap_offset(phase, pad, stride, dilation, a.last_tap);
+  const int64_t hi = lo + a.outputs + (a.taps.count - 1) * a.dilation - out_size;  // rows past the end
+  a.pad = std::max<int64_t>({-lo, hi, 0});
+  a.skip = a.pad + lo;
   return a;
 }
 
 // bfloat16 dense grad-input on the bf16 forward kernels (bf16_tile_forward):
 // the forward of grad_output with the filter transposed (K <-> C) and
 // rotated. At unit stride one forward with padding dilation * (R - 1) - pad;
-// at larger strides one forward per stride phase (its taps only, on a
-// zero-padded window of grad_output), written into the phase's positions.
-// Each element is one phase's forward sum: the fixed order of that kernel.
-// An undefined tensor where the kernels do not take the problem.
+// at larger strides one forward per stride phase (its taps only), written
+// into the phase's positions. Each element is one phase's forward sum: the
+// fixed order of that kernel. An undefined tensor where the kernels do not
+// take the problem.
 at::Tensor bf16_tile_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                     const Conv2dShape& p, at::MemoryFormat format) {
   if (grad_output.scalar_type() != at::kBFloat16 || p.groups != 1 || p.K == 0 || p.P == 0 ||
@@ -100,22 +105,26 @@ at::Tensor bf16_tile_backward_input(const at::Tensor& grad_output, const at::Ten
   // Phases: all must be taken (the same kernels for the whole problem).
   std::vector<PhaseAxis> rows, cols;
   for (int64_t a = 0; a < p.stride_h; ++a)
-    rows.push_back(phase_axis(a, p.H, p.pad_h, p.stride_h, p.dilation_h, p.R));
+    rows.push_back(phase_axis(a, p.H, p.P, p.pad_h, p.stride_h, p.dilation_h, p.R));
   for (int64_t b = 0; b < p.stride_w; ++b)
-    cols.push_back(phase_axis(b, p.W, p.pad_w, p.stride_w, p.dilation_w, p.S));
+    cols.push_back(phase_axis(b, p.W, p.Q, p.pad_w, p.stride_w, p.dilation_w, p.S));
   auto phase_problem = [&](const PhaseAxis& r, const PhaseAxis& c) {
     Conv2dShape g = f;
-    g.H = r.span, g.W = c.span;
+    g.H = p.P, g.W = p.Q;
     g.R = r.taps.count, g.S = c.taps.count;
-    g.pad_h = g.pad_w = 0;
+    g.pad_h = r.pad, g.pad_w = c.pad;
     g.dilation_h = r.dilation, g.dilation_w = c.dilation;
-    g.P = r.outputs, g.Q = c.outputs;
+    g.P = conv_output_length(g.H, g.pad_h, (g.R - 1) * g.dilation_h + 1, 1);
+    g.Q = conv_output_length(g.W, g.pad_w, (g.S - 1) * g.dilation_w + 1, 1);
     return g;
   };
-  bool any = false;
+  bool any = false, covered = true;
   for (const PhaseAxis& r : rows) {
     for (const PhaseAxis& c : cols) {
-      if (r.taps.count == 0 || c.taps.count == 0 || r.outputs == 0 || c.outputs == 0) continue;
+      if (r.empty() || c.empty()) {
+        covered = covered && (r.outputs == 0 || c.outputs == 0);  // positions no tap reaches
+        continue;
+      }
       const Conv2dShape g = phase_problem(r, c);
       const CpuPath path = select_path(g, Pass::kForward, at::kBFloat16);
       if (!use_amx_forward(g, at::kBFloat16, path) && !use_bf16_dot_forward(g, at::kBFloat16, path)) {
@@ -125,30 +134,23 @@ at::Tensor bf16_tile_backward_input(const at::Tensor& grad_output, const at::Ten
     }
   }
   at::Tensor grad_input = at::empty(p.input_sizes(), grad_output.options().memory_format(format));
-  if (!any) return grad_input.zero_();
-  bool covered = true;
-  for (const PhaseAxis& r : rows)
-    for (const PhaseAxis& c : cols)
-      covered = covered && (r.outputs == 0 || c.outputs == 0 || (r.taps.count > 0 && c.taps.count > 0));
-  if (!covered) grad_input.zero_();  // positions no tap reaches
+  if (!covered || !any) grad_input.zero_();
+  // Rotated once: tap t of the flipped filter is tap R - 1 - t.
+  const at::Tensor rotated = weight.flip({2, 3});
   for (int64_t a = 0; a < p.stride_h; ++a) {
     const PhaseAxis& r = rows[a];
-    if (r.taps.count == 0 || r.outputs == 0) continue;
+    if (r.empty()) continue;
     for (int64_t b = 0; b < p.stride_w; ++b) {
       const PhaseAxis& c = cols[b];
-      if (c.taps.count == 0 || c.outputs == 0) continue;
-      // grad_output rows [r.lo, r.lo + r.span), columns likewise, zero outside
-      // (grad_output itself where that is all of it: the kernels copy anyway).
-      const std::vector<int64_t> pads{-c.lo, c.lo + c.span - p.Q, -r.lo, r.lo + r.span - p.P};
-      const bool whole = std::all_of(pads.begin(), pads.end(), [](int64_t v) { return v == 0; });
-      const at::Tensor window = whole ? grad_output : at::constant_pad_nd(grad_output, pads, 0);
-      const at::Tensor taps =
-          weight.slice(2, r.taps.first, p.R, r.taps.step)
-              .slice(3, c.taps.first, p.S, c.taps.step)
-              .flip({2, 3})
-              .transpose(0, 1);
-      const at::Tensor phase = bf16_tile_forward(window, taps, phase_problem(r, c), format);
-      grad_input.slice(2, a, p.H, p.stride_h).slice(3, b, p.W, p.stride_w).copy_(phase);
+      if (c.empty()) continue;
+      // The phase's taps in reverse order, [C][K][taps]: a strided view.
+      const at::Tensor taps = rotated.slice(2, p.R - 1 - r.last_tap, p.R, r.taps.step)
+                                  .slice(3, p.S - 1 - c.last_tap, p.S, c.taps.step)
+                                  .transpose(0, 1);
+      const at::Tensor phase = bf16_tile_forward(grad_output, taps, phase_problem(r, c), format);
+      grad_input.slice(2, a, p.H, p.stride_h)
+          .slice(3, b, p.W, p.stride_w)
+          .copy_(phase.narrow(2, r.skip, r.outputs).narrow(3, c.skip, c.outputs));
     }
   }
   return grad_input;
