@@ -608,10 +608,38 @@ at::Tensor wgrad_output_pairs(const at::Tensor& gy, const WgradPlan& w) {
   const int64_t sn = gy.stride(0), sk = gy.stride(1), sh = gy.stride(2), sw = gy.stride(3);
   const int64_t groups = w.Kp / kTileN;  // of 16 output channels
   const int64_t pairs = w.Mp / 2;
-  auto valid = [&](int64_t m) { return m < g.M && m % g.Wph < g.Q; };
+  if (sk == 1) {
+    // channels_last: the K channels of a slot are one run; per pair of
+    // slots all the 16-channel groups, 2 masked loads each (pair_words).
+    at::parallel_for(0, g.N * w.chunks, grain_for(kBlockPixels * w.Kp), [&](int64_t begin, int64_t end) {
+      alignas(64) static const BF16 zeros[kTileN] = {};
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / w.chunks, m_begin = (item % w.chunks) * kBlockPixels;
+        int64_t oh = m_begin / g.Wph, ow = m_begin % g.Wph;  // of slot m, counted along
+        const BF16* s = src + n * sn;
+        BF16* out = dst + (n * w.Mp + m_begin) * w.Kp;  // pair i at out + i * 2 * Kp
+        for (int64_t i = 0; i < kBlockPixels / 2; ++i) {
+          const BF16* slot[2];
+          for (int e = 0; e < 2; ++e) {
+            slot[e] = oh < g.P && ow < g.Q ? s + oh * sh + ow * sw : nullptr;
+            if (++ow == g.Wph) ow = 0, ++oh;
+          }
+          BF16* o = out + i * 2 * w.Kp;
+          for (int64_t k0 = 0; k0 < w.Kp; k0 += kTileN) {
+            const int count = static_cast<int>(std::clamp<int64_t>(g.K - k0, 0, kTileN));
+            const __m512i v = count == 0 || (slot[0] == nullptr && slot[1] == nullptr)
+                                  ? _mm512_setzero_si512()
+                                  : pair_words(slot[0] ? slot[0] + k0 : zeros,
+                                               slot[1] ? slot[1] + k0 : nullptr, count);
+            _mm512_storeu_si512(o + 2 * k0, v);
+          }
+        }
+      }
+    });
+    return buffer;
+  }
   at::parallel_for(0, g.N * groups, grain_for(w.Mp * kTileN), [&](int64_t begin, int64_t end) {
     std::vector<BF16> temp;
-    alignas(64) static const BF16 zeros[kTileN] = {};
     __m512i v[16];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / groups, k0 = (item % groups) * kTileN;
@@ -622,15 +650,6 @@ at::Tensor wgrad_output_pairs(const at::Tensor& gy, const WgradPlan& w) {
         continue;
       }
       const BF16* s = src + n * sn + k0 * sk;
-      if (sk == 1) {  // channels_last: the 16 channels of a slot are one run
-        for (int64_t i = 0; i < pairs; ++i) {
-          const int64_t m0 = 2 * i, m1 = m0 + 1;
-          const BF16* lo = valid(m0) ? s + (m0 / g.Wph) * sh + (m0 % g.Wph) * sw : zeros;
-          const BF16* hi = valid(m1) ? s + (m1 / g.Wph) * sh + (m1 % g.Wph) * sw : nullptr;
-          _mm512_storeu_si512(out + i * 2 * w.Kp, pair_words(lo, hi, count));
-        }
-        continue;
-      }
       // Other layouts: 16 slot rows [16][Mp] (zero at dropped slots), then
       // 32 slots of 16 channels transposed per step.
       temp.assign(kTileN * w.Mp, BF16(0.0f));
