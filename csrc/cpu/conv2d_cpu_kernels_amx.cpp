@@ -465,6 +465,20 @@ namespace {
 
 constexpr int64_t kWgSlack = 32;  // zero slots past each plane: steps read up to 31 past M
 
+// Short bf16 runs (rows of 7-56 pixels): vectors of 32 and a masked tail,
+// no library call per row.
+inline __mmask32 first_lanes(int64_t n) {
+  return n >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << n) - 1);
+}
+inline void copy_run(BF16* d, const BF16* s, int64_t n) {
+  for (; n >= 32; n -= 32, d += 32, s += 32) _mm512_storeu_si512(d, _mm512_loadu_si512(s));
+  if (n > 0) _mm512_mask_storeu_epi16(d, first_lanes(n), _mm512_maskz_loadu_epi16(first_lanes(n), s));
+}
+inline void zero_run(BF16* d, int64_t n) {
+  for (; n >= 32; n -= 32, d += 32) _mm512_storeu_si512(d, _mm512_setzero_si512());
+  if (n > 0) _mm512_mask_storeu_epi16(d, first_lanes(n), _mm512_setzero_si512());
+}
+
 struct WgradPlan {
   AmxPlan g;             // the forward's phases (Hph, Wph, M, phase_index, phases, taps)
   int64_t Kp, Kg, Cg;    // K padded to 32, groups of 32 output / input channels
@@ -522,8 +536,7 @@ at::Tensor wgrad_input_planes(const at::Tensor& input, const WgradPlan& w) {
         for (int64_t b = 0; b < g.stride_w; ++b) {
           if (BF16* d = phase_row(b)) {
             for (int64_t c = 0; c < g.Cp; ++c) {
-              std::fill(d + c * w.plane + g.Wph, d + c * w.plane + w.plane - used + g.Wph,
-                        BF16(0.0f));
+              zero_run(d + c * w.plane + g.Wph, w.plane - used);
             }
           }
         }
@@ -531,7 +544,7 @@ at::Tensor wgrad_input_planes(const at::Tensor& input, const WgradPlan& w) {
       if (h < 0 || h >= g.H) {
         for (int64_t b = 0; b < g.stride_w; ++b) {
           if (BF16* d = phase_row(b)) {
-            for (int64_t c = 0; c < g.Cp; ++c) std::fill(d + c * w.plane, d + c * w.plane + g.Wph, BF16(0.0f));
+            for (int64_t c = 0; c < g.Cp; ++c) zero_run(d + c * w.plane, g.Wph);
           }
         }
         continue;
@@ -552,14 +565,14 @@ at::Tensor wgrad_input_planes(const at::Tensor& input, const WgradPlan& w) {
       }
       for (int64_t c = 0; c < g.C; ++c) {
         BF16* d = row + c * row_stride;
-        std::fill(d, d + g.pad_w, BF16(0.0f));
-        std::fill(d + g.pad_w + g.W, d + Wt, BF16(0.0f));
+        zero_run(d, g.pad_w);
+        zero_run(d + g.pad_w + g.W, Wt - g.pad_w - g.W);
       }
-      for (int64_t c = g.C; c < g.Cp; ++c) std::fill(row + c * row_stride, row + c * row_stride + Wt, BF16(0.0f));
+      for (int64_t c = g.C; c < g.Cp; ++c) zero_run(row + c * row_stride, Wt);
       const BF16* s = src + n * sn + h * sh;
       BF16* d = row + g.pad_w;
       if (sw == 1) {  // NCHW rows
-        for (int64_t c = 0; c < g.C; ++c) std::memcpy(d + c * row_stride, s + c * sc, sizeof(BF16) * g.W);
+        for (int64_t c = 0; c < g.C; ++c) copy_run(d + c * row_stride, s + c * sc, g.W);
       } else if (sc == 1) {  // channels_last: W x C transposed (widened and rounded back: exact)
         transpose_plane<float, BF16, BF16>(s, sw, g.W, g.C, d, row_stride);
       } else {
@@ -670,16 +683,22 @@ at::Tensor wgrad_output_pairs(const at::Tensor& gy, const WgradPlan& w) {
       const BF16* s = src + n * sn + k0 * sk;
       // Other layouts: 16 slot rows [16][Mp] (zero at dropped slots), then
       // 32 slots of 16 channels transposed per step.
-      temp.assign(kTileN * w.Mp, BF16(0.0f));
-      for (int kk = 0; kk < count; ++kk) {
+      temp.resize(kTileN * w.Mp);
+      for (int kk = 0; kk < kTileN; ++kk) {
+        BF16* t = temp.data() + kk * w.Mp;
+        if (kk >= count) {
+          zero_run(t, w.Mp);
+          continue;
+        }
         for (int64_t oh = 0; oh < g.P; ++oh) {
-          BF16* d = temp.data() + kk * w.Mp + oh * g.Wph;
+          BF16* d = t + oh * g.Wph;
           const BF16* r = s + kk * sk + oh * sh;
           if (sw == 1) {
-            std::memcpy(d, r, sizeof(BF16) * g.Q);
+            copy_run(d, r, g.Q);
           } else {
             for (int64_t q = 0; q < g.Q; ++q) d[q] = r[q * sw];
           }
+          zero_run(d + g.Q, oh + 1 < g.P ? g.Wph - g.Q : w.Mp - g.M);  // dropped slots
         }
       }
       for (int64_t j = 0; j < w.chunks; ++j) {
