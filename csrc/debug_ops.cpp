@@ -18,7 +18,7 @@
 //       the CPU has AMX-BF16 and the OS grants this process the tile state
 //       (cpu/conv2d_cpu_amx.h)
 //   cpu_amx() -> bool
-//       the bfloat16 forward runs on AMX tiles now (supported, switched on,
+//       the bfloat16 forward and grad-weight run on AMX tiles now (supported, switched on,
 //       the avx512 kernels active)
 //   set_cpu_amx(enabled) -> bool
 //       switch the AMX tiles on or off from now on; returns the previous
@@ -26,6 +26,9 @@
 //       variable CONV_EXT_CPU_AMX=0 switches them off from the start.)
 //   cpu_forward_uses_amx(input, weight, stride, padding, dilation, groups) -> bool
 //       whether conv2d_forward runs these arguments on the AMX tiles now
+//   cpu_backward_weight_uses_amx(input, weight, stride, padding, dilation, groups) -> bool
+//       whether conv2d_backward_weight runs the problem of these forward
+//       arguments on the AMX tiles now
 //   cpu_bf16_dot_supported() -> bool
 //       the CPU has AVX512-BF16 (cpu/conv2d_cpu_avx512bf16.h)
 //   cpu_bf16_dot() -> bool
@@ -73,6 +76,15 @@ bool cpu_forward_uses_amx(const at::Tensor& input, const at::Tensor& weight,
   return cpu::use_amx_forward(p, dtype, cpu::select_path(p, Pass::kForward, dtype));
 }
 
+bool cpu_backward_weight_uses_amx(const at::Tensor& input, const at::Tensor& weight,
+                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, int64_t groups) {
+  const Conv2dShape p = check_conv2d_forward(input, weight, std::nullopt, stride, padding,
+                                             dilation, groups);
+  const at::ScalarType dtype = input.scalar_type();
+  return cpu::use_amx_backward_weight(p, dtype, cpu::select_path(p, Pass::kBackwardWeight, dtype));
+}
+
 bool cpu_forward_uses_bf16_dot(const at::Tensor& input, const at::Tensor& weight,
                                at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation, int64_t groups) {
@@ -115,6 +127,8 @@ TORCH_LIBRARY(conv_ext_debug, m) {
         "int[] dilation, int groups) -> str", &cpu_forward_path);
   m.def("cpu_forward_uses_amx(Tensor input, Tensor weight, int[] stride, int[] padding, "
         "int[] dilation, int groups) -> bool", &cpu_forward_uses_amx);
+  m.def("cpu_backward_weight_uses_amx(Tensor input, Tensor weight, int[] stride, "
+        "int[] padding, int[] dilation, int groups) -> bool", &cpu_backward_weight_uses_amx);
   m.def("cpu_amx_supported() -> bool", &cpu_amx_supported);
   m.def("cpu_amx() -> bool", &cpu_amx);
   m.def("set_cpu_amx(bool enabled) -> bool", &set_cpu_amx);

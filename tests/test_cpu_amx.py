@@ -1,4 +1,4 @@
-"""The bfloat16 dense and pointwise forward on AMX tiles (csrc/cpu/conv2d_cpu_amx.h,
+"""The bfloat16 dense and pointwise forward and grad-weight on AMX tiles (csrc/cpu/conv2d_cpu_amx.h,
 conv2d_cpu_kernels_amx.cpp), and the float32 kernels it falls back to: each
 case runs with the AMX tiles on (where the CPU has them; skipped with the
 reason elsewhere) and off, against torch in float64 on the same bf16 values
@@ -6,8 +6,10 @@ with the error bound of float32 accumulation plus one rounding to bf16. Odd
 channel counts (C not a multiple of 32, K not a multiple of 16), strides,
 dilation, padding larger than the filter, asymmetric filters, N up to 64,
 NCHW / channels_last / non-contiguous inputs and weights; bitwise identical
-across thread counts, runs and batch splits; gradients (which stay on the
-float32 kernels) through autograd."""
+across thread counts, runs and batch splits; the grad-input (the forward's
+tiles) and gradients through autograd. The grad-weight against float64
+with the bound of float32 accumulation over the N*P*Q pixels plus one
+rounding, bitwise identical across thread counts and runs."""
 import contextlib
 import os
 import subprocess
@@ -68,6 +70,7 @@ CASES = [
     ("1x1", 2, 48, 7, 7, 33, 1, 1, 1, 0, 1),                  # pointwise path
     ("1x1_s2", 2, 64, 9, 11, 24, 1, 1, 2, 0, 1),              # one of four phases stored
     ("1x1_k100_c70", 1, 70, 5, 6, 100, 1, 1, 1, 0, 1),
+    ("1x1_c64", 3, 64, 5, 7, 40, 1, 1, 1, 0, 1),              # channels_last: read in place
     ("n64", 64, 16, 4, 5, 16, 3, 3, 1, 1, 1),
 ]
 
@@ -131,7 +134,7 @@ def test_channels_last_input_with_nchw_weight(mode):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
-    "3x3_odd_c_k", "3x3_c40_k50", "3x3_s2", "asym", "5x5_wide_row", "1x1_s2")], ids=_id)
+    "3x3_odd_c_k", "3x3_c40_k50", "3x3_s2", "asym", "5x5_wide_row", "1x1_s2", "1x1_c64")], ids=_id)
 def test_bitwise_across_threads_runs_and_batch(mode, case, layout):
     x, w, b, args = _make(case, layout)
     if x.shape[0] == 1:
@@ -198,7 +201,8 @@ def test_environment_variable_switches_amx_off():
         import torch, conv_ext
         d = torch.ops.conv_ext_debug
         x, w = torch.randn(1, 32, 6, 6).bfloat16(), torch.randn(16, 32, 3, 3).bfloat16()
-        print(d.cpu_amx(), d.cpu_forward_uses_amx(x, w, [1, 1], [1, 1], [1, 1], 1))
+        print(d.cpu_amx(), d.cpu_forward_uses_amx(x, w, [1, 1], [1, 1], [1, 1], 1),
+              d.cpu_backward_weight_uses_amx(x, w, [1, 1], [1, 1], [1, 1], 1))
     """)
     root = os.path.dirname(os.path.dirname(os.path.abspath(conv_ext.__file__)))
     env = dict(os.environ, CONV_EXT_CPU_AMX="0")
@@ -207,4 +211,118 @@ def test_environment_variable_switches_amx_off():
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "False"]
+    assert result.stdout.split() == ["False", "False", "False"]
+
+
+# ---------------------------------------------------------------------------
+# The bfloat16 grad-weight on AMX tiles (conv2d_cpu_kernels_amx.cpp:
+# backward_weight_bf16), and the float32 kernels with AMX off.
+
+def assert_bf16_grad_weight_within_one_rounding(gw, gy, x, args):
+    """A bf16 grad-weight `gw` against float64 on the same bf16 values:
+    |gw - exact| <= one bf16 rounding + float32 summation of the N*P*Q terms
+    (as assert_bf16_within_one_rounding for the forward)."""
+    stride, padding, dilation, _ = args
+    w_shape = gw.shape
+    x64, gy64 = x.double(), gy.double()
+    exact = torch.ops.aten.convolution_backward(
+        gy64, x64, torch.zeros(w_shape, dtype=torch.float64), None, stride, padding, dilation,
+        False, [0, 0], 1, [False, True, False])[1]
+    magnitude = torch.ops.aten.convolution_backward(
+        gy64.abs(), x64.abs(), torch.zeros(w_shape, dtype=torch.float64), None, stride, padding,
+        dilation, False, [0, 0], 1, [False, True, False])[1]
+    terms = gy.shape[0] * gy.shape[2] * gy.shape[3]
+    bound = 2.0 ** -8 * exact.abs() + terms * 2.0 ** -24 * magnitude
+    err = (gw.double() - exact).abs()
+    assert bool((err <= bound).all()), f"max excess {(err - bound).max().item()}"
+
+
+# (name, N, C, H, W, K, R, S, stride, padding, dilation)
+WGRAD_CASES = CASES + [
+    ("3x3_n3_odd_pixels", 3, 9, 7, 5, 10, 3, 3, 1, 1, 1),     # 35 pixels per image, C odd
+    ("3x3_s2_odd", 3, 17, 11, 9, 33, 3, 3, 2, 1, 1),          # K past 32, odd output
+    ("1x3_s3_pad_gt", 1, 12, 10, 11, 7, 1, 3, 3, (2, 4), 1),  # padding > filter, stride 3
+    ("dil3", 2, 20, 12, 13, 24, 3, 2, 1, (3, 1), (3, 2)),
+    ("r50_like", 2, 64, 14, 14, 64, 3, 3, 1, 1, 1),
+]
+
+
+def _make_wgrad(case, layout):
+    x, w, _, args = _make(case, layout, bias=False)
+    y = torch.nn.functional.conv2d(x.float().contiguous(), w.float().contiguous(), None,
+                                   *args[:3])
+    gy = make_layout(torch.randn(y.shape).bfloat16(), layout)
+    return gy, x, w, args
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("case", WGRAD_CASES, ids=_id)
+def test_grad_weight_matches_float64(mode, case, layout):
+    gy, x, w, args = _make_wgrad(case, layout)
+    assert debug.cpu_backward_weight_uses_amx(x, w, *args) == (mode == "amx")
+    gw = ops.conv2d_backward_weight(gy, x, list(w.shape), *args)
+    assert gw.dtype == torch.bfloat16 and gw.shape == w.shape
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert gw.is_contiguous(memory_format=fmt)
+    assert_bf16_grad_weight_within_one_rounding(gw, gy, x, args)
+
+
+def test_grad_weight_mixed_layouts(mode):
+    gy, x, w, args = _make_wgrad(WGRAD_CASES[-4], "channels_last")
+    want = ops.conv2d_backward_weight(gy.contiguous(), x.contiguous(), list(w.shape), *args)
+    for g, xx in ((gy, x.contiguous()), (gy.contiguous(), x), (gy[:, :, :, :], make_layout(x, "strided"))):
+        got = ops.conv2d_backward_weight(g, xx, list(w.shape), *args)
+        assert_bf16_grad_weight_within_one_rounding(got, g, xx, args)
+        if mode == "amx":  # one reduction order whatever the layouts
+            assert torch.equal(got.contiguous(), want)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", [c for c in WGRAD_CASES if c[0] in (
+    "3x3_odd_c_k", "3x3_c40_k50", "3x3_s2", "asym", "1x1_k100_c70", "3x3_n3_odd_pixels",
+    "r50_like")], ids=_id)
+def test_grad_weight_bitwise_across_threads_and_runs(mode, case, layout):
+    gy, x, w, args = _make_wgrad(case, layout)
+    gw = ops.conv2d_backward_weight(gy, x, list(w.shape), *args)
+    assert torch.equal(ops.conv2d_backward_weight(gy, x, list(w.shape), *args), gw)
+    saved = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            assert torch.equal(ops.conv2d_backward_weight(gy, x, list(w.shape), *args), gw), t
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_grad_weight_amx_taken_where_expected():
+    x, w = torch.randn(2, 32, 8, 8).bfloat16(), torch.randn(32, 32, 3, 3).bfloat16()
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    uses = lambda x, w, args=args: debug.cpu_backward_weight_uses_amx(x, w, *args)  # noqa: E731
+    with amx_mode(False):
+        assert not uses(x, w)
+    if not HAS_AMX:
+        pytest.skip(NO_AMX)
+    with amx_mode(True):
+        assert uses(x, w)                                                 # 3x3 dense
+        assert uses(x, w[:, :, :1, :1])                                   # pointwise
+        assert uses(x, w[:, :, :1, :1], ([2, 2], [0, 0], [1, 1], 1))       # pointwise, stride 2
+        assert not uses(x.half(), w.half())
+        assert not uses(x.float(), w.float())
+        assert not uses(x[:, :3], w[:, :3])                               # first layer (C < 8)
+        assert not uses(x, w[:, :8], ([1, 1], [1, 1], [1, 1], 4))          # grouped
+        previous = debug.set_cpu_isa("avx2")
+        try:
+            assert not uses(x, w)
+        finally:
+            debug.set_cpu_isa(previous)
+
+
+def test_grad_weight_amx_and_float32_agree_closely():
+    if not HAS_AMX:
+        pytest.skip(NO_AMX)
+    gy, x, w, args = _make_wgrad(WGRAD_CASES[-1], "contiguous")
+    with amx_mode(True):
+        on = ops.conv2d_backward_weight(gy, x, list(w.shape), *args)
+    with amx_mode(False):
+        off = ops.conv2d_backward_weight(gy, x, list(w.shape), *args)
+    torch.testing.assert_close(on.float(), off.float(), rtol=2.0 ** -7, atol=1e-2)

@@ -1,5 +1,6 @@
 // AMX bfloat16 tiles for the dense and pointwise forward, and through it the
-// dense grad-input (conv2d_cpu_ops.cpp: bf16_tile_backward_input) (Intel AMX-BF16:
+// dense grad-input (conv2d_cpu_ops.cpp: bf16_tile_backward_input), and the
+// dense and pointwise grad-weight (Intel AMX-BF16:
 // `tdpbf16ps`, a 16 x 16 float accumulator tile += 16 x 32 bf16 by 32 x 16
 // bf16, about 16x the multiply-adds per cycle of the AVX-512 FMA tiles).
 //
@@ -56,7 +57,25 @@ inline bool use_amx_forward(const Conv2dShape& p, at::ScalarType dtype, CpuPath 
   return amx_forward_applies(p, dtype, path) && amx_active();
 }
 
+// Whether the AMX grad-weight takes problem p (path: select_path's for
+// Pass::kBackwardWeight), if AMX is active: bfloat16 dense and pointwise
+// problems (groups == 1, at least 8 input channels), as the forward.
+inline bool amx_backward_weight_applies(const Conv2dShape& p, at::ScalarType dtype,
+                                        CpuPath path) {
+  return dtype == at::kBFloat16 && p.groups == 1 && p.C >= 8 &&
+         (path == CpuPath::kDense || path == CpuPath::kPointwise);
+}
+
+inline bool use_amx_backward_weight(const Conv2dShape& p, at::ScalarType dtype, CpuPath path) {
+  return amx_backward_weight_applies(p, dtype, path) && amx_active();
+}
+
 namespace amx {
+// The grad-weight of a bfloat16 problem on AMX tiles (float32 accumulation
+// over the N * P * Q pixels in a fixed order, one rounding to bf16), in
+// `format`. Call only where use_amx_backward_weight holds.
+at::Tensor backward_weight_bf16(const at::Tensor& grad_output, const at::Tensor& input,
+                                const Conv2dShape& p, at::MemoryFormat format);
 // The forward of a bfloat16 problem on AMX tiles (conv2d_cpu_kernels_amx.cpp);
 // the result in `format`. Call only where use_amx_forward holds.
 at::Tensor forward_bf16(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,

@@ -171,12 +171,24 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Te
                                      groups, backward_input_backend);
 }
 
+// bfloat16 dense and pointwise grad-weight on AMX tiles where active
+// (conv2d_cpu_amx.h), else the active ISA's backend.
+at::Tensor backward_weight_backend(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const Conv2dShape& p, at::MemoryFormat format) {
+  const at::ScalarType dtype = grad_output.scalar_type();
+  if (input.scalar_type() == dtype &&
+      use_amx_backward_weight(p, dtype, select_path(p, Pass::kBackwardWeight, dtype))) {
+    return amx::backward_weight_bf16(grad_output, input, p, format);
+  }
+  return active_backends().backward_weight(grad_output, input, p, format);
+}
+
 at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                       at::IntArrayRef weight_size, at::IntArrayRef stride,
                                       at::IntArrayRef padding, at::IntArrayRef dilation,
                                       int64_t groups) {
   return conv2d_backward_weight_front(grad_output, input, weight_size, stride, padding,
-                                      dilation, groups, active_backends().backward_weight);
+                                      dilation, groups, backward_weight_backend);
 }
 
 }  // namespace
