@@ -70,6 +70,7 @@ CASES = [
     ("1x1", 2, 48, 7, 7, 33, 1, 1, 1, 0, 1),                  # pointwise path
     ("1x1_s2", 2, 64, 9, 11, 24, 1, 1, 2, 0, 1),              # one of four phases stored
     ("1x1_k100_c70", 1, 70, 5, 6, 100, 1, 1, 1, 0, 1),
+    ("1x1_c64", 3, 64, 5, 7, 40, 1, 1, 1, 0, 1),              # channels_last: read in place
     ("n64", 64, 16, 4, 5, 16, 3, 3, 1, 1, 1),
 ]
 
@@ -133,7 +134,7 @@ def test_channels_last_input_with_nchw_weight(mode):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
-    "3x3_odd_c_k", "3x3_c40_k50", "3x3_s2", "asym", "5x5_wide_row", "1x1_s2")], ids=_id)
+    "3x3_odd_c_k", "3x3_c40_k50", "3x3_s2", "asym", "5x5_wide_row", "1x1_s2", "1x1_c64")], ids=_id)
 def test_bitwise_across_threads_runs_and_batch(mode, case, layout):
     x, w, b, args = _make(case, layout)
     if x.shape[0] == 1:

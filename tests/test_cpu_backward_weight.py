@@ -59,6 +59,15 @@ CASES = {
     "pointwise_s23_tails": (1, 21, 9, 11, 19, 1, 1, (2, 3), 0, 1),
     # many output channels: A = grad_output (2000), B = the input's copy
     "pointwise_wide_k": (3, 80, 3, 3, 2000, 1, 1, 1, 0, 1),
+    # chunks bounded by A and B bytes together (kWgradChunkBytes): a wide B
+    # (grad_output of 2048 channels, 8 KB a pixel) cuts the plane into
+    # bands of 5 rows; with 1040 channels and 3x3 taps, bands of 13 rows
+    "wide_b_bands": (2, 64, 20, 23, 2048, 1, 1, 1, 0, 1),
+    "wide_b_3x3": (1, 48, 13, 12, 1040, 3, 3, 1, 1, 1),
+    # channels_last, both operands in place, the input the wider with pixels
+    # 4 KB or more apart: the input is B, grad_output A (1x1 and 3x3)
+    "wide_input_b": (2, 1024, 5, 6, 48, 1, 1, 1, 0, 1),
+    "wide_input_b_3x3": (1, 1040, 4, 5, 32, 3, 3, 1, 1, 1),
 }
 
 

@@ -58,6 +58,14 @@ CASES = [
     # whole 16 x 16 blocks and edges in the layout transposes (C and W past
     # two vectors), output blocks spanning images
     ("dense_wide_rows", 2, 35, 6, 40, 33, 3, 3, 1, 1, 1, 1, "dense"),
+    # channels_last inputs (and grad_outputs) are read in place, every tap
+    # that meets padding skipped (tiles by tap class on any plane): a large
+    # plane with K tails, asymmetric stride and padding, grad-input phases
+    # of stride 3 with padding 2, dilation with stride.
+    ("dense_in_place_large_plane", 1, 24, 30, 33, 40, 3, 3, 1, 1, 1, 1, "dense"),
+    ("dense_in_place_asym", 2, 16, 17, 12, 18, 3, 5, (2, 1), (1, 2), 1, 1, "dense"),
+    ("dense_in_place_s3_pad2", 1, 9, 16, 14, 21, 5, 4, 3, 2, 1, 1, "dense"),
+    ("dense_in_place_dilated_s2", 2, 12, 19, 15, 16, 5, 5, 2, 3, 2, 1, "dense"),
     ("depthwise_s1", 2, 12, 11, 13, 12, 3, 3, 1, 1, 1, 12, "depthwise"),
     ("depthwise_s2", 2, 10, 12, 41, 10, 3, 3, 2, 1, 1, 10, "depthwise"),
     ("depthwise_wide_rows", 1, 3, 5, 70, 3, 3, 3, 1, 1, 1, 3, "depthwise"),
@@ -178,6 +186,44 @@ def test_bitwise_reproducible_across_runs_and_threads(case):
     for a, b, c in zip(first, again, single):
         assert torch.equal(a, b)
         assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[-1] == "dense"], ids=_case_id)
+def test_channels_last_in_place_matches_padded_copy_bitwise(case):
+    # A channels_last input / grad_output is read in place with the taps
+    # over padding skipped; NCHW goes through a zero-padded copy where those
+    # taps add exact zeros. Same products in the same order per output:
+    # bitwise equal (finite data), at 1 and 3 threads, per image equal to
+    # the batch.
+    _, N, C, H, W, K, R, S, stride, padding, dilation, groups, _ = case
+    x = torch.randn(N, C, H, W)
+    w = _weight(K, C // groups, R, S)
+    b = torch.randn(K)
+    args = (_pair(stride), _pair(padding), _pair(dilation), groups)
+    gy = torch.randn_like(ops.conv2d_forward(x, w, None, *args))
+    cl = torch.channels_last
+    xc, wc, gyc = (t.contiguous(memory_format=cl) for t in (x, w, gy))
+
+    def run(x, w, gy):
+        return (ops.conv2d_forward(x, w, b, *args),
+                ops.conv2d_backward_input(gy, w, list(x.shape), *args))
+
+    saved = torch.get_num_threads()
+    try:
+        padded = run(x, w, gy)
+        in_place = run(xc, wc, gyc)
+        torch.set_num_threads(3)
+        in_place3 = run(xc, wc, gyc)
+    finally:
+        torch.set_num_threads(saved)
+    for a, c, c3 in zip(padded, in_place, in_place3):
+        assert c.is_contiguous(memory_format=cl)
+        assert torch.equal(a, c)
+        assert torch.equal(c, c3)
+    for i in range(N):
+        fwd, gi = run(xc[i:i + 1], wc, gyc[i:i + 1])
+        assert torch.equal(in_place[0][i:i + 1], fwd)
+        assert torch.equal(in_place[1][i:i + 1], gi)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

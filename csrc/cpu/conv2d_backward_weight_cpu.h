@@ -101,7 +101,15 @@ at::Tensor dense_backward_weight_cpu(const at::Tensor& grad_output, const at::Te
     };
     const int64_t gy_copy = usable_in_place(grad_output, p.K) ? 0 : p.N * p.P * p.Q * Kb * L;
     const int64_t x_copy = usable_in_place(input, p.C) ? 0 : p.N * p.H * p.W * Cb * L;
-    const bool b_is_gy = gy_copy <= x_copy;
+    // Both in place (channels_last, whole vectors): grad_output is B, but
+    // where the input is the wider operand with pixels 4 KB or more apart
+    // (1024+ float channels), the input is: as A its pixels' lines all fall
+    // in the same L1 sets (one line per pixel read per A tile) and miss
+    // (SPR, one thread: ResNet-50's 1024 -> 256 @14 0.65x -> 0.75x torch,
+    // 2048 -> 512 @7 0.73x -> 0.85x; 256 -> 64 @56 went 0.90x -> 0.83x the
+    // other way round, so not for narrower inputs).
+    const bool x_wide = p.C > p.K && p.C * static_cast<int64_t>(sizeof(T)) >= 4096;
+    const bool b_is_gy = gy_copy == 0 && x_copy == 0 ? !x_wide : gy_copy <= x_copy;
     // x as an operand: offsets of (n, c, oh, ow, r, s) in a tensor of strides st.
     auto x_operand = [&](const T* data, at::IntArrayRef st) {
       return WgradOperand<T>{.data = data, .image = st[0], .channel = st[1],

@@ -114,13 +114,17 @@ struct WgradProblem {
 // A thread sweeps the output in chunks of up to kWgradChunkPixels pixels
 // (whole images or bands of rows), all of its items over one chunk before
 // the next, so the chunk stays in L2 while the items sweep it: its A block
-// (every A channel, at most kWgradChunkABytes) is read once per vector
-// group, its B block (128 KB per group of 4 vectors at 512 pixels) once per
+// (every A channel) is read once per vector group, its B block (128 KB per group of 4 vectors at 512 pixels) once per
 // A tile. Measured (one thread, AVX-512, ResNet-50): 512 pixels beat 128 on
 // the 3x3 layers by 5-10%; 512 pixels of a 512-channel stride-2 input
-// (3.2 MB) ran 25% slower than 128.
+// (3.2 MB) ran 25% slower than 128. The chunk's A and B pixels together are
+// at most kWgradChunkBytes: with A alone bounded (768 KB), a 1x1 expansion
+// with B = a channels_last grad_output of 1024-2048 channels (4-8 KB a
+// pixel) swept 2 MB per chunk and fell out of L2 (SPR, one thread:
+// ResNet-50's 256 -> 1024 @14 0.62x -> 0.82x torch, 512 -> 2048 @7 0.74x ->
+// 0.82x; docs/cpu.md "channels_last training, SPR-class").
 inline constexpr int64_t kWgradChunkPixels = 512;
-inline constexpr int64_t kWgradChunkABytes = 768 * 1024;
+inline constexpr int64_t kWgradChunkBytes = 1024 * 1024;
 // Each A channel is a short stream per item and chunk (a row band of an
 // NCHW plane: 512 values), too short for the hardware prefetcher, and the
 // items jump between planes: the 1x1 layers ran at half speed waiting on
@@ -142,8 +146,9 @@ void dense_backward_weight(const WgradProblem<T>& w, T* gw, const Conv2dShape& p
   const std::vector<ValidRange> row_range = row_ranges(p), col_range = column_ranges(p);
   // Chunks: whole images where a plane is small, else bands of rows.
   const int64_t a_pixel_bytes = w.a_count * w.a_pixel * static_cast<int64_t>(sizeof(T));
-  const int64_t chunk_pixels = std::clamp<int64_t>(kWgradChunkABytes / a_pixel_bytes, 1,
-                                                   kWgradChunkPixels);
+  const int64_t b_pixel_bytes = w.b_vectors * L * static_cast<int64_t>(sizeof(T));
+  const int64_t chunk_pixels = std::clamp<int64_t>(
+      kWgradChunkBytes / (a_pixel_bytes + b_pixel_bytes), 1, kWgradChunkPixels);
   const int64_t chunk_rows = std::max<int64_t>(1, chunk_pixels / std::max<int64_t>(p.Q, 1));
   const int64_t images_per_chunk = std::max<int64_t>(1, chunk_rows / p.P);
   const int64_t bands = chunk_rows >= p.P ? 1 : (p.P + chunk_rows - 1) / chunk_rows;

@@ -295,6 +295,13 @@ struct DenseProblem {
   int64_t stride_h, stride_w, dilation_h, dilation_w;
   int64_t out_image, out_row, out_pixel;
   bool nchw = false;
+  // in_place: x is the unpadded NHWC tensor itself ([N][Hp][Wp][C] with Hp,
+  // Wp its own size), and a pixel's first tap lies `origin` elements from
+  // where the padded buffer would put it (negative: minus the padding).
+  // Every tap that meets padding must then be skipped: dense_forward tiles
+  // by tap class (row_taps / col_taps must be set), whatever the cost.
+  bool in_place = false;
+  int64_t origin = 0;
   // Output row oh reads the image only through kernel rows
   // [row_taps[oh].lo, .hi); the other rows of the filter meet the buffer's
   // zero padding. Likewise col_taps for columns. Empty: not known, every
@@ -395,6 +402,8 @@ inline DenseTiling choose_dense_tiling(const DenseProblem& d, int64_t ur, int64_
   const bool full_rows = rows.size() == 1 && rows[0].lo == 0 && rows[0].hi == d.R;
   const bool full_cols = cols.size() == 1 && cols[0].lo == 0 && cols[0].hi == d.S;
   if (full_rows && full_cols) return DenseTiling::kSpan;
+  // No padding in the buffer: no tap may meet it.
+  if (d.in_place) return full_cols ? DenseTiling::kRows : DenseTiling::kRowsColumns;
   const int64_t PQ = d.P * d.Q, block = std::min(PQ, 16 * ur);
   const int64_t nr = static_cast<int64_t>(rows.size()), nc = static_cast<int64_t>(cols.size());
   double span = 0.0, by_rows = 0.0, by_both = 0.0;
@@ -459,6 +468,8 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
   // Tap classes (kRows, kRowsColumns): each class's strides and offsets of
   // its first tap in the input and the packed weights.
   const DenseTiling tiling = choose_dense_tiling(d, shape.ur, shape.nb);
+  TORCH_INTERNAL_ASSERT(!d.in_place || d.origin == 0 || !d.row_taps.empty(),
+                        "dense_forward: an unpadded input needs its tap windows");
   std::vector<int32_t> row_class(d.P, 0), col_class(d.Q, 0);
   int64_t n_col_classes = 1;
   std::vector<DenseTileStrides> class_g;
@@ -583,8 +594,11 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
             for (int u = 0; u < ur; ++u) {
               const int64_t m = pixels[u];
               const int64_t ow = m % d.Q, oh = (m / d.Q) % d.P, n = m / (d.Q * d.P);
-              xs[u] = x + ((n * d.Hp + oh * d.stride_h) * d.Wp + ow * d.stride_w) * d.C + c0 +
-                      class_x[k];
+              // (a class without taps reads nothing: no pointer outside x)
+              xs[u] = class_g[k].R == 0
+                          ? x
+                          : x + (((n * d.Hp + oh * d.stride_h) * d.Wp + ow * d.stride_w) * d.C +
+                                 d.origin + c0 + class_x[k]);
               outs[u] = d.nchw ? block_out.data() + (m - m_begin) * block_width
                                : out_nhwc + n * d.out_image + oh * d.out_row + ow * d.out_pixel +
                                      kb0 * L;
@@ -609,7 +623,8 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
             const T* xs[kTilePixels];
             T* outs[kTilePixels];
             for (int u = 0; u < ur; ++u) {
-              xs[u] = x + ((n * d.Hp + oh * d.stride_h) * d.Wp + ow * d.stride_w) * d.C + c0;
+              xs[u] = x + (((n * d.Hp + oh * d.stride_h) * d.Wp + ow * d.stride_w) * d.C +
+                           d.origin + c0);
               outs[u] = d.nchw ? block_out.data() + (m - m_begin + u) * block_width
                                : out_nhwc + n * d.out_image + oh * d.out_row + ow * d.out_pixel +
                                      kb0 * L;
