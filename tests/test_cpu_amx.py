@@ -244,6 +244,7 @@ WGRAD_CASES = CASES + [
     ("1x3_s3_pad_gt", 1, 12, 10, 11, 7, 1, 3, 3, (2, 4), 1),  # padding > filter, stride 3
     ("dil3", 2, 20, 12, 13, 24, 3, 2, 1, (3, 1), (3, 2)),
     ("r50_like", 2, 64, 14, 14, 64, 3, 3, 1, 1, 1),
+    ("1x1_n3_odd", 3, 12, 5, 5, 20, 1, 1, 1, 0, 1),            # 1x1, N = 3, 25 pixels per image
 ]
 
 
@@ -280,7 +281,7 @@ def test_grad_weight_mixed_layouts(mode):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("case", [c for c in WGRAD_CASES if c[0] in (
     "3x3_odd_c_k", "3x3_c40_k50", "3x3_s2", "asym", "1x1_k100_c70", "3x3_n3_odd_pixels",
-    "r50_like")], ids=_id)
+    "r50_like", "1x1", "1x1_n3_odd")], ids=_id)
 def test_grad_weight_bitwise_across_threads_and_runs(mode, case, layout):
     gy, x, w, args = _make_wgrad(case, layout)
     gw = ops.conv2d_backward_weight(gy, x, list(w.shape), *args)
