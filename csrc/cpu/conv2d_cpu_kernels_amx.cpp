@@ -815,8 +815,14 @@ at::Tensor backward_weight_bf16(const at::Tensor& grad_output, const at::Tensor&
   constexpr int64_t kBlock = int64_t{kBlockChannels} * kBlockChannels;
   at::Tensor acc = at::empty({items * kBlock}, input.options().dtype(at::kFloat));
   float* accp = acc.mutable_data_ptr<float>();
-  // The result, [Kp][taps][Cp] (channels_last), narrowed at the end.
-  at::Tensor packed = at::empty({w.Kp, g.taps, g.Cp}, input.options());
+  // The result: an NCHW result with taps [Kp][Cp][taps], written from the
+  // float blocks after the tiles (each (k, c) takes all the taps' blocks);
+  // else [Kp][taps][Cp] (channels_last, and 1x1 NCHW), written by each
+  // thread after its tiles. Narrowed at the end.
+  const bool nchw_out = format != at::MemoryFormat::ChannelsLast && g.taps > 1;
+  at::Tensor packed = at::empty(nchw_out ? std::vector<int64_t>{w.Kp, g.Cp, g.taps}
+                                         : std::vector<int64_t>{w.Kp, g.taps, g.Cp},
+                                input.options());
   BF16* out = packed.mutable_data_ptr<BF16>();
   const int64_t a_stride_bytes = w.plane * static_cast<int64_t>(sizeof(BF16));
   const int64_t b_stride_bytes = 2 * w.Kp * static_cast<int64_t>(sizeof(BF16));
@@ -841,6 +847,7 @@ at::Tensor backward_weight_bf16(const at::Tensor& grad_output, const at::Tensor&
       }
       g0 = g1;
     }
+    if (nchw_out) return;
     // One rounding: block [32 c][32 k] -> out[k][t][c].
     for (int64_t item = begin; item < end; ++item) {
       const int64_t kg = item / (w.Cg * g.taps), cg = item / g.taps % w.Cg, t = item % g.taps;
@@ -849,6 +856,28 @@ at::Tensor backward_weight_bf16(const at::Tensor& grad_output, const at::Tensor&
           out + (kg * kBlockChannels * g.taps + t) * g.Cp + cg * kBlockChannels, g.taps * g.Cp);
     }
   });
+  if (nchw_out) {
+    // One rounding into out[k][c][t], per (k group, c group): the taps'
+    // blocks transposed to [t][k][c], then per k the [taps][32 c] rows
+    // transposed into the 32 x taps run of the result.
+    at::parallel_for(0, w.Kg * w.Cg, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> blocks(g.taps * kBlock);
+      for (int64_t pair = begin; pair < end; ++pair) {
+        const int64_t kg = pair / w.Cg, cg = pair % w.Cg;
+        for (int64_t t = 0; t < g.taps; ++t) {
+          transpose_plane<float, float, float>(accp + (pair * g.taps + t) * kBlock, kBlockChannels,
+                                               kBlockChannels, kBlockChannels,
+                                               blocks.data() + t * kBlock, kBlockChannels);
+        }
+        for (int64_t k = 0; k < kBlockChannels; ++k) {
+          transpose_plane<float, float, BF16>(
+              blocks.data() + k * kBlockChannels, kBlock, g.taps, kBlockChannels,
+              out + ((kg * kBlockChannels + k) * g.Cp + cg * kBlockChannels) * g.taps, g.taps);
+        }
+      }
+    });
+    return packed.view({w.Kp, g.Cp, p.R, p.S}).narrow(0, 0, p.K).narrow(1, 0, p.C).contiguous();
+  }
   const at::Tensor result = packed.view({w.Kp, p.R, p.S, g.Cp})
                                 .permute({0, 3, 1, 2})
                                 .narrow(0, 0, p.K)
