@@ -44,7 +44,10 @@ struct WgradOperand {
 // added to gw (u at gw + u * L, vector j at gw + j * gw_b). a: channel 0 of A
 // at the first pixel (the other channels a_channel apart); b: B's first vector.
 // a_prefetch: elements ahead of each A stream to prefetch (kWgradPrefetchPixels).
-template <typename T, int UA, int NB>
+// kAdjacentA: A's channels are adjacent elements (a_channel == 1, a
+// channels_last operand): one line holds the tile's channels of a pixel (or
+// two), so two prefetches per pixel instead of UA of mostly the same line.
+template <typename T, int UA, int NB, bool kAdjacentA = false>
 __attribute__((noinline)) void weight_grad_tile(const T* a, int64_t a_channel, int64_t a_image,
                                                 int64_t a_row, int64_t a_col, const T* b,
                                                 int64_t b_image, int64_t b_row, int64_t b_col,
@@ -64,7 +67,12 @@ __attribute__((noinline)) void weight_grad_tile(const T* a, int64_t a_channel, i
       for (int64_t q = 0; q < cols; ++q) {
         typename V::type bv[NB];
         for (int j = 0; j < NB; ++j) bv[j] = V::load(bp + j * L);
-        for (int u = 0; u < UA; ++u) __builtin_prefetch(ap[u] + ao + a_prefetch);
+        if constexpr (kAdjacentA) {
+          __builtin_prefetch(ap[0] + ao + a_prefetch);
+          __builtin_prefetch(ap[UA - 1] + ao + a_prefetch);
+        } else {
+          for (int u = 0; u < UA; ++u) __builtin_prefetch(ap[u] + ao + a_prefetch);
+        }
         for (int u = 0; u < UA; ++u) {
           const typename V::type ab = V::broadcast(ap[u][ao]);
           for (int j = 0; j < NB; ++j) acc[u][j] = simd::fmadd(ab, bv[j], acc[u][j]);
@@ -85,12 +93,12 @@ using WeightGradTileFn = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, 
 
 // weight_grad_tile<T, ua, nb> for every ua <= tile_pixels(nb), nb <= kTileNB
 // (tails); null beyond the register file.
-template <typename T>
+template <typename T, bool kAdjacentA = false>
 const TileTable<WeightGradTileFn<T>, kTilePixels, kTileNB>& weight_grad_tile_table() {
   static const TileTable<WeightGradTileFn<T>, kTilePixels, kTileNB> table(
       []<int UA, int NB>() -> WeightGradTileFn<T> {
         if constexpr (UA <= tile_pixels(NB)) {
-          return &weight_grad_tile<T, UA, NB>;
+          return &weight_grad_tile<T, UA, NB, kAdjacentA>;
         } else {
           return nullptr;
         }
@@ -153,7 +161,8 @@ void dense_backward_weight(const WgradProblem<T>& w, T* gw, const Conv2dShape& p
   const int64_t images_per_chunk = std::max<int64_t>(1, chunk_rows / p.P);
   const int64_t bands = chunk_rows >= p.P ? 1 : (p.P + chunk_rows - 1) / chunk_rows;
   const int64_t band_rows = (p.P + bands - 1) / bands;
-  const auto& table = weight_grad_tile_table<T>();
+  const auto& table = w.A.channel == 1 ? weight_grad_tile_table<T, true>()
+                                        : weight_grad_tile_table<T, false>();
   const int64_t work = p.N * p.P * p.Q * shape.ur * shape.nb;
   at::parallel_for(0, items, grain_for(work), [&](int64_t begin, int64_t end) {
     struct Item {
