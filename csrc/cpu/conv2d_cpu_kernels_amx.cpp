@@ -441,12 +441,12 @@ at::Tensor forward_bf16(const at::Tensor& input, const at::Tensor& weight, const
   if (in_place) {
     Conv2dShape head = p, last = p;
     head.N = p.N - 1, last.N = 1;
-    const at::Tensor x = phase_split_input(input.narrow(0, p.N - 1, 1), make_plan(last));
+    const AmxPlan last_plan = make_plan(last);
+    const at::Tensor x = phase_split_input(input.narrow(0, p.N - 1, 1), last_plan);
     forward_tiles(input.const_data_ptr<BF16>(), w.const_data_ptr<BF16>(),
                   b.const_data_ptr<float>(), out.mutable_data_ptr<BF16>(), nchw, make_plan(head));
     forward_tiles(x.const_data_ptr<BF16>(), w.const_data_ptr<BF16>(), b.const_data_ptr<float>(),
-                  out.mutable_data_ptr<BF16>() + (p.N - 1) * p.K * p.P * p.Q, nchw,
-                  make_plan(last));
+                  out.mutable_data_ptr<BF16>() + (p.N - 1) * p.K * p.P * p.Q, nchw, last_plan);
     return out;
   }
   const at::Tensor x = phase_split_input(input, g);
@@ -617,17 +617,15 @@ at::Tensor wgrad_input_planes(const at::Tensor& input, const WgradPlan& w) {
           }
           if (j < g.Wph) {  // the last n < 32 of each: 2n inputs, masked
             const int n = static_cast<int>(g.Wph - j);
-            auto mask = [](int k) {
-              return k >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << k) - 1);
-            };
-            const __m512i lo = _mm512_maskz_loadu_epi16(mask(2 * n), in + 2 * j);
-            const __m512i hi = _mm512_maskz_loadu_epi16(mask(std::max(0, 2 * n - 32)), in + 2 * j + 32);
+            const __m512i lo = _mm512_maskz_loadu_epi16(first_lanes(2 * n), in + 2 * j);
+            const __m512i hi =
+                _mm512_maskz_loadu_epi16(first_lanes(std::max(0, 2 * n - 32)), in + 2 * j + 32);
             if (even) {
-              _mm512_mask_storeu_epi16(even + c * w.plane + j, mask(n),
+              _mm512_mask_storeu_epi16(even + c * w.plane + j, first_lanes(n),
                                        _mm512_permutex2var_epi16(lo, even_idx, hi));
             }
             if (odd) {
-              _mm512_mask_storeu_epi16(odd + c * w.plane + j, mask(n),
+              _mm512_mask_storeu_epi16(odd + c * w.plane + j, first_lanes(n),
                                        _mm512_permutex2var_epi16(lo, odd_idx, hi));
             }
           }
