@@ -40,6 +40,9 @@
 //       only; CONV_EXT_CPU_BF16_DOT=0 / 1 switches it off / on from the start.)
 //   cpu_forward_uses_bf16_dot(input, weight, stride, padding, dilation, groups) -> bool
 //       whether conv2d_forward runs these arguments with vdpbf16ps now
+//   cpu_backward_weight_uses_bf16_dot(grad_output, input, weight, stride, padding, dilation,
+//                                     groups) -> bool
+//       whether conv2d_backward_weight runs these operands with vdpbf16ps now
 //   fma_peak_cpu(iterations, rounds) -> float
 //       the machine's measured fp32 FMA throughput in GFLOP/s (all threads,
 //       the active ISA's vectors), the "100%" of the benchmark's
@@ -95,6 +98,17 @@ bool cpu_forward_uses_bf16_dot(const at::Tensor& input, const at::Tensor& weight
   return !cpu::use_amx_forward(p, dtype, path) && cpu::use_bf16_dot_forward(p, dtype, path);
 }
 
+bool cpu_backward_weight_uses_bf16_dot(const at::Tensor& grad_output, const at::Tensor& input,
+                                       const at::Tensor& weight, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation,
+                                       int64_t groups) {
+  const Conv2dShape p = check_conv2d_forward(input, weight, std::nullopt, stride, padding,
+                                             dilation, groups);
+  const at::ScalarType dtype = input.scalar_type();
+  return !cpu::use_amx_backward_weight(p, dtype, cpu::select_path(p, Pass::kBackwardWeight, dtype)) &&
+         cpu::use_bf16_dot_backward_weight(grad_output, input, p);
+}
+
 bool cpu_bf16_dot_supported() { return cpu::bf16_dot_supported(); }
 
 bool cpu_bf16_dot() { return cpu::bf16_dot_active(); }
@@ -134,6 +148,9 @@ TORCH_LIBRARY(conv_ext_debug, m) {
   m.def("set_cpu_amx(bool enabled) -> bool", &set_cpu_amx);
   m.def("cpu_forward_uses_bf16_dot(Tensor input, Tensor weight, int[] stride, int[] padding, "
         "int[] dilation, int groups) -> bool", &cpu_forward_uses_bf16_dot);
+  m.def("cpu_backward_weight_uses_bf16_dot(Tensor grad_output, Tensor input, Tensor weight, "
+        "int[] stride, int[] padding, int[] dilation, int groups) -> bool",
+        &cpu_backward_weight_uses_bf16_dot);
   m.def("cpu_bf16_dot_supported() -> bool", &cpu_bf16_dot_supported);
   m.def("cpu_bf16_dot() -> bool", &cpu_bf16_dot);
   m.def("set_cpu_bf16_dot(bool enabled) -> bool", &set_cpu_bf16_dot);

@@ -8,7 +8,8 @@ about one bf16 ulp. Odd C (the zero pair channel), K not a multiple of 16,
 strides, padding, dilation along either axis (the unfused (s, pair) loop),
 1x1, 3x3, 7x7/2 with C = 3, N = 0/1/3, NCHW / channels_last / strided
 operands, bias or not; bitwise identical across thread counts 1/2/3, runs
-and batch splits."""
+and batch splits. The same for the unit-stride grad-input and the 1x1
+stride-1 grad-weight (pixel pairs), against float64."""
 import contextlib
 import os
 import subprocess
@@ -307,3 +308,78 @@ def test_grad_input_matches_float64(mode, case, layout):
         torch.set_num_threads(saved)
     one = ops.conv2d_backward_input(gy[:1], w, [1] + x_shape[1:], *args)
     assert torch.equal(one, got[:1])
+
+
+# grad-weight of 1x1 stride-1 layers on vdpbf16ps (pixel pairs):
+# (name, N, C, H, W, K)
+GRAD_WEIGHT_CASES = [
+    ("whole", 2, 64, 6, 8, 64),
+    ("c_k_tails", 3, 19, 4, 6, 21),      # C not a multiple of 6, K of 16
+    ("odd_pixels", 3, 20, 5, 7, 40),     # N*H*W odd: a zero pixel
+    ("k200_c70", 1, 70, 4, 4, 200),      # channel groups of 4, 4, 4, 1 vectors
+    ("chunks", 4, 8, 48, 48, 16),        # 4608 pixel pairs: several chunks of the reduction
+    ("one_pixel", 1, 12, 1, 1, 17),
+    # NCHW operands are taken where K + C > 256:
+    ("nchw_even_plane", 2, 130, 6, 8, 140),
+    ("nchw_odd_plane", 3, 100, 5, 7, 200),  # pairs and 32-pixel runs across images, M odd
+    ("nchw_7x7", 2, 150, 7, 7, 120),
+]
+
+
+def _grad_weight_tensors(case, layout):
+    _, N, C, H, W, K = case
+    x = make_layout(torch.randn(N, C, H, W).bfloat16(), layout)
+    gy = make_layout(torch.randn(N, K, H, W).bfloat16(), layout)
+    return gy, x, [K, C, 1, 1]
+
+
+def _assert_grad_weight_within_one_rounding(got, gy, x, w_shape):
+    """One bf16 rounding + float32 summation of the N*H*W (+ 1) terms."""
+    exact = torch.nn.grad.conv2d_weight(x.double(), w_shape, gy.double())
+    magnitude = torch.nn.grad.conv2d_weight(x.double().abs(), w_shape, gy.double().abs())
+    terms = x.shape[0] * x.shape[2] * x.shape[3] + 1
+    bound = 2.0 ** -8 * exact.abs() + terms * 2.0 ** -24 * magnitude
+    err = (got.double() - exact).abs()
+    assert got.dtype == torch.bfloat16 and got.shape == exact.shape
+    assert bool((err <= bound).all()), f"max excess {(err - bound).max().item()}"
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", GRAD_WEIGHT_CASES, ids=_id)
+def test_pointwise_grad_weight_matches_float64(mode, case, layout):
+    gy, x, w_shape = _grad_weight_tensors(case, layout)
+    args = ([1, 1], [0, 0], [1, 1], 1)
+    taken = debug.cpu_backward_weight_uses_bf16_dot(gy, x, torch.empty(w_shape).bfloat16(), *args)
+    cl = torch.channels_last
+    readable = (x.is_contiguous(memory_format=cl) and gy.is_contiguous(memory_format=cl)) or (
+        x.is_contiguous() and gy.is_contiguous() and x.shape[1] + gy.shape[1] > 256)
+    assert taken == (mode == "bf16_dot" and readable)
+    got = ops.conv2d_backward_weight(gy, x, w_shape, *args)
+    _assert_grad_weight_within_one_rounding(got, gy, x, w_shape)
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            assert torch.equal(ops.conv2d_backward_weight(gy, x, w_shape, *args), got)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_pointwise_grad_weight_agrees_closely_with_float32_kernels(dot_on):
+    gy, x, w_shape = _grad_weight_tensors(("r", 2, 64, 14, 14, 128), "channels_last")
+    args = ([1, 1], [0, 0], [1, 1], 1)
+    got = ops.conv2d_backward_weight(gy, x, w_shape, *args)
+    assert debug.cpu_backward_weight_uses_bf16_dot(gy, x, torch.empty(w_shape).bfloat16(), *args)
+    debug.set_cpu_bf16_dot(False)
+    try:
+        ref = ops.conv2d_backward_weight(gy, x, w_shape, *args)
+    finally:
+        debug.set_cpu_bf16_dot(True)
+    torch.testing.assert_close(got.float(), ref.float(), rtol=2.0 ** -7, atol=1e-2)
+
+
+def test_pointwise_grad_weight_through_autograd(dot_on):
+    x = torch.randn(2, 32, 6, 6).bfloat16().to(memory_format=torch.channels_last)
+    w = (torch.randn(48, 32, 1, 1) / 32 ** 0.5).bfloat16()
+    b = torch.randn(48).bfloat16()
+    check_bf16_gradients(x, w, b, ((1, 1), (0, 0), (1, 1), 1))

@@ -611,6 +611,161 @@ at::Tensor forward_bf16(const at::Tensor& input, const at::Tensor& weight, const
   return out;
 }
 
+namespace {
+
+// grad-weight of a 1x1, stride-1, unpadded problem as a GEMM over the
+// pixels: dW[k][c] = sum over the N*H*W pixels m of gy[m][k] * x[m][c].
+// vdpbf16ps sums pairs, so the pair is two pixels: both operands are packed
+// once as 32-bit words of pixels (2j, 2j + 1), G [J][Ks] and X [J][Cs]
+// (J = ceil(M / 2); zero past M, K and C). Register tile: kGwRows input
+// channels x NB vectors of 16 output channels; per pixel pair NB loads of G,
+// kGwRows broadcasts of X, kGwRows * NB vdpbf16ps. The reduction runs in
+// chunks of pairs whose G and X stay in L2 while every tile sweeps them; a
+// tile's float32 sums go to F [Cs][Ks] between chunks. Each element is one
+// tile's sum, chunk after chunk, pair after pair: the same order at any
+// thread count.
+constexpr int kGwRows = 6;
+constexpr int kGwMaxNB = 4;
+alignas(64) constexpr float kGwZeros[kGwMaxNB * L] = {};
+
+template <int NB>
+__attribute__((noinline)) void gw_pair_tile(const PairWord* g, int64_t ks, const PairWord* x,
+                                            int64_t cs, int64_t pairs, float* f, int64_t f_row,
+                                            bool first) {
+  // (one load per accumulator from its source: see dense_tile_full)
+  const float* init[kGwRows];
+  for (int u = 0; u < kGwRows; ++u) init[u] = first ? kGwZeros : f + u * f_row;
+  __m512 acc[kGwRows][NB];
+  for (int u = 0; u < kGwRows; ++u)
+    for (int v = 0; v < NB; ++v) acc[u][v] = _mm512_loadu_ps(init[u] + v * L);
+  for (int64_t j = 0; j < pairs; ++j) {
+    __m512i gv[NB];
+    for (int v = 0; v < NB; ++v) gv[v] = _mm512_loadu_si512(g + j * ks + v * L);
+    for (int u = 0; u < kGwRows; ++u) {
+      const __m512i xb = _mm512_set1_epi32(x[j * cs + u]);
+      for (int v = 0; v < NB; ++v) {
+        acc[u][v] = _mm512_dpbf16_ps(acc[u][v], (__m512bh)gv[v], (__m512bh)xb);
+      }
+    }
+  }
+  for (int u = 0; u < kGwRows; ++u)
+    for (int v = 0; v < NB; ++v) _mm512_storeu_ps(f + u * f_row + v * L, acc[u][v]);
+}
+
+using GwTileFn = void (*)(const PairWord*, int64_t, const PairWord*, int64_t, int64_t, float*,
+                          int64_t, bool);
+constexpr GwTileFn kGwTiles[kGwMaxNB] = {&gw_pair_tile<1>, &gw_pair_tile<2>, &gw_pair_tile<3>,
+                                         &gw_pair_tile<4>};
+
+// t's elements (pixel m, channel c) as words [J][cs]: channels_last rows
+// (m's channels contiguous) two at a time.
+void pack_pixel_pairs_nhwc(const BF16* src, int64_t M, int64_t C, int64_t cs, PairWord* dst) {
+  const int64_t J = (M + 1) / 2;
+  at::parallel_for(0, J, grain_for(cs), [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const BF16* lo = src + 2 * j * C;
+      const BF16* hi = 2 * j + 1 < M ? lo + C : nullptr;
+      for (int64_t c0 = 0; c0 < cs; c0 += L) {
+        const int count = static_cast<int>(std::clamp<int64_t>(C - c0, 0, L));
+        _mm512_storeu_si512(dst + j * cs + c0,
+                            count > 0 ? pair_words(lo + c0, hi != nullptr ? hi + c0 : nullptr, count)
+                                      : _mm512_setzero_si512());
+      }
+    }
+  });
+}
+
+// The same from NCHW planes (HW pixels each): blocks of 16 channels x 16
+// pairs (32 consecutive pixels), transposed in registers. A channel's 32
+// pixels within one image are 16 words of its plane, read as they are (at
+// any alignment); runs across an image border or past M are gathered
+// into a zeroed buffer first.
+void pack_pixel_pairs_nchw(const BF16* src, int64_t N, int64_t C, int64_t HW, int64_t cs,
+                           PairWord* dst) {
+  const int64_t M = N * HW, J = (M + 1) / 2, pair_blocks = (J + L - 1) / L;
+  const int64_t channel_blocks = cs / L;
+  at::parallel_for(0, pair_blocks, grain_for(cs * L), [&](int64_t begin, int64_t end) {
+    __m512i v[16];
+    alignas(64) BF16 run[2 * L];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t j0 = item * L, m0 = 2 * j0;
+      const int count = static_cast<int>(std::min<int64_t>(L, J - j0));  // pairs
+      const int64_t pixels = std::min<int64_t>(2 * L, M - m0);
+      const int64_t n0 = m0 / HW, hw0 = m0 % HW;
+      const bool direct = pixels == 2 * count && hw0 + pixels <= HW;
+      for (int64_t cb = 0; cb < channel_blocks; ++cb) {
+        for (int i = 0; i < 16; ++i) {
+          const int64_t c = cb * L + i;
+          if (c >= C) {
+            v[i] = _mm512_setzero_si512();
+          } else if (direct) {
+            v[i] = _mm512_maskz_loadu_epi32(simd::lanes16(count), src + (n0 * C + c) * HW + hw0);
+          } else {
+            std::memset(static_cast<void*>(run), 0, sizeof(run));
+            for (int64_t a = 0; a < pixels;) {
+              const int64_t m = m0 + a, n = m / HW, hw = m % HW;
+              const int64_t len = std::min(pixels - a, HW - hw);
+              std::memcpy(static_cast<void*>(run + a), src + (n * C + c) * HW + hw, sizeof(BF16) * len);
+              a += len;
+            }
+            v[i] = _mm512_load_si512(run);
+          }
+        }
+        transpose_words(v);
+        PairWord* d = dst + j0 * cs + cb * L;
+        for (int t = 0; t < count; ++t) _mm512_storeu_si512(d + t * cs, v[t]);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor backward_weight_pointwise_bf16(const at::Tensor& grad_output, const at::Tensor& input,
+                                          const Conv2dShape& p) {
+  TORCH_INTERNAL_ASSERT(use_bf16_dot_backward_weight(grad_output, input, p));
+  const bool nhwc = grad_output.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                    input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t HW = p.H * p.W;
+  const int64_t M = p.N * HW, J = (M + 1) / 2;
+  const int64_t Ks = (p.K + L - 1) / L * L;
+  // Whole tiles of kGwRows input channels, rows of whole vectors.
+  const int64_t Cr = (p.C + kGwRows - 1) / kGwRows * kGwRows;
+  const int64_t Cs = (Cr + L - 1) / L * L;
+  at::Tensor gt = at::empty({J * Ks * 2}, grad_output.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor xt = at::empty({J * Cs * 2}, input.options().memory_format(at::MemoryFormat::Contiguous));
+  PairWord* G = reinterpret_cast<PairWord*>(gt.mutable_data_ptr<BF16>());
+  PairWord* X = reinterpret_cast<PairWord*>(xt.mutable_data_ptr<BF16>());
+  if (nhwc) {
+    pack_pixel_pairs_nhwc(grad_output.const_data_ptr<BF16>(), M, p.K, Ks, G);
+    pack_pixel_pairs_nhwc(input.const_data_ptr<BF16>(), M, p.C, Cs, X);
+  } else {
+    pack_pixel_pairs_nchw(grad_output.const_data_ptr<BF16>(), p.N, p.K, HW, Ks, G);
+    pack_pixel_pairs_nchw(input.const_data_ptr<BF16>(), p.N, p.C, HW, Cs, X);
+  }
+  at::Tensor ft = at::empty({Cr, Ks}, input.options().dtype(at::kFloat));
+  float* F = ft.mutable_data_ptr<float>();
+  // Chunks of pairs: G and X of one chunk about 384 KB (in L2 while every
+  // tile sweeps them). Tiles: (kGwRows input channels, channel group of up
+  // to kGwMaxNB vectors); a thread takes a range of them, all chunks in order.
+  const int64_t JC = std::min(J, std::max<int64_t>(16, 384 * 1024 / (4 * (Ks + Cs))));
+  const int64_t kb = Ks / L, KG = (kb + kGwMaxNB - 1) / kGwMaxNB, rows = Cr / kGwRows;
+  at::parallel_for(0, rows * KG, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j0 = 0; j0 < J; j0 += JC) {
+      const int64_t pairs = std::min(JC, J - j0);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t row = t / KG, kg = t % KG;
+        const int nb = static_cast<int>(std::min<int64_t>(kGwMaxNB, kb - kg * kGwMaxNB));
+        const int64_t c0 = row * kGwRows, k0 = kg * kGwMaxNB * L;
+        kGwTiles[nb - 1](G + j0 * Ks + k0, Ks, X + j0 * Cs + c0, Cs, pairs, F + c0 * Ks + k0, Ks,
+                         j0 == 0);
+      }
+    }
+  });
+  // dW[k][c] = F[c][k], rounded once (the front gives it the memory format).
+  return ft.narrow(0, 0, p.C).narrow(1, 0, p.K).t().contiguous().to(at::kBFloat16).view(p.weight_sizes());
+}
+
 }  // namespace avx512bf16
 }  // namespace cpu
 }  // namespace conv_ext
@@ -622,6 +777,9 @@ namespace cpu {
 namespace avx512bf16 {
 at::Tensor forward_bf16(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                         const Conv2dShape&, at::MemoryFormat) {
+  TORCH_CHECK(false, "conv_ext: the AVX512-BF16 kernels exist on x86-64 only");
+}
+at::Tensor backward_weight_pointwise_bf16(const at::Tensor&, const at::Tensor&, const Conv2dShape&) {
   TORCH_CHECK(false, "conv_ext: the AVX512-BF16 kernels exist on x86-64 only");
 }
 }  // namespace avx512bf16

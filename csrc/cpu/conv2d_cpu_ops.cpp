@@ -172,13 +172,17 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Te
 }
 
 // bfloat16 dense and pointwise grad-weight on AMX tiles where active
-// (conv2d_cpu_amx.h), else the active ISA's backend.
+// (conv2d_cpu_amx.h), else 1x1 stride-1 ones with vdpbf16ps where active
+// (conv2d_cpu_avx512bf16.h), else the active ISA's backend.
 at::Tensor backward_weight_backend(const at::Tensor& grad_output, const at::Tensor& input,
                                    const Conv2dShape& p, at::MemoryFormat format) {
   const at::ScalarType dtype = grad_output.scalar_type();
   if (input.scalar_type() == dtype &&
       use_amx_backward_weight(p, dtype, select_path(p, Pass::kBackwardWeight, dtype))) {
     return amx::backward_weight_bf16(grad_output, input, p, format);
+  }
+  if (use_bf16_dot_backward_weight(grad_output, input, p)) {
+    return avx512bf16::backward_weight_pointwise_bf16(grad_output, input, p);
   }
   return active_backends().backward_weight(grad_output, input, p, format);
 }
