@@ -280,6 +280,16 @@ GRAD_INPUT_CASES = [
 ]
 
 
+def _assert_same_at_thread_counts(compute, want, threads=(1, 3)):
+    saved = torch.get_num_threads()
+    try:
+        for t in threads:
+            torch.set_num_threads(t)
+            assert torch.equal(compute(), want)
+    finally:
+        torch.set_num_threads(saved)
+
+
 def _grad_input_tensors(case, layout):
     _, N, C, H, W, K, R, S, stride, padding, dilation = case
     if S is None:
@@ -299,13 +309,7 @@ def test_grad_input_matches_float64(mode, case, layout):
     got = ops.conv2d_backward_input(gy, w, x_shape, *args)
     assert got.dtype == torch.bfloat16 and list(got.shape) == x_shape
     assert_bf16_grad_input_within_one_rounding(got, gy, w, x_shape, args)
-    saved = torch.get_num_threads()
-    try:
-        for threads in (1, 3):
-            torch.set_num_threads(threads)
-            assert torch.equal(ops.conv2d_backward_input(gy, w, x_shape, *args), got)
-    finally:
-        torch.set_num_threads(saved)
+    _assert_same_at_thread_counts(lambda: ops.conv2d_backward_input(gy, w, x_shape, *args), got)
     one = ops.conv2d_backward_input(gy[:1], w, [1] + x_shape[1:], *args)
     assert torch.equal(one, got[:1])
 
@@ -356,13 +360,7 @@ def test_pointwise_grad_weight_matches_float64(mode, case, layout):
     assert taken == (mode == "bf16_dot" and readable)
     got = ops.conv2d_backward_weight(gy, x, w_shape, *args)
     _assert_grad_weight_within_one_rounding(got, gy, x, w_shape)
-    saved = torch.get_num_threads()
-    try:
-        for threads in (1, 3):
-            torch.set_num_threads(threads)
-            assert torch.equal(ops.conv2d_backward_weight(gy, x, w_shape, *args), got)
-    finally:
-        torch.set_num_threads(saved)
+    _assert_same_at_thread_counts(lambda: ops.conv2d_backward_weight(gy, x, w_shape, *args), got)
 
 
 def test_pointwise_grad_weight_agrees_closely_with_float32_kernels(dot_on):

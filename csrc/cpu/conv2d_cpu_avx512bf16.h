@@ -3,7 +3,8 @@
 // multiply-adds of an fp32 FMA per instruction), for CPUs with AVX512-BF16
 // (AMD Zen 4/5); also the dense grad-input, as forwards of grad_output with
 // the rotated, transposed filter (conv2d_cpu_ops.cpp:
-// bf16_tile_backward_input).
+// bf16_tile_backward_input), and the grad-weight of 1x1 stride-1 layers
+// (a GEMM over pixel pairs: backward_weight_pointwise_bf16).
 //
 // The kernel lives in its own translation unit,
 // conv2d_cpu_kernels_avx512bf16.cpp (compiled for AVX-512 + AVX512-BF16,
