@@ -337,11 +337,11 @@ def _grad_weight_tensors(case, layout):
     return gy, x, [K, C, 1, 1]
 
 
-def _assert_grad_weight_within_one_rounding(got, gy, x, w_shape):
-    """One bf16 rounding + float32 summation of the N*H*W (+ 1) terms."""
-    exact = torch.nn.grad.conv2d_weight(x.double(), w_shape, gy.double())
-    magnitude = torch.nn.grad.conv2d_weight(x.double().abs(), w_shape, gy.double().abs())
-    terms = x.shape[0] * x.shape[2] * x.shape[3] + 1
+def _assert_grad_weight_within_one_rounding(got, gy, x, w_shape, stride=1):
+    """One bf16 rounding + float32 summation of the N*P*Q (+ 1) terms."""
+    exact = torch.nn.grad.conv2d_weight(x.double(), w_shape, gy.double(), stride)
+    magnitude = torch.nn.grad.conv2d_weight(x.double().abs(), w_shape, gy.double().abs(), stride)
+    terms = gy.shape[0] * gy.shape[2] * gy.shape[3] + 1
     bound = 2.0 ** -8 * exact.abs() + terms * 2.0 ** -24 * magnitude
     err = (got.double() - exact).abs()
     assert got.dtype == torch.bfloat16 and got.shape == exact.shape
@@ -360,6 +360,23 @@ def test_pointwise_grad_weight_matches_float64(mode, case, layout):
     assert taken == (mode == "bf16_dot" and readable)
     got = ops.conv2d_backward_weight(gy, x, w_shape, *args)
     _assert_grad_weight_within_one_rounding(got, gy, x, w_shape)
+    _assert_same_at_thread_counts(lambda: ops.conv2d_backward_weight(gy, x, w_shape, *args), got)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("stride", [(2, 2), (2, 1), (1, 3)], ids=str)
+def test_strided_pointwise_grad_weight(mode, layout, stride):
+    """Strided 1x1: channels_last operands take the pixel pairs (the sampled
+    input pixels packed), NCHW ones the float32 kernels."""
+    x = make_layout(torch.randn(3, 24, 9, 11).bfloat16(), layout)
+    w_shape = [40, 24, 1, 1]
+    y_shape = F.conv2d(torch.zeros(3, 24, 9, 11), torch.zeros(w_shape), None, stride).shape
+    gy = make_layout(torch.randn(y_shape).bfloat16(), layout)
+    args = (list(stride), [0, 0], [1, 1], 1)
+    taken = debug.cpu_backward_weight_uses_bf16_dot(gy, x, torch.empty(w_shape).bfloat16(), *args)
+    assert taken == (mode == "bf16_dot" and layout == "channels_last")
+    got = ops.conv2d_backward_weight(gy, x, w_shape, *args)
+    _assert_grad_weight_within_one_rounding(got, gy, x, w_shape, stride)
     _assert_same_at_thread_counts(lambda: ops.conv2d_backward_weight(gy, x, w_shape, *args), got)
 
 

@@ -3,8 +3,8 @@
 // multiply-adds of an fp32 FMA per instruction), for CPUs with AVX512-BF16
 // (AMD Zen 4/5); also the dense grad-input, as forwards of grad_output with
 // the rotated, transposed filter (conv2d_cpu_ops.cpp:
-// bf16_tile_backward_input), and the grad-weight of 1x1 stride-1 layers
-// (a GEMM over pixel pairs: backward_weight_pointwise_bf16).
+// bf16_tile_backward_input), and the grad-weight of 1x1 layers (a GEMM over
+// pixel pairs: backward_weight_pointwise_bf16).
 //
 // The kernel lives in its own translation unit,
 // conv2d_cpu_kernels_avx512bf16.cpp (compiled for AVX-512 + AVX512-BF16,
@@ -63,21 +63,21 @@ inline bool use_bf16_dot_forward(const Conv2dShape& p, at::ScalarType dtype, Cpu
   return bf16_dot_forward_applies(p, dtype, path) && bf16_dot_active();
 }
 
-// grad-weight of 1x1, stride-1, unpadded bfloat16 problems (groups 1):
-// vdpbf16ps over pixel pairs, where active and not on AMX.
-// Operands: both contiguous channels_last, or both contiguous NCHW where
+// grad-weight of 1x1 unpadded bfloat16 problems (groups 1): vdpbf16ps
+// over pixel pairs, where active and not on AMX. Operands: both contiguous
+// channels_last (any stride), or both contiguous NCHW at unit stride where
 // K + C > kPointwiseWgradMaxChannels (below, the float32 dot-product tiles
 // on the NCHW operands in place ran faster than packing both: 347 against
 // 225 GFLOP/s for 64 -> 64 channels at 56x56, Zen 5, 2 threads).
 inline bool use_bf16_dot_backward_weight(const at::Tensor& grad_output, const at::Tensor& input,
                                          const Conv2dShape& p) {
   if (grad_output.scalar_type() != at::kBFloat16 || input.scalar_type() != at::kBFloat16 ||
-      p.groups != 1 || !p.is_pointwise() || !p.is_unit_stride() || !bf16_dot_active()) {
+      p.groups != 1 || !p.is_pointwise() || !bf16_dot_active()) {
     return false;
   }
   constexpr auto kNhwc = at::MemoryFormat::ChannelsLast;
   if (grad_output.is_contiguous(kNhwc) && input.is_contiguous(kNhwc)) return true;
-  return grad_output.is_contiguous() && input.is_contiguous() &&
+  return grad_output.is_contiguous() && input.is_contiguous() && p.is_unit_stride() &&
          p.K + p.C > kPointwiseWgradMaxChannels;
 }
 

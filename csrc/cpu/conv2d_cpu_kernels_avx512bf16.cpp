@@ -657,14 +657,15 @@ using GwTileFn = void (*)(const PairWord*, int64_t, const PairWord*, int64_t, in
 constexpr GwTileFn kGwTiles[kGwMaxNB] = {&gw_pair_tile<1>, &gw_pair_tile<2>, &gw_pair_tile<3>,
                                          &gw_pair_tile<4>};
 
-// t's elements (pixel m, channel c) as words [J][cs]: channels_last rows
-// (m's channels contiguous) two at a time.
-void pack_pixel_pairs_nhwc(const BF16* src, int64_t M, int64_t C, int64_t cs, PairWord* dst) {
+// Elements (pixel m, channel c) as words [J][cs] from channels_last rows
+// (pixel m's C channels contiguous at row(m)) two at a time.
+template <typename Row>
+void pack_pixel_pairs_nhwc(const Row& row, int64_t M, int64_t C, int64_t cs, PairWord* dst) {
   const int64_t J = (M + 1) / 2;
   at::parallel_for(0, J, grain_for(cs), [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      const BF16* lo = src + 2 * j * C;
-      const BF16* hi = 2 * j + 1 < M ? lo + C : nullptr;
+      const BF16* lo = row(2 * j);
+      const BF16* hi = 2 * j + 1 < M ? row(2 * j + 1) : nullptr;
       for (int64_t c0 = 0; c0 < cs; c0 += L) {
         const int count = static_cast<int>(std::clamp<int64_t>(C - c0, 0, L));
         _mm512_storeu_si512(dst + j * cs + c0,
@@ -727,7 +728,7 @@ at::Tensor backward_weight_pointwise_bf16(const at::Tensor& grad_output, const a
   const bool nhwc = grad_output.is_contiguous(at::MemoryFormat::ChannelsLast) &&
                     input.is_contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t HW = p.H * p.W;
-  const int64_t M = p.N * HW, J = (M + 1) / 2;
+  const int64_t M = p.N * p.P * p.Q, J = (M + 1) / 2;
   const int64_t Ks = (p.K + L - 1) / L * L;
   // Whole tiles of kGwRows input channels, rows of whole vectors.
   const int64_t Cr = (p.C + kGwRows - 1) / kGwRows * kGwRows;
@@ -737,8 +738,17 @@ at::Tensor backward_weight_pointwise_bf16(const at::Tensor& grad_output, const a
   PairWord* G = reinterpret_cast<PairWord*>(gt.mutable_data_ptr<BF16>());
   PairWord* X = reinterpret_cast<PairWord*>(xt.mutable_data_ptr<BF16>());
   if (nhwc) {
-    pack_pixel_pairs_nhwc(grad_output.const_data_ptr<BF16>(), M, p.K, Ks, G);
-    pack_pixel_pairs_nhwc(input.const_data_ptr<BF16>(), M, p.C, Cs, X);
+    const BF16* gy = grad_output.const_data_ptr<BF16>();
+    const BF16* x = input.const_data_ptr<BF16>();
+    pack_pixel_pairs_nhwc([&](int64_t m) { return gy + m * p.K; }, M, p.K, Ks, G);
+    // (with stride: the input pixel each output pixel reads)
+    const int64_t PQ = p.P * p.Q;
+    pack_pixel_pairs_nhwc(
+        [&](int64_t m) {
+          const int64_t n = m / PQ, oh = m % PQ / p.Q, ow = m % p.Q;
+          return x + ((n * p.H + oh * p.stride_h) * p.W + ow * p.stride_w) * p.C;
+        },
+        M, p.C, Cs, X);
   } else {
     pack_pixel_pairs_nchw(grad_output.const_data_ptr<BF16>(), p.N, p.K, HW, Ks, G);
     pack_pixel_pairs_nchw(input.const_data_ptr<BF16>(), p.N, p.C, HW, Cs, X);
