@@ -613,15 +613,15 @@ at::Tensor forward_bf16(const at::Tensor& input, const at::Tensor& weight, const
 
 namespace {
 
-// grad-weight of a 1x1, stride-1, unpadded problem as a GEMM over the
-// pixels: dW[k][c] = sum over the N*H*W pixels m of gy[m][k] * x[m][c].
-// vdpbf16ps sums pairs, so the pair is two pixels: both operands are packed
-// once as 32-bit words of pixels (2j, 2j + 1), G [J][Ks] and X [J][Cs]
-// (J = ceil(M / 2); zero past M, K and C). Register tile: kGwRows input
-// channels x NB vectors of 16 output channels; per pixel pair NB loads of G,
-// kGwRows broadcasts of X, kGwRows * NB vdpbf16ps. The reduction runs in
-// chunks of pairs whose G and X stay in L2 while every tile sweeps them; a
-// tile's float32 sums go to F [Cs][Ks] between chunks. Each element is one
+// grad-weight of a 1x1 unpadded problem as a GEMM over the output pixels:
+// dW[k][c] = sum over the N*P*Q output pixels m of gy[m][k] * x[m's input
+// pixel][c]. vdpbf16ps sums pairs, so the pair is two pixels: both operands
+// are packed once as 32-bit words of pixels (2j, 2j + 1), G [J][Ks] and
+// X [J][Cs] (J = ceil(M / 2); zero past M, K and C). Register tile: kGwRows
+// input channels x NB vectors of 16 output channels; per pixel pair NB
+// loads of G, kGwRows broadcasts of X, kGwRows * NB vdpbf16ps. The
+// reduction runs in chunks of pairs whose G and X stay in L2 while every
+// tile sweeps them; a tile's float32 sums go to F [Cr][Ks] between chunks. Each element is one
 // tile's sum, chunk after chunk, pair after pair: the same order at any
 // thread count.
 constexpr int kGwRows = 6;
