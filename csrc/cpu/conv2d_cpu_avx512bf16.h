@@ -87,8 +87,9 @@ namespace avx512bf16 {
 // where use_bf16_dot_forward holds.
 at::Tensor forward_bf16(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                         const Conv2dShape& p, at::MemoryFormat format);
-// dW of a problem use_bf16_dot_backward_weight takes. Each element sums the pixels in pairs, in one fixed
-// order (float32, vdpbf16ps), rounded once to bf16.
+// dW of a problem use_bf16_dot_backward_weight takes. Each element sums
+// the pixels in pairs, in one fixed order (float32, vdpbf16ps), rounded
+// once to bf16.
 at::Tensor backward_weight_pointwise_bf16(const at::Tensor& grad_output, const at::Tensor& input,
                                           const Conv2dShape& p);
 }  // namespace avx512bf16

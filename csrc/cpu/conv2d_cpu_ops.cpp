@@ -172,8 +172,9 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Te
 }
 
 // bfloat16 dense and pointwise grad-weight on AMX tiles where active
-// (conv2d_cpu_amx.h), else 1x1 stride-1 ones with vdpbf16ps where active
-// (conv2d_cpu_avx512bf16.h), else the active ISA's backend.
+// (conv2d_cpu_amx.h), else 1x1 ones with vdpbf16ps where active and the
+// operands' layouts allow (conv2d_cpu_avx512bf16.h), else the active ISA's
+// backend.
 at::Tensor backward_weight_backend(const at::Tensor& grad_output, const at::Tensor& input,
                                    const Conv2dShape& p, at::MemoryFormat format) {
   const at::ScalarType dtype = grad_output.scalar_type();
