@@ -47,6 +47,10 @@ GROUPED = [
     ("g3_s3_k2", 2, 12, 11, 10, 9, 2, 2, 3, 0, 1, 3),             # stride > filter: gaps in grad-input
     ("g4_c16", 1, 64, 7, 8, 64, 3, 3, 1, 1, 1, 4),                # 16 per group: channel chunks
     ("g2_c24_s2", 1, 48, 6, 9, 48, 3, 3, 2, 1, 1, 2),             # 24 per group (RegNet width 24)
+    ("g2_k32_7x7", 2, 64, 7, 7, 64, 3, 3, 1, 1, 1, 2),            # 49 pixels: short last tiles
+    ("g4_k32_5x7", 1, 128, 5, 7, 128, 3, 3, 1, 1, 1, 4),          # 35 pixels, 4 blocks
+    ("g8_c8_7x7", 2, 64, 7, 7, 64, 3, 3, 1, 1, 1, 8),             # 8 per group, short tiles
+    ("g2_c128_shared_pack", 1, 256, 5, 4, 256, 3, 3, 1, 1, 1, 2),  # block > kBlockPackBytes
 ]
 
 

@@ -26,6 +26,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "../conv2d_params.h"
@@ -145,27 +146,36 @@ inline void transpose_listed_rows(const S* const* rows, int cols, T* d, int64_t 
 
 // Weights packed as [blocks][vecs][taps R' x S' x in_per_group][L]; lane
 // j = v * L + l of block b is output kk = j / GB of group b * GB + j % GB.
-// weight(grp, out, in, r, s) reads the filter; rt/st list the taps used.
+// weight_at(grp, out, in, r, s) reads the filter. One (block, vector) into
+// dst (taps * L elements); lanes past the block's channels are zero.
 template <typename T, typename WeightAt>
-at::Tensor pack_weights(const Layout& l, int64_t R, int64_t S, WeightAt weight_at,
+void pack_weight_vector(const Layout& l, int64_t R, int64_t S, const WeightAt& weight_at,
+                        int64_t b, int64_t v, T* dst) {
+  constexpr int L = kLanes<T>;
+  for (int l_ = 0; l_ < L; ++l_) {
+    const int64_t j = v * L + l_, kk = j / l.GB, grp = b * l.GB + j % l.GB;
+    T* d = dst + l_;
+    if (kk >= l.out_per_group || grp >= l.groups) {
+      for (int64_t t = 0; t < R * S * l.in_per_group; ++t) d[t * L] = T(0);
+      continue;
+    }
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t i = 0; i < l.in_per_group; ++i, d += L) *d = weight_at(grp, kk, i, r, s);
+  }
+}
+
+// Every block's vectors, in parallel, into one tensor.
+template <typename T, typename WeightAt>
+at::Tensor pack_weights(const Layout& l, int64_t R, int64_t S, const WeightAt& weight_at,
                         const at::TensorOptions& options) {
   constexpr int L = kLanes<T>;
   const int64_t taps = R * S * l.in_per_group;
-  at::Tensor packed = at::zeros({l.blocks, l.vecs, taps, L}, compute_options<T>(options));
+  at::Tensor packed = at::empty({l.blocks, l.vecs, taps, L}, compute_options<T>(options));
   T* dst = packed.mutable_data_ptr<T>();
   at::parallel_for(0, l.blocks * l.vecs, grain_for(taps * L), [&](int64_t begin, int64_t end) {
-    for (int64_t bv = begin; bv < end; ++bv) {
-      const int64_t b = bv / l.vecs, v = bv % l.vecs;
-      for (int l_ = 0; l_ < L; ++l_) {
-        const int64_t j = v * L + l_, kk = j / l.GB, grp = b * l.GB + j % l.GB;
-        if (kk >= l.out_per_group || grp >= l.groups) continue;
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t s = 0; s < S; ++s)
-            for (int64_t i = 0; i < l.in_per_group; ++i)
-              dst[(bv * taps + (r * S + s) * l.in_per_group + i) * L + l_] =
-                  weight_at(grp, kk, i, r, s);
-      }
-    }
+    for (int64_t bv = begin; bv < end; ++bv)
+      pack_weight_vector<T>(l, R, S, weight_at, bv / l.vecs, bv % l.vecs, dst + bv * taps * L);
   });
   return packed;
 }
@@ -293,6 +303,27 @@ template <typename T>
 ForwardTileFn<T> forward_tile_fn(int GB, int nb) {
   return grouped_tile_switch<T>(GB, nb, []<int G, int NB>() -> ForwardTileFn<T> {
     return &forward_tile<T, G, tile_pixels(NB), NB>;
+  });
+}
+
+// Shorter pointer tiles for the pixels a chunk has left over: the smallest
+// of these at least as long as the remainder (or the full tile) runs it, so
+// 1 pixel left of 12 costs a 1-pixel tile, not 12 pixels' FMAs. A tile of 8
+// or fewer is bound by the FMA latency, not the FMA ports, and costs about
+// as much per step as a full one of 8; past 8 the full tile is no dearer.
+inline constexpr int kShortTilePixels[] = {1, 2, 4, 8};
+
+template <typename T>
+ForwardTileFn<T> short_forward_tile_fn(int GB, int nb, int pixels) {
+  return grouped_tile_switch<T>(GB, nb, [pixels]<int G, int NB>() -> ForwardTileFn<T> {
+    switch (pixels) {
+      case 1: return &forward_tile<T, G, 1, NB>;
+      case 2: return &forward_tile<T, G, 2, NB>;
+      case 4: return &forward_tile<T, G, 4, NB>;
+      default:
+        if constexpr (tile_pixels(NB) > 8) return &forward_tile<T, G, 8, NB>;
+        return nullptr;
+    }
   });
 }
 
@@ -532,13 +563,27 @@ void chunk_tiles(const T* x, int64_t x_row, int64_t x_pixel, const int64_t* off,
     const T* bb = bias != nullptr ? bias + v0 * L : nullptr;
     // Whole row tiles where there is a row tile; the pixels left over (all
     // of them without one) gathered across rows into pointer tiles.
+    std::array<ForwardTileFn<T>, std::size(kShortTilePixels)> short_fn{};
+    for (size_t i = 0; i < short_fn.size(); ++i) {
+      if (kShortTilePixels[i] < ur) short_fn[i] = short_forward_tile_fn<T>(l.GB, nb, kShortTilePixels[i]);
+    }
     const T* xs[12];
     T* outs[12];
     int count = 0;
     auto flush = [&] {
-      // A short tile repeats its last pixel: same inputs, same value stored twice.
-      for (int u = count; u < ur; ++u) xs[u] = xs[count - 1], outs[u] = outs[count - 1];
-      fn(xs, off, steps, wb, w_vec, bb, outs);
+      ForwardTileFn<T> f = fn;
+      int pixels = ur;
+      for (size_t i = 0; i < short_fn.size(); ++i) {
+        if (short_fn[i] != nullptr && kShortTilePixels[i] >= count) {
+          f = short_fn[i];
+          pixels = kShortTilePixels[i];
+          break;
+        }
+      }
+      // A tile longer than the pixels left repeats the last one: same
+      // inputs, same value stored twice.
+      for (int u = count; u < pixels; ++u) xs[u] = xs[count - 1], outs[u] = outs[count - 1];
+      f(xs, off, steps, wb, w_vec, bb, outs);
       count = 0;
     };
     for (int64_t oh = 0; oh < rows; ++oh) {
@@ -572,16 +617,30 @@ int64_t rows_per_item(int64_t rows, int64_t other_items, Bytes bytes) {
   return std::max<int64_t>(k, 1);
 }
 
+// A block's packed weights up to this size are packed by the thread that
+// runs the block, into its own buffer, as it comes to the block (work items
+// are ordered block-major, so a thread meets few blocks): they are then in
+// that core's cache when its tiles read them, and no pass over all the
+// weights precedes the convolution. Larger blocks are packed once, shared.
+inline constexpr int64_t kBlockPackBytes = 256 * 1024;
+
 // The forward convolution of src into out (N x K x P x Q of O, NCHW or
-// channels_last), fused with its layout copies; w: packed weights, bias
-// interleaved [blocks][vecs * L] or null.
-template <typename T, typename S, typename O>
-void forward_fused(const Image<S>& src, const T* w, const T* bias, const at::Tensor& out,
+// channels_last), fused with its layout copies; weight_at(grp, out, in, r,
+// s) reads the filter (see pack_weight_vector), bias interleaved
+// [blocks][vecs * L] or null.
+template <typename T, typename S, typename O, typename WeightAt>
+void forward_fused(const Image<S>& src, const WeightAt& weight_at,
+                   const at::TensorOptions& options, const T* bias, const at::Tensor& out,
                    const Layout& l, const Conv2dShape& p) {
   constexpr int L = kLanes<T>;
   const int64_t cb = l.in_per_group * l.GB, cob = l.vecs * L;
   const int64_t Wp = p.W + 2 * p.pad_w;
   const int64_t steps = p.R * p.S * l.in_per_group;
+  const int64_t block_elems = l.vecs * steps * L;
+  const bool pack_per_thread =
+      block_elems * static_cast<int64_t>(sizeof(T)) <= kBlockPackBytes;
+  at::Tensor shared_w;
+  if (!pack_per_thread) shared_w = pack_weights<T>(l, p.R, p.S, weight_at, options);
   const std::vector<int64_t> off = step_offsets(l, p, Wp, cb);
   const std::vector<int64_t> in_rel = block_channels(l.in_per_group, l.GB, cb, L);
   const std::vector<int64_t> out_rel = block_channels(l.out_per_group, l.GB, cob, L);
@@ -592,19 +651,33 @@ void forward_fused(const Image<S>& src, const T* w, const T* bias, const at::Ten
   const int64_t chunks = (p.P + k - 1) / k;
   O* o = out.mutable_data_ptr<O>();
   const int64_t on = out.stride(0), oc = out.stride(1), opix = out.stride(3);
-  at::parallel_for(0, p.N * l.blocks * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, l.blocks * p.N * chunks, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> slab(rows_in(k) * Wp * cb), buf(k * p.Q * cob);
+    Scratch<T> block_w(pack_per_thread ? block_elems : 0);
+    int64_t packed_block = -1;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t c = item % chunks, b = (item / chunks) % l.blocks, n = item / (chunks * l.blocks);
+      // Items (block, image, chunk): a thread's items share few blocks.
+      const int64_t c = item % chunks, n = (item / chunks) % p.N, b = item / (chunks * p.N);
+      const T* w;
+      if (pack_per_thread) {
+        if (b != packed_block) {
+          for (int64_t v = 0; v < l.vecs; ++v)
+            pack_weight_vector<T>(l, p.R, p.S, weight_at, b, v, block_w.data() + v * steps * L);
+          packed_block = b;
+        }
+        w = block_w.data();
+      } else {
+        w = shared_w.const_data_ptr<T>() + b * block_elems;
+      }
       const int64_t oh0 = c * k, oh1 = std::min(p.P, oh0 + k);
       const int64_t groups_here = std::min<int64_t>(l.GB, p.groups - b * l.GB);
       copy_block_rows<T, S>(src, n, b * l.GB * l.in_per_group, in_rel.data(),
                             groups_here * l.in_per_group, cb, oh0 * p.stride_h,
                             oh0 * p.stride_h + rows_in(oh1 - oh0), p.pad_h, p.pad_w, Wp,
                             slab.data());
-      chunk_tiles<T>(slab.data(), p.stride_h * Wp * cb, p.stride_w * cb, off.data(), steps,
-                     w + b * l.vecs * steps * L, bias != nullptr ? bias + b * cob : nullptr,
-                     buf.data(), p.Q * cob, cob, oh1 - oh0, p.Q, l);
+      chunk_tiles<T>(slab.data(), p.stride_h * Wp * cb, p.stride_w * cb, off.data(), steps, w,
+                     bias != nullptr ? bias + b * cob : nullptr, buf.data(), p.Q * cob, cob,
+                     oh1 - oh0, p.Q, l);
       store_block_pixels<T, O>(buf.data(), cob, (oh1 - oh0) * p.Q,
                                o + n * on + b * l.GB * l.out_per_group * oc + oh0 * p.Q * opix,
                                oc, opix, out_rel.data(), groups_here * l.out_per_group);
@@ -759,12 +832,9 @@ at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const a
   const int64_t w0 = weight.stride(0), w1 = weight.stride(1), w2 = weight.stride(2),
                 w3 = weight.stride(3);
   const int64_t Kg = p.K_per_group;
-  const at::Tensor w = pack_weights<T>(
-      l, p.R, p.S,
-      [&](int64_t grp, int64_t kk, int64_t i, int64_t r, int64_t s) {
-        return In::get(wp[(grp * Kg + kk) * w0 + i * w1 + r * w2 + s * w3]);
-      },
-      weight.options());
+  auto weight_at = [&](int64_t grp, int64_t kk, int64_t i, int64_t r, int64_t s) {
+    return In::get(wp[(grp * Kg + kk) * w0 + i * w1 + r * w2 + s * w3]);
+  };
   at::Tensor b;
   if (bias.defined()) {
     b = at::zeros({l.out_channels}, compute_options<T>(weight.options()));
@@ -776,7 +846,7 @@ at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const a
   }
   at::Tensor out = at::empty(p.output_sizes(), input.options().memory_format(format));
   if (out.numel() == 0) return out;
-  forward_fused<T, S, S>(Image<S>(input), w.const_data_ptr<T>(),
+  forward_fused<T, S, S>(Image<S>(input), weight_at, weight.options(),
                          b.defined() ? b.const_data_ptr<T>() : nullptr, out, l, p);
   return out;
 }
