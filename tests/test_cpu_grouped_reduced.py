@@ -51,6 +51,10 @@ GROUPED = [
     ("g4_k32_5x7", 1, 128, 5, 7, 128, 3, 3, 1, 1, 1, 4),          # 35 pixels, 4 blocks
     ("g8_c8_7x7", 2, 64, 7, 7, 64, 3, 3, 1, 1, 1, 8),             # 8 per group, short tiles
     ("g2_c128_shared_pack", 1, 256, 5, 4, 256, 3, 3, 1, 1, 1, 2),  # block > kBlockPackBytes
+    # 1x1 with >= 16 channels per group: one pointwise GEMM per group (NCHW)
+    ("g3_pw_wide", 2, 48, 7, 9, 96, 1, 1, 1, 0, 1, 3),            # K 32 per group: 6-row tail
+    ("g2_pw_s2", 3, 64, 9, 8, 40, 1, 1, 2, 0, 1, 2),              # stride 2: grad-input grouped
+    ("g4_pw_k16", 2, 80, 5, 5, 64, 1, 1, 1, 0, 1, 4),             # 20 in / 16 out, tiles span images
 ]
 
 
@@ -84,7 +88,7 @@ def test_grouped_matches_torch(case, dtype, layout):
 
 
 @pytest.mark.parametrize("case", [c for c in GROUPED if c[0] in (
-    "g4_resnext", "g5_k3_tail", "g2_pad_gt_filter", "g6_asym", "g3_s3_k2")], ids=_id)
+    "g4_resnext", "g5_k3_tail", "g2_pad_gt_filter", "g6_asym", "g3_s3_k2", "g3_pw_wide")], ids=_id)
 def test_grouped_gradcheck_float64(case):
     _, N, C, H, W, K, R, S, stride, padding, dilation, groups = case
     H, W = min(H, 7), min(W, 7)

@@ -101,7 +101,15 @@ at::Tensor backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& w
   // bfloat16/float16 (scalar_t) on the float kernels (T = float), as forward_cpu.
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "conv2d_backward_input_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    if (path == CpuPath::kGrouped) {
+    if (path == CpuPath::kGrouped && format == at::MemoryFormat::Contiguous &&
+        grouped_runs_pointwise(p, Pass::kBackwardInput)) {
+      // Per group g: grad_input[Cg][HW] = W_g^T[Cg][Kg] grad_output[Kg][HW].
+      const at::Tensor wt = weight.view({p.groups, p.K_per_group, p.C_per_group})
+                                .transpose(1, 2)
+                                .reshape({p.C, p.K_per_group});
+      result = pointwise_nchw<T, scalar_t>(grad_output, wt, at::Tensor(), 1, 1, p.H, p.W,
+                                           nullptr, p.groups);
+    } else if (path == CpuPath::kGrouped) {
       result = grouped::backward_input_op<T, scalar_t>(grad_output, weight, p, format);
     } else if (path == CpuPath::kDepthwise) {
       if constexpr (std::is_same_v<T, scalar_t>) {

@@ -37,6 +37,7 @@
 // depthwise still converts whole tensors first (see is_reduced_float).
 #pragma once
 
+
 #include <ATen/ATen.h>
 
 #include "../conv2d_shape.h"
@@ -69,6 +70,22 @@ inline bool is_reduced_float(at::ScalarType dtype) {
 // the dot-product tiles on NCHW operands in place (no layout copy); above,
 // the dense GEMM's copy of one operand is amortised over more FMAs.
 inline constexpr int64_t kPointwiseWgradMaxChannels = 256;
+
+// A grouped 1x1 convolution (no padding) whose groups have at least this
+// many channels on both sides runs, on NCHW tensors, as one pointwise GEMM
+// per group (`pointwise_forward` with groups; grad-input at unit stride on
+// the transposed weight): wide groups fill its 6-row x 2-4-vector tiles,
+// where the grouped kernel's lanes run over a group's output channels
+// (ShuffleNet's 20 of 24 lanes on AVX2) and it copies the input into its
+// interleaved layout first.
+inline constexpr int64_t kGroupedPointwiseMinChannels = 16;
+inline bool grouped_runs_pointwise(const Conv2dShape& p, Pass pass) {
+  if (!p.is_grouped() || !p.is_pointwise()) return false;
+  if (pass == Pass::kBackwardInput && !p.is_unit_stride()) return false;
+  if (pass == Pass::kBackwardWeight) return false;
+  return p.C_per_group >= kGroupedPointwiseMinChannels &&
+         p.K_per_group >= kGroupedPointwiseMinChannels;
+}
 
 // Call with a checked, non-empty problem (the op front handles empty ones).
 inline CpuPath select_path(const Conv2dShape& p, Pass pass, at::ScalarType dtype) {

@@ -173,7 +173,11 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const 
   // layout copies widen, the result is rounded once (is_reduced_float).
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    if (path == CpuPath::kGrouped) {
+    if (path == CpuPath::kGrouped && format == at::MemoryFormat::Contiguous &&
+        grouped_runs_pointwise(p, Pass::kForward)) {
+      result = pointwise_nchw<T, scalar_t>(input, weight.view({p.K, p.C_per_group}), bias,
+                                           p.stride_h, p.stride_w, p.P, p.Q, nullptr, p.groups);
+    } else if (path == CpuPath::kGrouped) {
       result = grouped::forward_op<T, scalar_t>(input, weight, bias, p, format);
     } else if (path == CpuPath::kDepthwise) {
       if constexpr (std::is_same_v<T, scalar_t>) {

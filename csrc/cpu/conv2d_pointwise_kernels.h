@@ -88,15 +88,15 @@ const TileTable<PointwiseTileFn<T, O>, kPwK, kPwV>& pointwise_tile_table() {
 }
 
 // Copies pixels [m0, m1) (numbered across images, m = n * HW + hw) of x
-// [N][C][x_row] into packed [pixel tile][C][tile_px] of T (widened), zeros
+// [N][C][x_row] (images x_image apart) into packed [pixel tile][C][tile_px] of T (widened), zeros
 // past m1 in the last tile. Whole tiles within one image (all but the edges
 // of images) are copied channel by channel across the block: each input row
 // is then read as one sequential run (C rows at once defeat the prefetchers),
 // with vector moves instead of a copy call per tile row (which cost as much
 // as the tiles' arithmetic where K is small: C = K = 64).
 template <typename T, typename S>
-void pointwise_pack(const S* x, int64_t x_row, int64_t C, int64_t HW, int64_t m0, int64_t m1,
-                    T* packed) {
+void pointwise_pack(const S* x, int64_t x_row, int64_t x_image, int64_t C, int64_t HW,
+                    int64_t m0, int64_t m1, T* packed) {
   using V = simd::Vec<T>;
   using In = simd::Stored<T, S>;
   constexpr int L = V::size;
@@ -122,7 +122,7 @@ void pointwise_pack(const S* x, int64_t x_row, int64_t C, int64_t HW, int64_t m0
       T* d = dst + c * tile_px;
       for (int64_t a = m; a < m + count;) {  // image by image
         const int64_t an = a / HW, ahw = a - an * HW, len = std::min(m + count - a, HW - ahw);
-        simd::convert_copy<T>(x + (an * C + c) * x_row + ahw, d + (a - m), len);
+        simd::convert_copy<T>(x + an * x_image + c * x_row + ahw, d + (a - m), len);
         a += len;
       }
       std::fill(d + count, d + tile_px, T(0));
@@ -130,7 +130,7 @@ void pointwise_pack(const S* x, int64_t x_row, int64_t C, int64_t HW, int64_t m0
   }
   for (const Run& r : runs) {
     for (int64_t c = 0; c < C; ++c) {
-      const S* src = x + (r.n * C + c) * x_row + r.hw;
+      const S* src = x + r.n * x_image + c * x_row + r.hw;
       T* d = packed + (r.t0 * C + c) * tile_px;
       for (int64_t t = r.t0; t < r.t1; ++t, src += tile_px, d += C * tile_px) {
         for (int v = 0; v < kPwV; ++v) V::store(d + v * L, In::load(src + v * L));
@@ -153,14 +153,20 @@ void pointwise_pack(const S* x, int64_t x_row, int64_t C, int64_t HW, int64_t m0
 // (bitwise identical for any batch split).
 //
 // ep (S == T, ep->out == out): conv2d_fused's epilogue in the tiles' stores.
+//
+// groups > 1: a grouped 1x1 convolution as one such GEMM per group, C and K
+// counted per group: group g reads input channels [g * C, (g + 1) * C), W
+// rows and bias [g * K, (g + 1) * K) and writes those output channels. The
+// groups' work items share one parallel loop.
 template <typename T, typename S = T>
 void pointwise_forward(const S* x, int64_t x_row, const T* w, int64_t w_row, const T* bias,
                        S* out, int64_t N, int64_t C, int64_t K, int64_t HW,
-                       const StoreEpilogue<T>* ep = nullptr) {
+                       const StoreEpilogue<T>* ep = nullptr, int64_t groups = 1) {
   constexpr int L = simd::Vec<T>::size;
   constexpr int64_t tile_px = kPwV * L;
   const int64_t M = N * HW;
   if (M <= 0 || K <= 0) return;
+  const int64_t x_image = groups * C * x_row, out_image = groups * K * HW;
   // Pixel blocks whose C rows stay in L2 while all output channels sweep
   // them: near-equal runs of whole tiles (block hb: tiles [hb * tiles /
   // blocks, (hb + 1) * tiles / blocks)), as many as a multiple of the thread
@@ -180,7 +186,7 @@ void pointwise_forward(const S* x, int64_t x_row, const T* w, int64_t w_row, con
   constexpr int64_t k_tiles_per_group = 8;
   const int64_t KG = (Kt + k_tiles_per_group - 1) / k_tiles_per_group;
   const auto& table = pointwise_tile_table<T, S>();
-  at::parallel_for(0, blocks * KG, grain_for(block_tiles * tile_px * C * k_tiles_per_group),
+  at::parallel_for(0, groups * blocks * KG, grain_for(block_tiles * tile_px * C * k_tiles_per_group),
                    [&](int64_t begin, int64_t end) {
     // The block of X as [pixel tile][C][tile_px]: every tile then streams one
     // contiguous run instead of C rows a whole image apart (which costs a TLB
@@ -190,26 +196,28 @@ void pointwise_forward(const S* x, int64_t x_row, const T* w, int64_t w_row, con
     S spanning[kPwK][tile_px];
     int64_t packed_block = -1;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t kg = item % KG, hb = item / KG;
+      const int64_t kg = item % KG, hb = (item / KG) % blocks, g = item / (KG * blocks);
       const int64_t m0 = hb * tiles / blocks * tile_px;
       const int64_t m1 = std::min(M, (hb + 1) * tiles / blocks * tile_px);
-      if (packed_block != hb) {
-        packed_block = hb;
-        pointwise_pack<T, S>(x, x_row, C, HW, m0, m1, packed.data());
+      if (packed_block != item / KG) {
+        packed_block = item / KG;
+        pointwise_pack<T, S>(x + g * C * x_row, x_row, x_image, C, HW, m0, m1, packed.data());
       }
+      S* const out_g = out + g * K * HW;
+      const int64_t k_g = g * K;  // the group's first output channel
       const int64_t kt_end = std::min(Kt, (kg + 1) * k_tiles_per_group);
       for (int64_t kt = kg * k_tiles_per_group; kt < kt_end; ++kt) {
         const int uk = static_cast<int>(std::min<int64_t>(kPwK, K - kt * kPwK));
-        const T* wt = w + kt * kPwK * w_row;
-        const T* bt = bias != nullptr ? bias + kt * kPwK : nullptr;
+        const T* wt = w + (k_g + kt * kPwK) * w_row;
+        const T* bt = bias != nullptr ? bias + k_g + kt * kPwK : nullptr;
         for (int64_t m = m0, t = 0; m < m1; m += tile_px, ++t) {
           const int64_t lanes = std::min<int64_t>(tile_px, m1 - m);
           const int uv = static_cast<int>((lanes + L - 1) / L);
           const T* xt = packed.data() + t * C * tile_px;
           const int64_t n = m / HW, hw = m - n * HW;
           if (hw + lanes <= HW) {  // within image n
-            table(uk, uv)(xt, tile_px, wt, w_row, C, bt, out + (n * K + kt * kPwK) * HW + hw, HW,
-                          lanes, ep, kt * kPwK);
+            table(uk, uv)(xt, tile_px, wt, w_row, C, bt, out_g + n * out_image + kt * kPwK * HW + hw,
+                          HW, lanes, ep, k_g + kt * kPwK);
             continue;
           }
           // (the epilogue after the copy out: the residual is indexed by
@@ -218,10 +226,10 @@ void pointwise_forward(const S* x, int64_t x_row, const T* w, int64_t w_row, con
           for (int64_t a = m; a < m + lanes;) {
             const int64_t an = a / HW, ahw = a - an * HW, len = std::min(m + lanes - a, HW - ahw);
             for (int i = 0; i < uk; ++i) {
-              S* dst = out + (an * K + kt * kPwK + i) * HW + ahw;
+              S* dst = out_g + an * out_image + (kt * kPwK + i) * HW + ahw;
               std::memcpy(dst, &spanning[i][a - m], sizeof(S) * len);
               if constexpr (std::is_same_v<S, T>) {
-                if (ep != nullptr) epilogue_run<T, false>(*ep, dst, len, kt * kPwK + i);
+                if (ep != nullptr) epilogue_run<T, false>(*ep, dst, len, k_g + kt * kPwK + i);
               }
             }
             a += len;
@@ -233,7 +241,8 @@ void pointwise_forward(const S* x, int64_t x_row, const T* w, int64_t w_row, con
 }
 
 // Pointwise convolution of NCHW `input` [N][C][H][W] with matrix weight2d
-// [K][C] (any strides), stride (sh, sw), output [N][K][P][Q] contiguous.
+// [K][C / groups] (any strides; group g's rows are [g * K / groups, ...)),
+// stride (sh, sw), output [N][K][P][Q] contiguous.
 // The input is used as it is when contiguous with unit stride; otherwise
 // through a compact (subsampled) [N][C][P][Q] copy. Elements S: T, or
 // bfloat16/float16 (T = float): input widened in the tiles' pixel-block
@@ -242,9 +251,9 @@ void pointwise_forward(const S* x, int64_t x_row, const T* w, int64_t w_row, con
 template <typename T, typename S = T>
 at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight2d,
                           const at::Tensor& bias, int64_t sh, int64_t sw, int64_t P, int64_t Q,
-                          EpilogueRequest* epilogue = nullptr) {
+                          EpilogueRequest* epilogue = nullptr, int64_t groups = 1) {
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
-  const int64_t K = weight2d.size(0), HW = P * Q;
+  const int64_t K = weight2d.size(0), HW = P * Q, Cg = weight2d.size(1);
   at::Tensor x;
   int64_t x_row = HW;
   if (sh == 1 && sw == 1 && input.is_contiguous()) {
@@ -258,7 +267,7 @@ at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight2d,
   if constexpr (std::is_same_v<S, T>) {
     w = weight2d.stride(1) == 1 ? weight2d : weight2d.contiguous();
   } else {
-    w = at::empty({K, C}, compute_options<T>(weight2d.options()));
+    w = at::empty({K, Cg}, compute_options<T>(weight2d.options()));
     w.copy_(weight2d);  // exact: float holds every bfloat16/float16 value
   }
   at::Tensor b;
@@ -277,7 +286,8 @@ at::Tensor pointwise_nchw(const at::Tensor& input, const at::Tensor& weight2d,
   }
   pointwise_forward<T, S>(x.const_data_ptr<S>(), x_row, w.const_data_ptr<T>(), w.stride(0),
                           b.defined() ? b.const_data_ptr<T>() : nullptr,
-                          out.mutable_data_ptr<S>(), N, C, K, HW, fuse ? &ep : nullptr);
+                          out.mutable_data_ptr<S>(), N, Cg, K / groups, HW, fuse ? &ep : nullptr,
+                          groups);
   return out;
 }
 
