@@ -41,6 +41,8 @@ CASES = [
     ("first_layer_rows_1d_s5", 2, 1, 1, 400, 20, 1, 10, (1, 5), 0, 1, 1, "first_layer"),
     ("first_layer_rows_dilated", 2, 2, 6, 95, 7, 3, 4, (2, 3), (1, 5), (2, 3), 1, "first_layer"),
     ("first_layer_rows_big_pad", 1, 4, 5, 50, 9, 3, 3, 1, 4, 1, 1, "first_layer"),
+    # bands of 3 output rows (per-thread phase-split copies), the last one short
+    ("first_layer_rows_bands", 1, 3, 70, 150, 8, 3, 3, 2, 1, 1, 1, "first_layer"),
     ("dense_3x3", 2, 16, 9, 11, 32, 3, 3, 1, 1, 1, 1, "dense"),
     ("dense_k_c_tails", 1, 19, 7, 7, 21, 3, 3, 1, 1, 1, 1, "dense"),
     ("dense_stride2", 2, 12, 11, 10, 17, 3, 3, 2, 1, 1, 1, "dense"),
@@ -160,7 +162,8 @@ def test_first_layer_rows_gradcheck_and_batch_invariance():
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
-    "pointwise", "first_layer_7x7_s2", "first_layer_rows_1d_s5", "dense_3x3", "dense_c_split",
+    "pointwise", "first_layer_7x7_s2", "first_layer_rows_1d_s5", "first_layer_rows_bands",
+    "dense_3x3", "dense_c_split",
     "dense_wide_rows", "dense_dilated_small_plane", "dense_5x5_on_6x6", "depthwise_s1")],
     ids=_case_id)
 def test_bitwise_reproducible_across_runs_and_threads(case):

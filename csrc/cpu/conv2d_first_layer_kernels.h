@@ -11,8 +11,9 @@
 // broadcasts KT weights, and stores whole vectors straight into the NCHW
 // rows (no NHWC buffer, no transpose).
 //
-// The input is copied once into rows split by the column stride ("phases"):
-// xp[n][c][padded row][phase][i] = x[n][c][row - pad_h][i * stride_w + phase
+// Each work item (an image and a band of output rows) copies the input rows
+// it reads into a per-thread buffer, split by the column stride ("phases"):
+// xp[c][padded row][phase][i] = x[n][c][row - pad_h][i * stride_w + phase
 // - pad_w], zero outside the image and beyond it, so output pixel q reads tap
 // s at xp[...][(s * dilation_w) % stride_w][q + (s * dilation_w) / stride_w]:
 // consecutive pixels are consecutive floats at any stride, and no load needs
@@ -116,20 +117,20 @@ RowTileFn<T> row_tile_fn(int qv) {
   return table(qv, 1);
 }
 
-// The phase-split, zero-padded copy of x (any strides) described above.
+// Padded rows [row0, row1) of image n of x (any strides), every channel,
+// phase-split and zero-padded as described above, into dst[c][row -
+// row0][phase][Wx] (channels x_channel apart).
 template <typename T>
-at::Tensor phase_split_input(const at::Tensor& input, const Conv2dShape& p, int64_t Wx) {
-  const int64_t Hp = p.H + 2 * p.pad_h, sw = p.stride_w;
-  auto xp = at::empty({p.N, p.C, Hp, sw, Wx}, input.options());
+void copy_phase_rows(const at::Tensor& input, const Conv2dShape& p, int64_t Wx, int64_t n,
+                     int64_t row0, int64_t row1, int64_t x_channel, T* dst) {
+  const int64_t sw = p.stride_w;
   const T* x = input.const_data_ptr<T>();
-  T* dst = xp.mutable_data_ptr<T>();
   const int64_t xs_n = input.stride(0), xs_c = input.stride(1), xs_h = input.stride(2),
                 xs_w = input.stride(3);
-  at::parallel_for(0, p.N * p.C * Hp, grain_for(sw * Wx), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t row = item % Hp, nc = item / Hp;
-      const int64_t n = nc / p.C, c = nc % p.C, h = row - p.pad_h;
-      T* d = dst + item * sw * Wx;
+  for (int64_t c = 0; c < p.C; ++c) {
+    for (int64_t row = row0; row < row1; ++row) {
+      const int64_t h = row - p.pad_h;
+      T* d = dst + c * x_channel + (row - row0) * sw * Wx;
       if (h < 0 || h >= p.H) {
         std::fill(d, d + sw * Wx, T(0));
         continue;
@@ -154,8 +155,7 @@ at::Tensor phase_split_input(const at::Tensor& input, const Conv2dShape& p, int6
         std::fill(dp + hi, dp + Wx, T(0));
       }
     }
-  });
-  return xp;
+  }
 }
 
 // The forward of problem p (first_layer::fits) into `out`, contiguous NCHW;
@@ -172,9 +172,26 @@ void forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor
   const int64_t row_tiles = (p.Q + kTilePixels - 1) / kTilePixels;
   // Every tile reads QV whole vectors from q0 + (s * dilation_w) / sw.
   const int64_t Wx = row_tiles * kTilePixels + ((p.S - 1) * p.dilation_w) / sw;
-  const at::Tensor xp = phase_split_input<T>(input, p, Wx);
-  const int64_t Hp = p.H + 2 * p.pad_h;
-  const int64_t x_row = sw * Wx, x_channel = Hp * x_row, x_image = p.C * x_channel;
+  // Work items: an image and a band of `band` output rows, whose input rows
+  // (C * rows_in(band) * sw * Wx) fit a per-thread buffer of kBandBytes, and
+  // enough items for the threads. The old whole-tensor phase-split copy was
+  // written and read back through memory (9 MB at 299 x 299 x 3, N=8), and
+  // the tiles' 18-27 row streams then missed the caches.
+  constexpr int64_t kBandBytes = 128 * 1024;
+  const int64_t x_row = sw * Wx;
+  auto rows_in = [&](int64_t rows) {
+    return (rows - 1) * p.stride_h + (p.R - 1) * p.dilation_h + 1;
+  };
+  auto band_bytes = [&](int64_t rows) {
+    return p.C * rows_in(rows) * x_row * static_cast<int64_t>(sizeof(T));
+  };
+  const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
+  int64_t band = p.P;
+  while (band > 1 && (band_bytes(band) > kBandBytes || p.N * ((p.P + band - 1) / band) < wanted)) {
+    band = (band + 1) / 2;
+  }
+  const int64_t bands = (p.P + band - 1) / band;
+  const int64_t x_channel = rows_in(band) * x_row;
 
   // Tap offsets in (c, r, s) order.
   const int64_t taps = p.C * p.R * p.S;
@@ -202,30 +219,37 @@ void forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor
   }
 
   T* o = out.mutable_data_ptr<T>();
-  const T* x = xp.const_data_ptr<T>();
   const int64_t out_channel = p.P * p.Q;
-  // Work items: one tile-width stretch of one output row, all channels: the
-  // input it reads (C*R*sw rows of a tile's width) stays in L1 across the
+  // Within an item: one tile-width stretch of one output row, all channels:
+  // the input it reads (C*R*sw rows of a tile's width) stays in L1 across the
   // channel blocks, the packed weights (K*C*R*S) in L1/L2.
-  at::parallel_for(0, p.N * p.P * row_tiles, grain_for(Kt * KT * kTilePixels * taps),
-                   [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * bands, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> xbuf(static_cast<size_t>(p.C * x_channel));
+    const T* x = xbuf.data();
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t qt = item % row_tiles, row = item / row_tiles;
-      const int64_t oh = row % p.P, n = row / p.P;
-      const int64_t q0 = qt * kTilePixels, pixels = std::min(kTilePixels, p.Q - q0);
-      const int qv = static_cast<int>((pixels + L - 1) / L);
-      const int last = static_cast<int>(pixels - (qv - 1) * L);
-      const RowTileFn<T> tile = row_tile_fn<T>(qv);
-      const T* xt = x + n * x_image + oh * p.stride_h * x_row + q0;
-      T* ot = o + (n * p.K * p.P + oh) * p.Q + q0;
-      for (int64_t kb = 0; kb < Kt; ++kb) {
-        const int kcount = static_cast<int>(std::min<int64_t>(KT, p.K - kb * KT));
-        tile(xt, off, taps, wp.data() + kb * taps * KT,
-             bias.defined() ? bp.data() + kb * KT : nullptr, ot + kb * KT * out_channel,
-             out_channel, kcount, last);
-      }
-      if (ep != nullptr) {
-        for (int64_t k = 0; k < p.K; ++k) epilogue_run<T, false>(*ep, ot + k * out_channel, pixels, k);
+      const int64_t n = item / bands, oh0 = (item % bands) * band;
+      const int64_t oh1 = std::min(p.P, oh0 + band);
+      copy_phase_rows<T>(input, p, Wx, n, oh0 * p.stride_h,
+                         oh0 * p.stride_h + rows_in(oh1 - oh0), x_channel, xbuf.data());
+      for (int64_t rt = 0; rt < (oh1 - oh0) * row_tiles; ++rt) {
+        const int64_t qt = rt % row_tiles, oh = oh0 + rt / row_tiles;
+        const int64_t q0 = qt * kTilePixels, pixels = std::min(kTilePixels, p.Q - q0);
+        const int qv = static_cast<int>((pixels + L - 1) / L);
+        const int last = static_cast<int>(pixels - (qv - 1) * L);
+        const RowTileFn<T> tile = row_tile_fn<T>(qv);
+        const T* xt = x + (oh - oh0) * p.stride_h * x_row + q0;
+        T* ot = o + (n * p.K * p.P + oh) * p.Q + q0;
+        for (int64_t kb = 0; kb < Kt; ++kb) {
+          const int kcount = static_cast<int>(std::min<int64_t>(KT, p.K - kb * KT));
+          tile(xt, off, taps, wp.data() + kb * taps * KT,
+               bias.defined() ? bp.data() + kb * KT : nullptr, ot + kb * KT * out_channel,
+               out_channel, kcount, last);
+        }
+        if (ep != nullptr) {
+          for (int64_t k = 0; k < p.K; ++k) {
+            epilogue_run<T, false>(*ep, ot + k * out_channel, pixels, k);
+          }
+        }
       }
     }
   });
