@@ -204,7 +204,20 @@ at::Tensor backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& 
   // bfloat16/float16 (scalar_t) on the float kernels (T = float), as forward_cpu.
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "conv2d_backward_weight_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    if (path == CpuPath::kGrouped) {
+    if (path == CpuPath::kGrouped && grouped_runs_pointwise(p, Pass::kBackwardWeight) &&
+        pixels_contiguous(grad_output) && pixels_contiguous(input)) {
+      // One 1x1 grad-weight per group, on the group's planes in place.
+      result = at::empty(p.weight_sizes(), grad_output.options());
+      const int64_t Kg = p.K_per_group, Cg = p.C_per_group;
+      for (int64_t g = 0; g < p.groups; ++g) {
+        pointwise_backward_weight<T, scalar_t>(
+            grad_output.const_data_ptr<scalar_t>() + g * Kg * grad_output.stride(1),
+            grad_output.stride(0), grad_output.stride(1),
+            input.const_data_ptr<scalar_t>() + g * Cg * input.stride(1), input.stride(0),
+            input.stride(1), result.mutable_data_ptr<scalar_t>() + g * Kg * Cg, p.N, Kg, Cg,
+            p.H * p.W);
+      }
+    } else if (path == CpuPath::kGrouped) {
       result = grouped::backward_weight_op<T, scalar_t>(grad_output, input, p);
     } else if (path == CpuPath::kDepthwise) {
       if constexpr (std::is_same_v<T, scalar_t>) {
