@@ -890,7 +890,10 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
   // Each phase: a unit-stride problem on the slab with its sub-filter.
   struct Phase {
     int64_t ah, aw, rows, cols, steps, slab_offset;
-    at::Tensor w;
+    const PhaseTapList* rt;
+    const PhaseTapList* ct;
+    at::Tensor w;              // all blocks' packed weights (shared packing only)
+    int64_t block_offset = 0;  // in a block's per-thread pack (all phases)
     std::vector<int64_t> off;
   };
   std::vector<Phase> phases;
@@ -901,20 +904,37 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
       if (rt.tap.empty() || ct.tap.empty() || rt.count == 0 || ct.count == 0) continue;
       const int64_t R = static_cast<int64_t>(rt.tap.size()), S = static_cast<int64_t>(ct.tap.size());
       Phase ph{ah, aw, rt.count, ct.count, R * S * Kg,
-               ((rt.offset.front() - front) * Wp + pad_w + ct.offset.front()) * cb, {}, {}};
-      ph.w = pack_weights<T>(
-          l, R, S,
-          [&](int64_t grp, int64_t cc, int64_t kk, int64_t r, int64_t s) {
-            return simd::Stored<T, E>::get(
-                wp[(grp * Kg + kk) * w0 + cc * w1 + rt.tap[r] * w2 + ct.tap[s] * w3]);
-          },
-          weight.options());
+               ((rt.offset.front() - front) * Wp + pad_w + ct.offset.front()) * cb, &rt, &ct,
+               {}, 0, {}};
       ph.off.resize(ph.steps);
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
           for (int64_t i = 0; i < Kg; ++i)
             ph.off[(r * S + s) * Kg + i] = (r * rt.spacing * Wp + s * ct.spacing) * cb + i * l.GB;
       phases.push_back(std::move(ph));
+    }
+  }
+  // The phases' sub-filters of one block, packed one after the other; per
+  // thread where they fit kBlockPackBytes (as forward_fused), else shared.
+  auto phase_weight_at = [&](const Phase& ph) {
+    return [&wp, &ph, w0, w1, w2, w3, Kg](int64_t grp, int64_t cc, int64_t kk, int64_t r,
+                                          int64_t s) {
+      return simd::Stored<T, E>::get(
+          wp[(grp * Kg + kk) * w0 + cc * w1 + ph.rt->tap[r] * w2 + ph.ct->tap[s] * w3]);
+    };
+  };
+  int64_t block_elems = 0;
+  for (Phase& ph : phases) {
+    ph.block_offset = block_elems;
+    block_elems += l.vecs * ph.steps * L;
+  }
+  const bool pack_per_thread =
+      block_elems * static_cast<int64_t>(sizeof(T)) <= kBlockPackBytes;
+  if (!pack_per_thread) {
+    for (Phase& ph : phases) {
+      ph.w = pack_weights<T>(l, static_cast<int64_t>(ph.rt->tap.size()),
+                             static_cast<int64_t>(ph.ct->tap.size()), phase_weight_at(ph),
+                             weight.options());
     }
   }
   // Work items: (image, block, a chunk of phase rows t: input rows
@@ -931,10 +951,24 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
   const Image<E> src(grad_output);
   E* o = gx.mutable_data_ptr<E>();
   const int64_t on = gx.stride(0), oc = gx.stride(1), opix = gx.stride(3);
-  at::parallel_for(0, p.N * l.blocks * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, l.blocks * p.N * chunks, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> slab((k + span) * Wp * cb), buf(k * sh * p.W * cob);
+    Scratch<T> block_w(pack_per_thread ? block_elems : 0);
+    int64_t packed_block = -1;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t c = item % chunks, b = (item / chunks) % l.blocks, n = item / (chunks * l.blocks);
+      // Items (block, image, chunk): a thread's items share few blocks.
+      const int64_t c = item % chunks, n = (item / chunks) % p.N, b = item / (chunks * p.N);
+      if (pack_per_thread && b != packed_block) {
+        for (const Phase& ph : phases) {
+          const auto weight_at = phase_weight_at(ph);
+          for (int64_t v = 0; v < l.vecs; ++v) {
+            pack_weight_vector<T>(l, static_cast<int64_t>(ph.rt->tap.size()),
+                                  static_cast<int64_t>(ph.ct->tap.size()), weight_at, b, v,
+                                  block_w.data() + ph.block_offset + v * ph.steps * L);
+          }
+        }
+        packed_block = b;
+      }
       const int64_t t0 = c * k, t1 = std::min(phase_rows, t0 + k);
       const int64_t groups_here = std::min<int64_t>(l.GB, p.groups - b * l.GB);
       // Padding: rows outside grad_output read as zero (copy_block_rows).
@@ -946,7 +980,10 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
         const int64_t rows_here = std::min(t1, ph.rows) - t0;
         if (rows_here <= 0) continue;
         chunk_tiles<T>(slab.data() + ph.slab_offset, Wp * cb, cb, ph.off.data(), ph.steps,
-                       ph.w.template const_data_ptr<T>() + b * l.vecs * ph.steps * L, nullptr,
+                       pack_per_thread
+                           ? block_w.data() + ph.block_offset
+                           : ph.w.template const_data_ptr<T>() + b * l.vecs * ph.steps * L,
+                       nullptr,
                        buf.data() + (ph.ah * p.W + ph.aw) * cob, sh * p.W * cob, sw * cob,
                        rows_here, ph.cols, l);
       }
