@@ -165,6 +165,15 @@ void pack_weight_vector(const Layout& l, int64_t R, int64_t S, const WeightAt& w
   }
 }
 
+// All vectors of block b into dst ([vecs][taps][L]).
+template <typename T, typename WeightAt>
+void pack_weight_block(const Layout& l, int64_t R, int64_t S, const WeightAt& weight_at,
+                       int64_t b, T* dst) {
+  const int64_t taps = R * S * l.in_per_group;
+  for (int64_t v = 0; v < l.vecs; ++v)
+    pack_weight_vector<T>(l, R, S, weight_at, b, v, dst + v * taps * kLanes<T>);
+}
+
 // Every block's vectors, in parallel, into one tensor.
 template <typename T, typename WeightAt>
 at::Tensor pack_weights(const Layout& l, int64_t R, int64_t S, const WeightAt& weight_at,
@@ -624,6 +633,31 @@ int64_t rows_per_item(int64_t rows, int64_t other_items, Bytes bytes) {
 // weights precedes the convolution. Larger blocks are packed once, shared.
 inline constexpr int64_t kBlockPackBytes = 256 * 1024;
 
+template <typename T>
+bool packs_per_thread(int64_t block_elems) {
+  return block_elems * static_cast<int64_t>(sizeof(T)) <= kBlockPackBytes;
+}
+
+// A thread's copy of the packed weights of the block it is working on;
+// pack(b, dst) packs block b, called only when the block changes.
+template <typename T>
+class ThreadBlockPack {
+ public:
+  explicit ThreadBlockPack(int64_t elems) : buf_(elems) {}
+  template <typename Pack>
+  const T* block(int64_t b, const Pack& pack) {
+    if (b != packed_) {
+      pack(b, buf_.data());
+      packed_ = b;
+    }
+    return buf_.data();
+  }
+
+ private:
+  Scratch<T> buf_;
+  int64_t packed_ = -1;
+};
+
 // The forward convolution of src into out (N x K x P x Q of O, NCHW or
 // channels_last), fused with its layout copies; weight_at(grp, out, in, r,
 // s) reads the filter (see pack_weight_vector), bias interleaved
@@ -637,8 +671,7 @@ void forward_fused(const Image<S>& src, const WeightAt& weight_at,
   const int64_t Wp = p.W + 2 * p.pad_w;
   const int64_t steps = p.R * p.S * l.in_per_group;
   const int64_t block_elems = l.vecs * steps * L;
-  const bool pack_per_thread =
-      block_elems * static_cast<int64_t>(sizeof(T)) <= kBlockPackBytes;
+  const bool pack_per_thread = packs_per_thread<T>(block_elems);
   at::Tensor shared_w;
   if (!pack_per_thread) shared_w = pack_weights<T>(l, p.R, p.S, weight_at, options);
   const std::vector<int64_t> off = step_offsets(l, p, Wp, cb);
@@ -653,22 +686,15 @@ void forward_fused(const Image<S>& src, const WeightAt& weight_at,
   const int64_t on = out.stride(0), oc = out.stride(1), opix = out.stride(3);
   at::parallel_for(0, l.blocks * p.N * chunks, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> slab(rows_in(k) * Wp * cb), buf(k * p.Q * cob);
-    Scratch<T> block_w(pack_per_thread ? block_elems : 0);
-    int64_t packed_block = -1;
+    ThreadBlockPack<T> block_w(pack_per_thread ? block_elems : 0);
     for (int64_t item = begin; item < end; ++item) {
       // Items (block, image, chunk): a thread's items share few blocks.
       const int64_t c = item % chunks, n = (item / chunks) % p.N, b = item / (chunks * p.N);
-      const T* w;
-      if (pack_per_thread) {
-        if (b != packed_block) {
-          for (int64_t v = 0; v < l.vecs; ++v)
-            pack_weight_vector<T>(l, p.R, p.S, weight_at, b, v, block_w.data() + v * steps * L);
-          packed_block = b;
-        }
-        w = block_w.data();
-      } else {
-        w = shared_w.const_data_ptr<T>() + b * block_elems;
-      }
+      const T* w = pack_per_thread
+                       ? block_w.block(b, [&](int64_t blk, T* dst) {
+                           pack_weight_block<T>(l, p.R, p.S, weight_at, blk, dst);
+                         })
+                       : shared_w.const_data_ptr<T>() + b * block_elems;
       const int64_t oh0 = c * k, oh1 = std::min(p.P, oh0 + k);
       const int64_t groups_here = std::min<int64_t>(l.GB, p.groups - b * l.GB);
       copy_block_rows<T, S>(src, n, b * l.GB * l.in_per_group, in_rel.data(),
@@ -928,8 +954,7 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
     ph.block_offset = block_elems;
     block_elems += l.vecs * ph.steps * L;
   }
-  const bool pack_per_thread =
-      block_elems * static_cast<int64_t>(sizeof(T)) <= kBlockPackBytes;
+  const bool pack_per_thread = packs_per_thread<T>(block_elems);
   if (!pack_per_thread) {
     for (Phase& ph : phases) {
       ph.w = pack_weights<T>(l, static_cast<int64_t>(ph.rt->tap.size()),
@@ -953,21 +978,19 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
   const int64_t on = gx.stride(0), oc = gx.stride(1), opix = gx.stride(3);
   at::parallel_for(0, l.blocks * p.N * chunks, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> slab((k + span) * Wp * cb), buf(k * sh * p.W * cob);
-    Scratch<T> block_w(pack_per_thread ? block_elems : 0);
-    int64_t packed_block = -1;
+    ThreadBlockPack<T> block_w(pack_per_thread ? block_elems : 0);
     for (int64_t item = begin; item < end; ++item) {
       // Items (block, image, chunk): a thread's items share few blocks.
       const int64_t c = item % chunks, n = (item / chunks) % p.N, b = item / (chunks * p.N);
-      if (pack_per_thread && b != packed_block) {
-        for (const Phase& ph : phases) {
-          const auto weight_at = phase_weight_at(ph);
-          for (int64_t v = 0; v < l.vecs; ++v) {
-            pack_weight_vector<T>(l, static_cast<int64_t>(ph.rt->tap.size()),
-                                  static_cast<int64_t>(ph.ct->tap.size()), weight_at, b, v,
-                                  block_w.data() + ph.block_offset + v * ph.steps * L);
+      const T* w_block = nullptr;
+      if (pack_per_thread) {
+        w_block = block_w.block(b, [&](int64_t blk, T* dst) {
+          for (const Phase& ph : phases) {
+            pack_weight_block<T>(l, static_cast<int64_t>(ph.rt->tap.size()),
+                                 static_cast<int64_t>(ph.ct->tap.size()), phase_weight_at(ph),
+                                 blk, dst + ph.block_offset);
           }
-        }
-        packed_block = b;
+        });
       }
       const int64_t t0 = c * k, t1 = std::min(phase_rows, t0 + k);
       const int64_t groups_here = std::min<int64_t>(l.GB, p.groups - b * l.GB);
@@ -981,7 +1004,7 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
         if (rows_here <= 0) continue;
         chunk_tiles<T>(slab.data() + ph.slab_offset, Wp * cb, cb, ph.off.data(), ph.steps,
                        pack_per_thread
-                           ? block_w.data() + ph.block_offset
+                           ? w_block + ph.block_offset
                            : ph.w.template const_data_ptr<T>() + b * l.vecs * ph.steps * L,
                        nullptr,
                        buf.data() + (ph.ah * p.W + ph.aw) * cob, sh * p.W * cob, sw * cob,
