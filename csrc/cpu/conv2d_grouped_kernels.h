@@ -174,21 +174,6 @@ void pack_weight_block(const Layout& l, int64_t R, int64_t S, const WeightAt& we
     pack_weight_vector<T>(l, R, S, weight_at, b, v, dst + v * taps * kLanes<T>);
 }
 
-// Every block's vectors, in parallel, into one tensor.
-template <typename T, typename WeightAt>
-at::Tensor pack_weights(const Layout& l, int64_t R, int64_t S, const WeightAt& weight_at,
-                        const at::TensorOptions& options) {
-  constexpr int L = kLanes<T>;
-  const int64_t taps = R * S * l.in_per_group;
-  at::Tensor packed = at::empty({l.blocks, l.vecs, taps, L}, compute_options<T>(options));
-  T* dst = packed.mutable_data_ptr<T>();
-  at::parallel_for(0, l.blocks * l.vecs, grain_for(taps * L), [&](int64_t begin, int64_t end) {
-    for (int64_t bv = begin; bv < end; ++bv)
-      pack_weight_vector<T>(l, R, S, weight_at, bv / l.vecs, bv % l.vecs, dst + bv * taps * L);
-  });
-  return packed;
-}
-
 // UR output pixels x NB vectors; xs[u]: pixel u's input at tap (0, 0) of its
 // block; off[i]: offset of reduction step i (tap and channel); w: packed
 // weights of the first vector (vectors w_vec apart); outs[u]: output.
@@ -633,29 +618,51 @@ int64_t rows_per_item(int64_t rows, int64_t other_items, Bytes bytes) {
 // weights precedes the convolution. Larger blocks are packed once, shared.
 inline constexpr int64_t kBlockPackBytes = 256 * 1024;
 
-template <typename T>
-bool packs_per_thread(int64_t block_elems) {
-  return block_elems * static_cast<int64_t>(sizeof(T)) <= kBlockPackBytes;
-}
-
-// A thread's copy of the packed weights of the block it is working on;
-// pack(b, dst) packs block b, called only when the block changes.
-template <typename T>
-class ThreadBlockPack {
+// The packed weights of every block, block_elems each; pack(b, dst) packs
+// block b. Either all packed up front into one shared tensor (blocks over
+// kBlockPackBytes) or left to each thread's Reader, which packs the block it
+// is working on into its own buffer when the block changes.
+template <typename T, typename Pack>
+class PackedBlocks {
  public:
-  explicit ThreadBlockPack(int64_t elems) : buf_(elems) {}
-  template <typename Pack>
-  const T* block(int64_t b, const Pack& pack) {
-    if (b != packed_) {
-      pack(b, buf_.data());
-      packed_ = b;
-    }
-    return buf_.data();
+  PackedBlocks(int64_t blocks, int64_t block_elems, const Pack& pack,
+               const at::TensorOptions& options)
+      : block_elems_(block_elems),
+        per_thread_(block_elems * static_cast<int64_t>(sizeof(T)) <= kBlockPackBytes),
+        pack_(pack) {
+    if (per_thread_) return;
+    shared_ = at::empty({blocks, block_elems}, compute_options<T>(options));
+    T* dst = shared_.template mutable_data_ptr<T>();
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) pack_(b, dst + b * block_elems_);
+    });
   }
 
+  // One per thread (inside the parallel region).
+  class Reader {
+   public:
+    explicit Reader(const PackedBlocks& src)
+        : src_(src), buf_(src.per_thread_ ? src.block_elems_ : 0) {}
+    const T* block(int64_t b) {
+      if (!src_.per_thread_) return src_.shared_.template const_data_ptr<T>() + b * src_.block_elems_;
+      if (b != packed_) {
+        src_.pack_(b, buf_.data());
+        packed_ = b;
+      }
+      return buf_.data();
+    }
+
+   private:
+    const PackedBlocks& src_;
+    Scratch<T> buf_;
+    int64_t packed_ = -1;
+  };
+
  private:
-  Scratch<T> buf_;
-  int64_t packed_ = -1;
+  int64_t block_elems_;
+  bool per_thread_;
+  const Pack& pack_;
+  at::Tensor shared_;
 };
 
 // The forward convolution of src into out (N x K x P x Q of O, NCHW or
@@ -670,10 +677,11 @@ void forward_fused(const Image<S>& src, const WeightAt& weight_at,
   const int64_t cb = l.in_per_group * l.GB, cob = l.vecs * L;
   const int64_t Wp = p.W + 2 * p.pad_w;
   const int64_t steps = p.R * p.S * l.in_per_group;
-  const int64_t block_elems = l.vecs * steps * L;
-  const bool pack_per_thread = packs_per_thread<T>(block_elems);
-  at::Tensor shared_w;
-  if (!pack_per_thread) shared_w = pack_weights<T>(l, p.R, p.S, weight_at, options);
+  auto pack_block = [&](int64_t b, T* dst) {
+    pack_weight_block<T>(l, p.R, p.S, weight_at, b, dst);
+  };
+  using Weights = PackedBlocks<T, decltype(pack_block)>;
+  const Weights weights(l.blocks, l.vecs * steps * L, pack_block, options);
   const std::vector<int64_t> off = step_offsets(l, p, Wp, cb);
   const std::vector<int64_t> in_rel = block_channels(l.in_per_group, l.GB, cb, L);
   const std::vector<int64_t> out_rel = block_channels(l.out_per_group, l.GB, cob, L);
@@ -686,15 +694,11 @@ void forward_fused(const Image<S>& src, const WeightAt& weight_at,
   const int64_t on = out.stride(0), oc = out.stride(1), opix = out.stride(3);
   at::parallel_for(0, l.blocks * p.N * chunks, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> slab(rows_in(k) * Wp * cb), buf(k * p.Q * cob);
-    ThreadBlockPack<T> block_w(pack_per_thread ? block_elems : 0);
+    typename Weights::Reader block_w(weights);
     for (int64_t item = begin; item < end; ++item) {
       // Items (block, image, chunk): a thread's items share few blocks.
       const int64_t c = item % chunks, n = (item / chunks) % p.N, b = item / (chunks * p.N);
-      const T* w = pack_per_thread
-                       ? block_w.block(b, [&](int64_t blk, T* dst) {
-                           pack_weight_block<T>(l, p.R, p.S, weight_at, blk, dst);
-                         })
-                       : shared_w.const_data_ptr<T>() + b * block_elems;
+      const T* w = block_w.block(b);
       const int64_t oh0 = c * k, oh1 = std::min(p.P, oh0 + k);
       const int64_t groups_here = std::min<int64_t>(l.GB, p.groups - b * l.GB);
       copy_block_rows<T, S>(src, n, b * l.GB * l.in_per_group, in_rel.data(),
@@ -918,8 +922,7 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
     int64_t ah, aw, rows, cols, steps, slab_offset;
     const PhaseTapList* rt;
     const PhaseTapList* ct;
-    at::Tensor w;              // all blocks' packed weights (shared packing only)
-    int64_t block_offset = 0;  // in a block's per-thread pack (all phases)
+    int64_t block_offset = 0;  // in a block's packed weights (all phases)
     std::vector<int64_t> off;
   };
   std::vector<Phase> phases;
@@ -931,7 +934,7 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
       const int64_t R = static_cast<int64_t>(rt.tap.size()), S = static_cast<int64_t>(ct.tap.size());
       Phase ph{ah, aw, rt.count, ct.count, R * S * Kg,
                ((rt.offset.front() - front) * Wp + pad_w + ct.offset.front()) * cb, &rt, &ct,
-               {}, 0, {}};
+               0, {}};
       ph.off.resize(ph.steps);
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
@@ -940,8 +943,7 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
       phases.push_back(std::move(ph));
     }
   }
-  // The phases' sub-filters of one block, packed one after the other; per
-  // thread where they fit kBlockPackBytes (as forward_fused), else shared.
+  // The phases' sub-filters of one block, packed one after the other.
   auto phase_weight_at = [&](const Phase& ph) {
     return [&wp, &ph, w0, w1, w2, w3, Kg](int64_t grp, int64_t cc, int64_t kk, int64_t r,
                                           int64_t s) {
@@ -954,14 +956,15 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
     ph.block_offset = block_elems;
     block_elems += l.vecs * ph.steps * L;
   }
-  const bool pack_per_thread = packs_per_thread<T>(block_elems);
-  if (!pack_per_thread) {
-    for (Phase& ph : phases) {
-      ph.w = pack_weights<T>(l, static_cast<int64_t>(ph.rt->tap.size()),
-                             static_cast<int64_t>(ph.ct->tap.size()), phase_weight_at(ph),
-                             weight.options());
+  auto pack_block = [&](int64_t b, T* dst) {
+    for (const Phase& ph : phases) {
+      pack_weight_block<T>(l, static_cast<int64_t>(ph.rt->tap.size()),
+                           static_cast<int64_t>(ph.ct->tap.size()), phase_weight_at(ph), b,
+                           dst + ph.block_offset);
     }
-  }
+  };
+  using Weights = PackedBlocks<T, decltype(pack_block)>;
+  const Weights weights(l.blocks, block_elems, pack_block, weight.options());
   // Work items: (image, block, a chunk of phase rows t: input rows
   // [t0 * stride_h, t1 * stride_h)), reading grad_output rows
   // [t0 + front, t1 + back).
@@ -978,20 +981,11 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
   const int64_t on = gx.stride(0), oc = gx.stride(1), opix = gx.stride(3);
   at::parallel_for(0, l.blocks * p.N * chunks, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> slab((k + span) * Wp * cb), buf(k * sh * p.W * cob);
-    ThreadBlockPack<T> block_w(pack_per_thread ? block_elems : 0);
+    typename Weights::Reader block_w(weights);
     for (int64_t item = begin; item < end; ++item) {
       // Items (block, image, chunk): a thread's items share few blocks.
       const int64_t c = item % chunks, n = (item / chunks) % p.N, b = item / (chunks * p.N);
-      const T* w_block = nullptr;
-      if (pack_per_thread) {
-        w_block = block_w.block(b, [&](int64_t blk, T* dst) {
-          for (const Phase& ph : phases) {
-            pack_weight_block<T>(l, static_cast<int64_t>(ph.rt->tap.size()),
-                                 static_cast<int64_t>(ph.ct->tap.size()), phase_weight_at(ph),
-                                 blk, dst + ph.block_offset);
-          }
-        });
-      }
+      const T* w_block = block_w.block(b);
       const int64_t t0 = c * k, t1 = std::min(phase_rows, t0 + k);
       const int64_t groups_here = std::min<int64_t>(l.GB, p.groups - b * l.GB);
       // Padding: rows outside grad_output read as zero (copy_block_rows).
@@ -1003,10 +997,7 @@ at::Tensor backward_input_op(const at::Tensor& grad_output, const at::Tensor& we
         const int64_t rows_here = std::min(t1, ph.rows) - t0;
         if (rows_here <= 0) continue;
         chunk_tiles<T>(slab.data() + ph.slab_offset, Wp * cb, cb, ph.off.data(), ph.steps,
-                       pack_per_thread
-                           ? w_block + ph.block_offset
-                           : ph.w.template const_data_ptr<T>() + b * l.vecs * ph.steps * L,
-                       nullptr,
+                       w_block + ph.block_offset, nullptr,
                        buf.data() + (ph.ah * p.W + ph.aw) * cob, sh * p.W * cob, sw * cob,
                        rows_here, ph.cols, l);
       }
