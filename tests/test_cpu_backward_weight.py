@@ -68,6 +68,14 @@ CASES = {
     # 4 KB or more apart: the input is B, grad_output A (1x1 and 3x3)
     "wide_input_b": (2, 1024, 5, 6, 48, 1, 1, 1, 0, 1),
     "wide_input_b_3x3": (1, 1040, 4, 5, 32, 3, 3, 1, 1, 1),
+    # 1x1 without padding, a channels_last A ("channels_last", "mixed") and
+    # pixels 2 KB or more apart (kWgradPanelStrideBytes): the operands copied
+    # into per-chunk panels. Many A tiles (threads start mid-way through
+    # them) with a channel tail; bands of rows; chunks of several small
+    # images. ("wide_input_b" has A = grad_output, B = the 4 KB input.)
+    "panels_many_tiles": (1, 520, 6, 7, 48, 1, 1, 1, 0, 1),
+    "panels_bands": (1, 600, 20, 25, 40, 1, 1, 1, 0, 1),
+    "panels_small_images": (9, 530, 3, 5, 24, 1, 1, 1, 0, 1),
 }
 
 
