@@ -76,6 +76,10 @@ CASES = {
     "panels_many_tiles": (1, 520, 6, 7, 48, 1, 1, 1, 0, 1),
     "panels_bands": (1, 600, 20, 25, 40, 1, 1, 1, 0, 1),
     "panels_small_images": (9, 530, 3, 5, 24, 1, 1, 1, 0, 1),
+    # NCHW: A (grad_output) in place along its planes, B (the input's NHWC
+    # copy, 2 KB pixels) in panels; stride 2 through the compact copy
+    "panels_b_only": (2, 520, 5, 6, 600, 1, 1, 1, 0, 1),
+    "panels_b_only_s2": (2, 528, 7, 9, 520, 1, 1, 2, 0, 1),
 }
 
 

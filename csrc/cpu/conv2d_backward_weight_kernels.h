@@ -183,10 +183,15 @@ void dense_backward_weight(const WgradProblem<T>& w, T* gw, const Conv2dShape& p
   // pixels the hardware prefetcher keeps up, and a copy that each thread
   // makes of every A tile and reuses for few B groups costs more than it
   // saves (ResNet-50's 64 -> 64 @56, AVX2, 2 threads: 75 -> 40 GFLOP/s).
-  const bool panels = w.A.channel == 1 && p.R == 1 && p.S == 1 && p.pad_h == 0 &&
-                      p.pad_w == 0 &&
-                      std::max(w.A.col, w.B.col) * static_cast<int64_t>(sizeof(T)) >=
-                          kWgradPanelStrideBytes;
+  // An A read along channel planes (NCHW) streams in place; its B (the
+  // NHWC copy of the other operand) gets panels where its own pixels are
+  // that far apart (strided 1x1 layers: the compact input copy).
+  const bool panel_shape = p.R == 1 && p.S == 1 && p.pad_h == 0 && p.pad_w == 0;
+  auto wide = [](int64_t pixel_elems) {
+    return pixel_elems * static_cast<int64_t>(sizeof(T)) >= kWgradPanelStrideBytes;
+  };
+  const bool pack_a = panel_shape && w.A.channel == 1 && (wide(w.A.col) || wide(w.B.col));
+  const bool pack_b = panel_shape && (pack_a || wide(w.B.col));
   const int64_t max_chunk_pixels = images_per_chunk * band_rows * p.Q;
   const int64_t work = p.N * p.P * p.Q * shape.ur * shape.nb;
   at::parallel_for(0, items, grain_for(work), [&](int64_t begin, int64_t end) {
@@ -213,8 +218,8 @@ void dense_backward_weight(const WgradProblem<T>& w, T* gw, const Conv2dShape& p
       const Item t = item_at(item);
       for (int j = 0; j < t.nb; ++j) std::memset(t.g + j * gw_b, 0, sizeof(T) * t.ua * L);
     }
-    simd::VecArray<T> a_panels(panels ? (w.a_count * max_chunk_pixels + L - 1) / L + AT : 0);
-    simd::VecArray<T> b_panels(panels ? w.b_vectors * max_chunk_pixels : 0);
+    simd::VecArray<T> a_panels(pack_a ? (w.a_count * max_chunk_pixels + L - 1) / L + AT : 0);
+    simd::VecArray<T> b_panels(pack_b ? w.b_vectors * max_chunk_pixels : 0);
     std::vector<char> a_packed(AT), b_packed(BG);
     for (int64_t n0 = 0; n0 < p.N; n0 += images_per_chunk) {
       const int64_t images = std::min(images_per_chunk, p.N - n0);
@@ -253,7 +258,7 @@ void dense_backward_weight(const WgradProblem<T>& w, T* gw, const Conv2dShape& p
                 }
               }
           };
-          if (panels) {
+          if (pack_a) {
             T* ap = reinterpret_cast<T*>(a_panels.data()) + t.a0 * pixels + t.at * L;
             if (!a_packed[t.at]) pack(w.A, w.a_count, t.a0, t.ua, ap);
             a_packed[t.at] = 1;
@@ -261,6 +266,8 @@ void dense_backward_weight(const WgradProblem<T>& w, T* gw, const Conv2dShape& p
             a_col = t.ua;
             a_row = (cols.hi - cols.lo) * a_col;
             a_image = rows * a_row;
+          }
+          if (pack_b) {
             const int64_t nbl = t.nb * L;
             T* bp = reinterpret_cast<T*>(b_panels.data()) + t.b0 * L * pixels;
             if (!b_packed[t.bg]) pack(w.B, w.b_vectors * L, t.b0 * L, nbl, bp);
