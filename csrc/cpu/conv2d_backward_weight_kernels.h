@@ -141,7 +141,7 @@ inline constexpr int64_t kWgradChunkBytes = 1024 * 1024;
 // next chunk's rows at the end of a band): 1x1 layers 0.58-0.68x -> 0.9-1.1x
 // of torch.
 inline constexpr int64_t kWgradPrefetchPixels = 64;
-// Channels_last 1x1 grad-weight copies its operands into per-chunk panels
+// 1x1 grad-weight copies its operands into per-chunk panels
 // (dense_backward_weight) where one operand's pixels are this far apart.
 // ResNet-50's 1x1 layers, AVX2, 2 threads, GFLOP/s without -> with panels:
 // 1-8 KB pixels 54-82 -> 81-118 (r50_12/13/16/18/19/21/22), 2 KB 76-85 ->
