@@ -214,6 +214,22 @@ void pack_lane_blocks(const S* src, int64_t lanes, int64_t lane_stride, int64_t 
       const int64_t used = std::min<int64_t>(L, lanes - b * L);
       if (used < L) std::fill(block.begin(), block.end(), T(0));
       T* out = dst + b * taps * C * L;
+      if (lane_stride == 1) {
+        // Adjacent lanes (grad-input's filter, [K][C] with C the lanes): one
+        // vector load per (c, t) instead of L scalar reads; the element-wise
+        // path below ran at a third of the 1x1 grad-input tile's time
+        // (2048 x 512 filter, AVX2).
+        for (int64_t c = c0; c < c1; ++c) {
+          const S* s = src + b * L + c * c_stride;
+          for (int64_t t = 0; t < taps; ++t) {
+            simd::Vec<T>::store(out + (t * C + c) * L,
+                                used == L ? simd::Stored<T, S>::load(s + tap_offset[t])
+                                          : simd::Stored<T, S>::load_partial(
+                                                s + tap_offset[t], static_cast<int>(used)));
+          }
+        }
+        continue;
+      }
       for (int64_t c = c0; c < c1; ++c) {
         const S* s = src + b * L * lane_stride + c * c_stride;
         for (int64_t l = 0; l < used; ++l)
