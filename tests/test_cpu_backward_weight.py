@@ -68,9 +68,11 @@ CASES = {
     # 4 KB or more apart: the input is B, grad_output A (1x1 and 3x3)
     "wide_input_b": (2, 1024, 5, 6, 48, 1, 1, 1, 0, 1),
     "wide_input_b_3x3": (1, 1040, 4, 5, 32, 3, 3, 1, 1, 1),
-    # 1x1 without padding, a channels_last A ("channels_last", "mixed") and
-    # pixels 2 KB or more apart (kWgradPanelStrideBytes): the operands copied
-    # into per-chunk panels. Many A tiles (threads start mid-way through
+    # 1x1 without padding, pixels 2 KB or more apart (kWgradPanelStrideBytes):
+    # the operands copied into per-chunk panels, both where A is the
+    # channels_last input ("channels_last"), B alone where A is an NCHW
+    # grad_output ("mixed", "contiguous", when the vector width leaves the
+    # input in place as B). Many A tiles (threads start mid-way through
     # them) with a channel tail; bands of rows; chunks of several small
     # images. ("wide_input_b" has A = grad_output, B = the 4 KB input.)
     "panels_many_tiles": (1, 520, 6, 7, 48, 1, 1, 1, 0, 1),
