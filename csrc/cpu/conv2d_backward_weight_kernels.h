@@ -220,7 +220,7 @@ void dense_backward_weight(const WgradProblem<T>& w, T* gw, const Conv2dShape& p
     }
     simd::VecArray<T> a_panels(pack_a ? (w.a_count * max_chunk_pixels + L - 1) / L + AT : 0);
     simd::VecArray<T> b_panels(pack_b ? w.b_vectors * max_chunk_pixels : 0);
-    std::vector<char> a_packed(AT), b_packed(BG);
+    std::vector<char> a_packed(pack_a ? AT : 0), b_packed(pack_b ? BG : 0);
     for (int64_t n0 = 0; n0 < p.N; n0 += images_per_chunk) {
       const int64_t images = std::min(images_per_chunk, p.N - n0);
       for (int64_t band = 0; band < bands; ++band) {

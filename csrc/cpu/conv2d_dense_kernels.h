@@ -206,33 +206,43 @@ void pack_lane_blocks(const S* src, int64_t lanes, int64_t lane_stride, int64_t 
   const int64_t blocks = (lanes + L - 1) / L;
   constexpr int64_t kChannelChunk = 64;
   const int64_t chunks = (C + kChannelChunk - 1) / kChannelChunk;
+  // Work item -> lane block b, channels [c0, c1), lanes used in the block.
+  struct Item {
+    int64_t b, c0, c1, used;
+  };
+  auto item_at = [&](int64_t item) {
+    const int64_t b = item / chunks, c0 = (item % chunks) * kChannelChunk;
+    return Item{b, c0, std::min(C, c0 + kChannelChunk), std::min<int64_t>(L, lanes - b * L)};
+  };
+  if (lane_stride == 1) {
+    // Adjacent lanes (grad-input's filter, [K][C] with C the lanes): one
+    // vector load per (c, t) instead of L scalar reads; the element-wise
+    // path below ran at a third of the 1x1 grad-input tile's time
+    // (2048 x 512 filter, AVX2).
+    at::parallel_for(0, blocks * chunks, grain_for(kChannelChunk * taps * L), [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const Item it = item_at(item);
+        T* out = dst + it.b * taps * C * L;
+        for (int64_t c = it.c0; c < it.c1; ++c) {
+          const S* s = src + it.b * L + c * c_stride;
+          for (int64_t t = 0; t < taps; ++t) {
+            simd::Vec<T>::store(out + (t * C + c) * L,
+                                simd::load_upto<T, S>(s + tap_offset[t], static_cast<int>(it.used)));
+          }
+        }
+      }
+    });
+    return;
+  }
   at::parallel_for(0, blocks * chunks, grain_for(kChannelChunk * taps * L), [&](int64_t begin, int64_t end) {
     std::vector<T> block(taps * L, T(0));
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / chunks, c0 = (item % chunks) * kChannelChunk;
-      const int64_t c1 = std::min(C, c0 + kChannelChunk);
-      const int64_t used = std::min<int64_t>(L, lanes - b * L);
-      if (used < L) std::fill(block.begin(), block.end(), T(0));
-      T* out = dst + b * taps * C * L;
-      if (lane_stride == 1) {
-        // Adjacent lanes (grad-input's filter, [K][C] with C the lanes): one
-        // vector load per (c, t) instead of L scalar reads; the element-wise
-        // path below ran at a third of the 1x1 grad-input tile's time
-        // (2048 x 512 filter, AVX2).
-        for (int64_t c = c0; c < c1; ++c) {
-          const S* s = src + b * L + c * c_stride;
-          for (int64_t t = 0; t < taps; ++t) {
-            simd::Vec<T>::store(out + (t * C + c) * L,
-                                used == L ? simd::Stored<T, S>::load(s + tap_offset[t])
-                                          : simd::Stored<T, S>::load_partial(
-                                                s + tap_offset[t], static_cast<int>(used)));
-          }
-        }
-        continue;
-      }
-      for (int64_t c = c0; c < c1; ++c) {
-        const S* s = src + b * L * lane_stride + c * c_stride;
-        for (int64_t l = 0; l < used; ++l)
+      const Item it = item_at(item);
+      if (it.used < L) std::fill(block.begin(), block.end(), T(0));
+      T* out = dst + it.b * taps * C * L;
+      for (int64_t c = it.c0; c < it.c1; ++c) {
+        const S* s = src + it.b * L * lane_stride + c * c_stride;
+        for (int64_t l = 0; l < it.used; ++l)
           for (int64_t t = 0; t < taps; ++t)
             block[t * L + l] = simd::Stored<T, S>::get(s[l * lane_stride + tap_offset[t]]);
         for (int64_t t = 0; t < taps; ++t)
@@ -250,7 +260,6 @@ template <typename T, typename S>
 void pack_contiguous_lanes(const S* src, int64_t lanes, int64_t lane_stride, int64_t C,
                            int64_t taps, T* dst) {
   using V = simd::Vec<T>;
-  using In = simd::Stored<T, S>;
   constexpr int L = V::size;
   const int64_t blocks = (lanes + L - 1) / L, run = C * taps;
   constexpr int64_t kChunk = 64 * L;  // run elements per work item
@@ -266,9 +275,7 @@ void pack_contiguous_lanes(const S* src, int64_t lanes, int64_t lane_stride, int
       for (int64_t f = f0; f < f1; f += L) {
         const int count = static_cast<int>(std::min<int64_t>(L, f1 - f));
         for (int l = 0; l < L; ++l) {
-          v[l] = l >= used     ? V::zero()
-                 : count == L ? In::load(s + l * lane_stride + f)
-                              : In::load_partial(s + l * lane_stride + f, count);
+          v[l] = l < used ? simd::load_upto<T, S>(s + l * lane_stride + f, count) : V::zero();
         }
         transpose_square<T>(v);
         int64_t c = f / taps, t = f % taps;

@@ -176,9 +176,7 @@ inline void plane_tile(const T* buf, const int64_t* vec_off, T* const* out, cons
   constexpr int L = V::size;
   typename V::type acc[UV];
   for (int u = 0; u < UV; ++u) {
-    acc[u] = !accumulate     ? V::broadcast(bias)
-             : lanes[u] == L ? V::load(out[u])
-                             : V::load_partial(out[u], lanes[u]);
+    acc[u] = accumulate ? simd::load_upto<T>(out[u], lanes[u]) : V::broadcast(bias);
   }
   const T* src[UV];
   for (int u = 0; u < UV; ++u) src[u] = buf + vec_off[u];
@@ -262,9 +260,7 @@ inline void row_block_tile(const T* base, int64_t row_len, const int64_t* col_of
     for (int u = 0; u < UV; ++u) {
       T* o = out + j * out_row + u * L;
       const int lanes = u == UV - 1 ? last_lanes : L;
-      acc[j][u] = !accumulate  ? V::broadcast(bias)
-                  : lanes == L ? V::load(o)
-                               : V::load_partial(o, lanes);
+      acc[j][u] = accumulate ? simd::load_upto<T>(o, lanes) : V::broadcast(bias);
     }
   }
   for (int64_t i = 0; i < R + RB - 1; ++i) {
@@ -523,14 +519,12 @@ template <typename T, int G>
 inline void weight_grad_taps(const PlanePlan& plan, const T* buf, const T* gys, const int64_t* tap_off,
                              typename simd::Vec<T>::type* acc) {
   using V = simd::Vec<T>;
-  constexpr int L = V::size;
   typename V::type a[G];
   for (int g = 0; g < G; ++g) a[g] = V::zero();
   const int64_t nv = static_cast<int64_t>(plan.src.size());
   for (int64_t v = 0; v < nv; ++v) {
     const int64_t m = plan.src[v];
-    const typename V::type gv =
-        plan.lanes[v] == L ? V::load(gys + m) : V::load_partial(gys + m, plan.lanes[v]);
+    const typename V::type gv = simd::load_upto<T>(gys + m, plan.lanes[v]);
     const T* x = buf + m;
     for (int g = 0; g < G; ++g) a[g] = simd::fmadd(gv, V::load(x + tap_off[g]), a[g]);
   }
@@ -853,9 +847,8 @@ void forward_nhwc(const at::Tensor& input, const T* wt, const T* bias, T* out,
       T* orow = out + (item * p.Q) * C;
       for (int64_t c0 = 0; c0 < C; c0 += L) {
         const int lanes = static_cast<int>(std::min<int64_t>(L, C - c0));
-        const typename V::type b = bias == nullptr ? V::zero()
-                                   : lanes == L    ? V::load(bias + c0)
-                                                   : V::load_partial(bias + c0, lanes);
+        const typename V::type b =
+            bias == nullptr ? V::zero() : simd::load_upto<T>(bias + c0, lanes);
         const T* wc = packed.data() + (c0 / L) * taps * L;
         // Tiles of up to 8 pixels along the row; those with a pixel near
         // the left/right edge check every tap column.
@@ -930,7 +923,7 @@ void fill_channel_block(const T* x, int64_t sc, int64_t sh, int64_t sw, int64_t 
         const int64_t at = slot[h * W + w];
         if (at < 0) continue;
         const T* px = x + h * sh + w * sw;
-        V::store(block + at, lanes == L ? V::load(px) : V::load_partial(px, lanes));
+        V::store(block + at, simd::load_upto<T>(px, lanes));
       }
     }
     return;
@@ -941,9 +934,7 @@ void fill_channel_block(const T* x, int64_t sc, int64_t sh, int64_t sw, int64_t 
     const int count = static_cast<int>(std::min<int64_t>(L, HW - m0));
 #pragma GCC unroll 64
     for (int l = 0; l < L; ++l) {
-      v[l] = l >= lanes   ? V::zero()
-             : count == L ? V::load(x + l * sc + m0)
-                          : V::load_partial(x + l * sc + m0, count);
+      v[l] = l < lanes ? simd::load_upto<T>(x + l * sc + m0, count) : V::zero();
     }
     transpose_square<T>(v);
 #pragma GCC unroll 64
@@ -1018,9 +1009,8 @@ void channel_blocks(const at::Tensor& input, const T* packed, const T* bias, T* 
       const bool direct = channels_last && lanes == L;
       T* const dst = direct ? out + n * PQ * C + c0 : result.data();
       const int64_t dst_pixel = direct ? C : L;
-      const typename V::type b = bias == nullptr ? V::zero()
-                                 : lanes == L    ? V::load(bias + c0)
-                                                 : V::load_partial(bias + c0, lanes);
+      const typename V::type b =
+          bias == nullptr ? V::zero() : simd::load_upto<T>(bias + c0, lanes);
       const T* wc = packed + (c0 / L) * taps * L;
       for (int64_t oh = 0; oh < p.P; ++oh) {
         const T* xrow = block.data() + oh * p.stride_h * Wp * L;

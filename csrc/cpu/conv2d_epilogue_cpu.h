@@ -50,12 +50,6 @@ StoreEpilogue<T> store_epilogue(const EpilogueTensors& tensors, const T* out) {
 namespace epilogue_detail {
 
 template <typename T>
-inline typename simd::Vec<T>::type load_n(const T* p, int n) {
-  using V = simd::Vec<T>;
-  return n == V::size ? V::load(p) : V::load_partial(p, n);
-}
-
-template <typename T>
 inline void store_n(T* p, typename simd::Vec<T>::type v, int n) {
   using V = simd::Vec<T>;
   if (n == V::size) {
@@ -170,19 +164,18 @@ inline typename simd::Vec<T>::type apply_epilogue_vector(typename simd::Vec<T>::
                                                          const StoreEpilogue<T>& s, int64_t k,
                                                          const T* dst, int n) {
   using V = simd::Vec<T>;
-  using epilogue_detail::load_n;
   const Epilogue<T>& e = s.e;
   if (e.scale != nullptr) {
-    v *= along_channels ? load_n(e.scale + k, n) : V::broadcast(e.scale[k]);
+    v *= along_channels ? simd::load_upto<T>(e.scale + k, n) : V::broadcast(e.scale[k]);
     epilogue_detail::rounded(v);
   }
   if (e.shift != nullptr) {
-    v += along_channels ? load_n(e.shift + k, n) : V::broadcast(e.shift[k]);
+    v += along_channels ? simd::load_upto<T>(e.shift + k, n) : V::broadcast(e.shift[k]);
   }
   const T* residual = e.residual != nullptr ? e.residual + (dst - s.out) : nullptr;
-  if (residual != nullptr && e.residual_before_activation) v += load_n(residual, n);
+  if (residual != nullptr && e.residual_before_activation) v += simd::load_upto<T>(residual, n);
   v = epilogue_detail::activate_vector<T>(v, e.activation);
-  if (residual != nullptr && !e.residual_before_activation) v += load_n(residual, n);
+  if (residual != nullptr && !e.residual_before_activation) v += simd::load_upto<T>(residual, n);
   return v;
 }
 
@@ -201,7 +194,7 @@ inline void epilogue_run(const StoreEpilogue<T>& s, T* dst, int64_t n, int64_t k
     const int r = static_cast<int>(n - i);
     if constexpr (simd::kMaskedAccess) {
       epilogue_detail::store_n(dst + i, apply_epilogue_vector<T, along_channels>(
-                                            epilogue_detail::load_n(dst + i, r), s,
+                                            simd::load_upto<T>(dst + i, r), s,
                                             along_channels ? k + i : k, dst + i, r), r);
     } else {
       for (; i < n; ++i) {

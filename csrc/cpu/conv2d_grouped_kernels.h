@@ -126,13 +126,10 @@ template <typename T, typename S>
 inline void transpose_listed_rows(const S* const* rows, int cols, T* d, int64_t d_row,
                                   int n_out) {
   using V = simd::Vec<T>;
-  using In = simd::Stored<T, S>;
   constexpr int L = V::size;
   typename V::type v[L];
   for (int i = 0; i < L; ++i) {
-    v[i] = rows[i] == nullptr ? V::zero()
-           : cols == L        ? In::load(rows[i])
-                              : In::load_partial(rows[i], cols);
+    v[i] = rows[i] == nullptr ? V::zero() : simd::load_upto<T, S>(rows[i], cols);
   }
   transpose_square<T>(v);
   for (int j = 0; j < cols; ++j) {
@@ -428,7 +425,6 @@ void copy_block_rows(const Image<S>& src, int64_t n, int64_t c0, const int64_t* 
     } else if (src.sc == 1 && cb <= L) {
       // channels_last, the block within one vector: its channels are
       // contiguous in each pixel, one (masked) load permuted into place.
-      using In = simd::Stored<T, S>;
       using I = typename simd::IndexVec<T>::type;
       I idx;
       for (int j = 0; j < L; ++j) {
@@ -438,8 +434,7 @@ void copy_block_rows(const Image<S>& src, int64_t n, int64_t c0, const int64_t* 
       }
       for (int64_t w = 0; w < W; ++w) {
         const typename simd::Vec<T>::type v =
-            limit == L ? In::load(sr + w * src.sw)
-                       : In::load_partial(sr + w * src.sw, static_cast<int>(limit));
+            simd::load_upto<T, S>(sr + w * src.sw, static_cast<int>(limit));
         if (cb == L) {
           simd::Vec<T>::store(dr + w * cb, __builtin_shuffle(v, idx));
         } else {

@@ -168,9 +168,7 @@ __attribute__((noinline)) void transpose_edge_block(const Src* s, int64_t s_row,
   }
   typename V::type v[L];
   for (int i = 0; i < L; ++i) {
-    v[i] = i >= rows   ? V::zero()
-           : cols == L ? In::load(s + i * s_row)
-                       : In::load_partial(s + i * s_row, cols);
+    v[i] = i < rows ? simd::load_upto<T, Src>(s + i * s_row, cols) : V::zero();
   }
   transpose_square<T>(v);
   for (int j = 0; j < cols; ++j) {

@@ -355,6 +355,13 @@ struct Stored<float, c10::BFloat16> {
 };
 #endif
 
+// The first n lanes of p (all of them where n >= size; the rest zero):
+// one whole load where the vector is full, a masked one for a tail.
+template <typename T, typename S = T>
+inline typename Vec<T>::type load_upto(const S* p, int n) {
+  return n >= Vec<T>::size ? Stored<T, S>::load(p) : Stored<T, S>::load_partial(p, n);
+}
+
 // d[i] = s[i] for i < n, converted (Stored<T, S> in, Stored<T, D> out).
 template <typename T, typename S, typename D>
 inline void convert_copy(const S* s, D* d, int64_t n) {
