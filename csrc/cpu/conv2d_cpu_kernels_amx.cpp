@@ -401,11 +401,7 @@ void forward_tiles(const BF16* x, const BF16* w, const float* bias, BF16* out, b
             for (int j = 0; j < nt; ++j) {
               const int left = static_cast<int>(std::min<int64_t>(kTileN, channels - j * kTileN));
               const __m512 v = _mm512_add_ps(_mm512_loadu_ps(rows + u * kBlockChannels + j * kTileN), b[j]);
-              if (left == kTileN) {
-                simd::Stored<float, BF16>::store(o + j * kTileN, v);
-              } else {
-                simd::Stored<float, BF16>::store_partial(o + j * kTileN, v, left);
-              }
+              simd::store_upto<float, BF16>(o + j * kTileN, v, left);
             }
           }
         }

@@ -354,11 +354,7 @@ void forward_pairs(const BF16* x, const BF16* w, const float* bias, BF16* out, b
           for (int j = 0; j * L < channels; ++j) {
             const int left = static_cast<int>(std::min<int64_t>(L, channels - j * L));
             const __m512 v = _mm512_loadu_ps(r + j * L);
-            if (left == L) {
-              simd::Stored<float, BF16>::store(o + j * L, v);
-            } else {
-              simd::Stored<float, BF16>::store_partial(o + j * L, v, left);
-            }
+            simd::store_upto<float, BF16>(o + j * L, v, left);
           }
         }
       }

@@ -595,30 +595,28 @@ void dense_forward(const T* x, const T* w, const T* bias, O* out, const DensePro
       int64_t out;  // output offset (NHWC), or pixel index in the block (NCHW)
     };
     const int64_t classes = static_cast<int64_t>(class_g.size());
-    std::vector<SortedPixel> sorted(tiling != DenseTiling::kSpan ? block : 0);
-    std::vector<int32_t> pixel_class(tiling != DenseTiling::kSpan ? block : 0);
+    const int64_t class_pixels = tiling != DenseTiling::kSpan ? block : 0;
+    std::vector<SortedPixel> in_order(class_pixels), sorted(class_pixels);
+    std::vector<int32_t> pixel_class(class_pixels);
     std::vector<int64_t> class_start(classes + 1), class_fill;
     auto tile_by_class = [&](int64_t m0, int64_t m1, const auto& fn) {
-      int64_t ow = m0 % d.Q, oh = (m0 / d.Q) % d.P;
-      for (int64_t m = m0; m < m1; ++m) {
-        pixel_class[m - m0] = row_class[oh] * static_cast<int32_t>(n_col_classes) + col_class[ow];
-        if (++ow == d.Q) ow = 0, oh = oh + 1 == d.P ? 0 : oh + 1;
-      }
+      // One pass in pixel order (class and offsets), then a stable scatter.
       std::fill(class_start.begin(), class_start.end(), 0);
-      for (int64_t i = 0; i < m1 - m0; ++i) ++class_start[pixel_class[i] + 1];
-      for (int64_t k = 0; k < classes; ++k) class_start[k + 1] += class_start[k];
-      class_fill.assign(class_start.begin(), class_start.end() - 1);
-      ow = m0 % d.Q, oh = (m0 / d.Q) % d.P;
-      int64_t n = m0 / (d.Q * d.P);
-      for (int64_t m = m0; m < m1; ++m) {
-        sorted[class_fill[pixel_class[m - m0]]++] = SortedPixel{
-            ((n * d.Hp + oh * d.stride_h) * d.Wp + ow * d.stride_w) * d.C + d.origin,
-            d.nchw ? m - m0 : n * d.out_image + oh * d.out_row + ow * d.out_pixel};
+      int64_t ow = m0 % d.Q, oh = (m0 / d.Q) % d.P, n = m0 / (d.Q * d.P);
+      for (int64_t i = 0; i < m1 - m0; ++i) {
+        const int32_t k = row_class[oh] * static_cast<int32_t>(n_col_classes) + col_class[ow];
+        pixel_class[i] = k;
+        ++class_start[k + 1];
+        in_order[i] = SortedPixel{((n * d.Hp + oh * d.stride_h) * d.Wp + ow * d.stride_w) * d.C + d.origin,
+                                  d.nchw ? i : n * d.out_image + oh * d.out_row + ow * d.out_pixel};
         if (++ow == d.Q) {
           ow = 0;
           if (++oh == d.P) oh = 0, ++n;
         }
       }
+      for (int64_t k = 0; k < classes; ++k) class_start[k + 1] += class_start[k];
+      class_fill.assign(class_start.begin(), class_start.end() - 1);
+      for (int64_t i = 0; i < m1 - m0; ++i) sorted[class_fill[pixel_class[i]]++] = in_order[i];
       for (int64_t k = 0; k < classes; ++k) {
         const SortedPixel* pixels = sorted.data() + class_start[k];
         near_equal_pieces(class_start[k + 1] - class_start[k], shape.ur,

@@ -173,7 +173,6 @@ template <typename T, int UV>
 inline void plane_tile(const T* buf, const int64_t* vec_off, T* const* out, const int* lanes,
                        const int64_t* tap_off, const T* w, int64_t taps, T bias, bool accumulate) {
   using V = simd::Vec<T>;
-  constexpr int L = V::size;
   typename V::type acc[UV];
   for (int u = 0; u < UV; ++u) {
     acc[u] = accumulate ? simd::load_upto<T>(out[u], lanes[u]) : V::broadcast(bias);
@@ -186,11 +185,7 @@ inline void plane_tile(const T* buf, const int64_t* vec_off, T* const* out, cons
     for (int u = 0; u < UV; ++u) acc[u] = simd::fmadd(V::load(src[u] + o), wv, acc[u]);
   }
   for (int u = 0; u < UV; ++u) {
-    if (lanes[u] == L) {
-      V::store(out[u], acc[u]);
-    } else {
-      V::store_partial(out[u], acc[u], lanes[u]);
-    }
+    simd::store_upto<T>(out[u], acc[u], lanes[u]);
   }
 }
 
@@ -280,11 +275,7 @@ inline void row_block_tile(const T* base, int64_t row_len, const int64_t* col_of
   for (int j = 0; j < RB; ++j) {
     for (int u = 0; u < UV; ++u) {
       T* o = out + j * out_row + u * L;
-      if (u < UV - 1 || last_lanes == L) {
-        V::store(o, acc[j][u]);
-      } else {
-        V::store_partial(o, acc[j][u], last_lanes);
-      }
+      simd::store_upto<T>(o, acc[j][u], u < UV - 1 ? L : last_lanes);
     }
   }
 }
@@ -1082,11 +1073,7 @@ void channel_blocks(const at::Tensor& input, const T* packed, const T* bias, T* 
         for (int l = 0; l < L; ++l) {
           if (l >= lanes) break;
           if (ep != nullptr) v[l] = apply_epilogue_vector<T, false>(v[l], *ep, c0 + l, oc + l * PQ + m0, count);
-          if (count == L) {
-            V::store(oc + l * PQ + m0, v[l]);
-          } else {
-            V::store_partial(oc + l * PQ + m0, v[l], count);
-          }
+          simd::store_upto<T>(oc + l * PQ + m0, v[l], count);
         }
       }
     }

@@ -49,16 +49,6 @@ StoreEpilogue<T> store_epilogue(const EpilogueTensors& tensors, const T* out) {
 
 namespace epilogue_detail {
 
-template <typename T>
-inline void store_n(T* p, typename simd::Vec<T>::type v, int n) {
-  using V = simd::Vec<T>;
-  if (n == V::size) {
-    V::store(p, v);
-  } else {
-    V::store_partial(p, v, n);
-  }
-}
-
 // The product rounded before the next add: g++ contracts a multiply and an
 // add into an FMA in C++ (-ffp-contract=fast even in ISO mode) where the
 // target has one, which the scalar epilogue (two roundings) does not do.
@@ -193,9 +183,10 @@ inline void epilogue_run(const StoreEpilogue<T>& s, T* dst, int64_t n, int64_t k
   if (i < n) {
     const int r = static_cast<int>(n - i);
     if constexpr (simd::kMaskedAccess) {
-      epilogue_detail::store_n(dst + i, apply_epilogue_vector<T, along_channels>(
-                                            simd::load_upto<T>(dst + i, r), s,
-                                            along_channels ? k + i : k, dst + i, r), r);
+      simd::store_upto<T>(dst + i,
+                          apply_epilogue_vector<T, along_channels>(simd::load_upto<T>(dst + i, r), s,
+                                                                   along_channels ? k + i : k, dst + i, r),
+                          r);
     } else {
       for (; i < n; ++i) {
         dst[i] = s.e.template apply<T>(dst[i], along_channels ? k + i : k, dst + i - s.out);

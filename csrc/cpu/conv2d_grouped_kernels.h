@@ -133,11 +133,7 @@ inline void transpose_listed_rows(const S* const* rows, int cols, T* d, int64_t 
   }
   transpose_square<T>(v);
   for (int j = 0; j < cols; ++j) {
-    if (n_out == L) {
-      V::store(d + j * d_row, v[j]);
-    } else {
-      V::store_partial(d + j * d_row, v[j], n_out);
-    }
+    simd::store_upto<T>(d + j * d_row, v[j], n_out);
   }
 }
 
@@ -435,11 +431,7 @@ void copy_block_rows(const Image<S>& src, int64_t n, int64_t c0, const int64_t* 
       for (int64_t w = 0; w < W; ++w) {
         const typename simd::Vec<T>::type v =
             simd::load_upto<T, S>(sr + w * src.sw, static_cast<int>(limit));
-        if (cb == L) {
-          simd::Vec<T>::store(dr + w * cb, __builtin_shuffle(v, idx));
-        } else {
-          simd::Vec<T>::store_partial(dr + w * cb, __builtin_shuffle(v, idx), static_cast<int>(cb));
-        }
+        simd::store_upto<T>(dr + w * cb, __builtin_shuffle(v, idx), static_cast<int>(cb));
       }
     } else {
       for (int64_t w = 0; w < W; ++w) {
@@ -474,11 +466,7 @@ void store_block_pixels(const T* buf, int64_t cob, int64_t count, O* out, int64_
         for (int j = 0; j < L; ++j) {
           const int64_t c = rel[j0 + j];
           if (c < 0 || c >= limit) continue;
-          if (cnt == L) {
-            Out::store(out + c * oc + t0, v[j]);
-          } else {
-            Out::store_partial(out + c * oc + t0, v[j], cnt);
-          }
+          simd::store_upto<T, O>(out + c * oc + t0, v[j], cnt);
         }
       }
     }
@@ -507,11 +495,7 @@ void store_block_pixels(const T* buf, int64_t cob, int64_t count, O* out, int64_
       if (rel[j] >= 0 && rel[j] < limit) idx[rel[j]] = static_cast<typename simd::IndexVec<T>::element>(j);
     for (int64_t t = 0; t < count; ++t) {
       const typename V::type v = __builtin_shuffle(V::load(buf + t * cob), idx);
-      if (limit == L) {
-        Out::store(out + t * opix, v);
-      } else {
-        Out::store_partial(out + t * opix, v, static_cast<int>(limit));
-      }
+      simd::store_upto<T, O>(out + t * opix, v, static_cast<int>(limit));
     }
     return;
   }

@@ -173,11 +173,7 @@ __attribute__((noinline)) void transpose_edge_block(const Src* s, int64_t s_row,
   transpose_square<T>(v);
   for (int j = 0; j < cols; ++j) {
     const typename V::type vj = ep(v[j], col0 + j, d + j * d_row, rows);
-    if (rows == L) {
-      Out::store(d + j * d_row, vj);
-    } else {
-      Out::store_partial(d + j * d_row, vj, rows);
-    }
+    simd::store_upto<T, Dst>(d + j * d_row, vj, rows);
   }
 }
 

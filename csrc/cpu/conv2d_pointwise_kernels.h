@@ -41,7 +41,6 @@ void pointwise_tile(const T* x, int64_t x_row, const T* w, int64_t w_row, int64_
                     const T* bias, O* out, int64_t out_row, int64_t lanes,
                     const StoreEpilogue<T>* ep, int64_t k0) {
   using V = simd::Vec<T>;
-  using Out = simd::Stored<T, O>;
   constexpr int L = V::size;
   typename V::type acc[UK][UV];
   for (int i = 0; i < UK; ++i) {
@@ -66,11 +65,7 @@ void pointwise_tile(const T* x, int64_t x_row, const T* w, int64_t w_row, int64_
                                                       out + i * out_row + v * L, static_cast<int>(n));
         }
       }
-      if (n == L) {
-        Out::store(out + i * out_row + v * L, acc[i][v]);
-      } else {
-        Out::store_partial(out + i * out_row + v * L, acc[i][v], static_cast<int>(n));
-      }
+      simd::store_upto<T, O>(out + i * out_row + v * L, acc[i][v], static_cast<int>(n));
     }
   }
 }

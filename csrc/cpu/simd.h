@@ -362,6 +362,16 @@ inline typename Vec<T>::type load_upto(const S* p, int n) {
   return n >= Vec<T>::size ? Stored<T, S>::load(p) : Stored<T, S>::load_partial(p, n);
 }
 
+// Its pair: the first n lanes of v to p (all of them where n >= size).
+template <typename T, typename S = T>
+inline void store_upto(S* p, typename Vec<T>::type v, int n) {
+  if (n >= Vec<T>::size) {
+    Stored<T, S>::store(p, v);
+  } else {
+    Stored<T, S>::store_partial(p, v, n);
+  }
+}
+
 // d[i] = s[i] for i < n, converted (Stored<T, S> in, Stored<T, D> out).
 template <typename T, typename S, typename D>
 inline void convert_copy(const S* s, D* d, int64_t n) {
