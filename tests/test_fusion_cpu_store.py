@@ -26,6 +26,8 @@ CASES = {
     # 9 * 1200 * 32 floats of weights per tile column: over 640 KB, in C chunks on either ISA
     "dense_c_chunks": (1, 1200, 5, 6, 19, 3, 3, 1, 1, 1, 1, "dense"),
     "first_layer": (2, 3, 13, 12, 10, 5, 5, 2, 2, 1, 1, "first_layer"),
+    # the row kernel (rows of >= 2 vectors): bands of rows, channel blocks with a tail
+    "first_layer_rows": (2, 3, 20, 37, 14, 3, 3, 1, 1, 1, 1, "first_layer"),
     "pointwise": (3, 16, 7, 5, 20, 1, 1, 1, 0, 1, 1, "pointwise"),
     "pointwise_strided": (2, 12, 9, 9, 7, 1, 1, 2, 0, 1, 1, "pointwise"),
     "pointwise_large": (2, 24, 20, 21, 13, 1, 1, 1, 0, 1, 1, "pointwise"),
@@ -115,8 +117,9 @@ def test_store_epilogue_f32(name, activation, layout):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("activation", ["relu", "silu", "gelu"])
-@pytest.mark.parametrize("name", ["dense", "dense_c_chunks", "first_layer", "pointwise",
-                                  "depthwise_planes", "depthwise_blocks", "depthwise_5x5"])
+@pytest.mark.parametrize("name", ["dense", "dense_c_chunks", "first_layer", "first_layer_rows",
+                                  "pointwise", "depthwise_planes", "depthwise_blocks",
+                                  "depthwise_5x5"])
 def test_store_epilogue_f64(name, activation, layout):
     _check(CASES[name], torch.float64, layout, activation)
 
