@@ -38,6 +38,12 @@ CASES = {
     "grad_output_in_place": (2, 16, 8, 8, 32, 3, 3, 1, 1, 1),
     # first layer (C < 8): the fused (s, c) tiles
     "first_layer": (2, 3, 15, 13, 20, 5, 5, 2, 2, 1),
+    # NCHW first layers with rows of >= 2 vectors: the row tiles in place
+    # (conv2d_first_layer_kernels.h), channel and tap tails, bands of rows,
+    # a tail vector per row; dilated with per-axis stride; a 1-D waveform
+    "first_layer_rows": (2, 3, 20, 75, 22, 3, 3, 2, 1, 1),
+    "first_layer_rows_dilated": (1, 2, 17, 80, 7, 3, 4, (1, 2), (1, 3), (2, 3)),
+    "first_layer_rows_1d": (2, 1, 1, 300, 16, 1, 9, 3, (0, 4), 1),
     # 1x1 stride 1, K + C <= 256, NCHW operands (contiguous, and the channel-
     # strided grad_output of "strided"): the dot-product tiles in place.
     # k and c tiles of unequal size, 63 pixels (a partial vector per plane)
@@ -142,14 +148,30 @@ def test_grad_weight_bitwise_across_thread_counts(case, layout):
 
 
 @pytest.mark.parametrize("name", ["padding_beyond_filter", "strided_dilated", "expansion_b_input",
+                                  "first_layer_rows",
                                   "pointwise_pixel_tail", "pointwise_bands",
                                   "pointwise_wide_k", "pointwise_s2_odd", "pointwise_s23_tails"])
 def test_gradcheck_float64(name):
     N, C, H, W, K, R, S, stride, padding, dilation = CASES[name]
-    x = torch.randn(1, C, min(H, 7), min(W, 8), dtype=torch.float64, requires_grad=True)
+    # (first-layer rows keep 40 columns: rows of 2 vectors on either ISA)
+    x = torch.randn(1, C, min(H, 7), min(W, 40 if name.startswith("first_layer") else 8),
+                    dtype=torch.float64, requires_grad=True)
     w = torch.randn(K, C, R, S, dtype=torch.float64, requires_grad=True)
 
     def fn(x, w):
         return conv_ext.conv2d(x, w, None, stride, padding, dilation)
 
     assert torch.autograd.gradcheck(fn, (x, w), fast_mode=True)
+
+
+def test_first_layer_rows_ignore_columns_no_pixel_reads():
+    # 40 columns, 3 taps at stride 2: column 39 meets no output pixel. An inf
+    # there must not reach the sums through a tail vector's spare lanes.
+    x = torch.randn(2, 3, 9, 40)
+    x[..., 39] = float("inf")
+    gy = torch.randn(2, 8, 4, 19)
+    args = ([2, 2], [0, 0], [1, 1], 1)
+    gw = ops.conv2d_backward_weight(gy, x, [8, 3, 3, 3], *args)
+    assert torch.isfinite(gw).all()
+    want = _reference(x[..., :39], gy, [8, 3, 3, 3], args)
+    assert (gw.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()

@@ -9,6 +9,7 @@
 #include "conv2d_backward_weight_pointwise_kernels.h"
 #include "conv2d_cpu_plan.h"
 #include "conv2d_depthwise_kernels.h"
+#include "conv2d_first_layer_kernels.h"
 #include "conv2d_generic_kernels.h"
 #include "conv2d_grouped_kernels.h"
 #include "conv2d_layout_kernels.h"
@@ -51,7 +52,9 @@ at::Tensor depthwise_backward_weight_cpu(const at::Tensor& grad_output, const at
 // vectors of channels from an NHWC buffer: the smaller of the two copies
 // (grad_output for stride-2 layers and 1x1 reductions, the input for 1x1
 // expansions), or none where a channels_last operand already has whole
-// vectors of channels. First layers, and tensors of S = bfloat16/float16
+// vectors of channels. NCHW first layers with rows of two vectors or more:
+// first_layer::backward_weight, both read in place along the rows. Other
+// first layers, and tensors of S = bfloat16/float16
 // (the in-place operand would need widening in the tile): the fused (s, c)
 // tiles on padded NHWC copies of both, widened to T = float in the copies,
 // the result rounded once in the unpacking copy.
@@ -60,6 +63,16 @@ at::Tensor dense_backward_weight_cpu(const at::Tensor& grad_output, const at::Te
                                      const Conv2dShape& p, bool first_layer) {
   constexpr int L = simd::Vec<T>::size;
   const int64_t Kb = (p.K + L - 1) / L, Cb = (p.C + L - 1) / L;
+  if constexpr (std::is_same_v<T, S>) {
+    // NCHW first layers with rows of whole vectors: both operands read in
+    // place along the rows (conv2d_first_layer_kernels.h), no NHWC copies.
+    if (first_layer && input.is_contiguous() && first_layer::fits(p, L)) {
+      at::Tensor gw = at::empty({p.K, p.C, p.R, p.S}, input.options());
+      first_layer::backward_weight<T>(input, grad_output.contiguous().const_data_ptr<T>(),
+                                      gw.mutable_data_ptr<T>(), p);
+      return gw;
+    }
+  }
   if (first_layer || !std::is_same_v<T, S>) {
     const at::Tensor x = padded_nhwc<T, S>(input, p.pad_h, p.pad_w);
     const at::Tensor gy = padded_nhwc<T, S>(grad_output, 0, 0, Kb * L);

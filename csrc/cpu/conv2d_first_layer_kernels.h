@@ -1,6 +1,6 @@
-// Forward of dense convolutions with few input channels (first layers:
-// RGB or grey images, audio waveforms and spectrograms) into NCHW, vectorized
-// along the output row.
+// Forward and grad-weight of dense convolutions with few input channels
+// (first layers: RGB or grey images, audio waveforms and spectrograms), NCHW,
+// vectorized along the output row.
 //
 // With C < 8 the channel-vectorized dense kernel (conv2d_dense_kernels.h)
 // reduces over only C*R*S values per output and then spends more time
@@ -21,6 +21,11 @@
 //
 // Each output is summed by one tile in the order (c, r, s): results do not
 // depend on the thread count or on which images share a call.
+//
+// grad-weight (backward_weight) reads the same phase-split rows and
+// grad_output's NCHW rows in place: the NHWC copies of both that the dense
+// grad-weight makes took 40% of a first layer's time (3 -> 32 3x3/2 @224,
+// N=8, AVX2).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -158,6 +163,55 @@ void copy_phase_rows(const at::Tensor& input, const Conv2dShape& p, int64_t Wx, 
   }
 }
 
+// The phase-split input of a band of output rows (see the top of the file):
+// rows of Wx floats per phase (whole tiles of `row_width` pixels, plus the
+// taps' reach), bands of `band` output rows whose input rows fit a
+// per-thread buffer of kBandBytes, and at least `wanted` bands in all. (A
+// whole-tensor phase-split copy was written and read back through memory,
+// 9 MB at 299 x 299 x 3, N=8, and the tiles' 18-27 row streams then missed
+// the caches.)
+struct Bands {
+  static constexpr int64_t kBandBytes = 128 * 1024;
+  int64_t Wx, x_row, band, count, x_channel;
+  int64_t rows_in(const Conv2dShape& p, int64_t rows) const {
+    return (rows - 1) * p.stride_h + (p.R - 1) * p.dilation_h + 1;
+  }
+  // Buffer offset of tap t = (c, r, s), in (c, r, s) order.
+  std::vector<int64_t> tap_offsets(const Conv2dShape& p) const {
+    std::vector<int64_t> off(p.C * p.R * p.S);
+    for (int64_t c = 0, t = 0; c < p.C; ++c)
+      for (int64_t r = 0; r < p.R; ++r)
+        for (int64_t s = 0; s < p.S; ++s, ++t) {
+          const int64_t col = s * p.dilation_w;
+          off[t] = c * x_channel + r * p.dilation_h * x_row + (col % p.stride_w) * Wx + col / p.stride_w;
+        }
+    return off;
+  }
+  // The input rows of output rows [oh0, oh1) of image n into dst.
+  template <typename T>
+  void copy(const at::Tensor& input, const Conv2dShape& p, int64_t n, int64_t oh0, int64_t oh1,
+            T* dst) const {
+    copy_phase_rows<T>(input, p, Wx, n, oh0 * p.stride_h, oh0 * p.stride_h + rows_in(p, oh1 - oh0),
+                       x_channel, dst);
+  }
+};
+
+inline Bands plan_bands(const Conv2dShape& p, int64_t row_width, int64_t elem_bytes,
+                        int64_t wanted) {
+  Bands b;
+  b.Wx = row_width + ((p.S - 1) * p.dilation_w) / p.stride_w;
+  b.x_row = p.stride_w * b.Wx;
+  auto band_bytes = [&](int64_t rows) { return p.C * b.rows_in(p, rows) * b.x_row * elem_bytes; };
+  b.band = p.P;
+  while (b.band > 1 &&
+         (band_bytes(b.band) > Bands::kBandBytes || p.N * ((p.P + b.band - 1) / b.band) < wanted)) {
+    b.band = (b.band + 1) / 2;
+  }
+  b.count = (p.P + b.band - 1) / b.band;
+  b.x_channel = b.rows_in(p, b.band) * b.x_row;
+  return b;
+}
+
 // The forward of problem p (first_layer::fits) into `out`, contiguous NCHW;
 // with ep, conv2d_fused's epilogue on each work item's rows as soon as its
 // channel tiles are stored (while they are in L1).
@@ -168,41 +222,13 @@ void forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor
   constexpr int L = V::size;
   constexpr int KT = kTileChannels;
   constexpr int64_t kTilePixels = int64_t{kRowVectors} * L;
-  const int64_t sw = p.stride_w;
   const int64_t row_tiles = (p.Q + kTilePixels - 1) / kTilePixels;
-  // Every tile reads QV whole vectors from q0 + (s * dilation_w) / sw.
-  const int64_t Wx = row_tiles * kTilePixels + ((p.S - 1) * p.dilation_w) / sw;
-  // Work items: an image and a band of `band` output rows, whose input rows
-  // (C * rows_in(band) * sw * Wx) fit a per-thread buffer of kBandBytes, and
-  // enough items for the threads. The old whole-tensor phase-split copy was
-  // written and read back through memory (9 MB at 299 x 299 x 3, N=8), and
-  // the tiles' 18-27 row streams then missed the caches.
-  constexpr int64_t kBandBytes = 128 * 1024;
-  const int64_t x_row = sw * Wx;
-  auto rows_in = [&](int64_t rows) {
-    return (rows - 1) * p.stride_h + (p.R - 1) * p.dilation_h + 1;
-  };
-  auto band_bytes = [&](int64_t rows) {
-    return p.C * rows_in(rows) * x_row * static_cast<int64_t>(sizeof(T));
-  };
-  const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
-  int64_t band = p.P;
-  while (band > 1 && (band_bytes(band) > kBandBytes || p.N * ((p.P + band - 1) / band) < wanted)) {
-    band = (band + 1) / 2;
-  }
-  const int64_t bands = (p.P + band - 1) / band;
-  const int64_t x_channel = rows_in(band) * x_row;
-
-  // Tap offsets in (c, r, s) order.
+  const Bands bands = plan_bands(p, row_tiles * kTilePixels, sizeof(T),
+                                 4 * static_cast<int64_t>(at::get_num_threads()));
   const int64_t taps = p.C * p.R * p.S;
-  std::vector<int64_t> offsets(taps);
-  for (int64_t c = 0, t = 0; c < p.C; ++c)
-    for (int64_t r = 0; r < p.R; ++r)
-      for (int64_t s = 0; s < p.S; ++s, ++t) {
-        const int64_t col = s * p.dilation_w;
-        offsets[t] = c * x_channel + r * p.dilation_h * x_row + (col % sw) * Wx + col / sw;
-      }
+  const std::vector<int64_t> offsets = bands.tap_offsets(p);
   const int64_t* off = offsets.data();
+  const int64_t x_row = bands.x_row, band = bands.band, x_channel = bands.x_channel;
 
   // Weights [K/KT][taps][KT], zero beyond K; bias padded the same way.
   const int64_t Kt = (p.K + KT - 1) / KT;
@@ -220,14 +246,13 @@ void forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor
 
   T* o = out.mutable_data_ptr<T>();
   const int64_t out_channel = p.P * p.Q;
-  at::parallel_for(0, p.N * bands, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * bands.count, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> xbuf(static_cast<size_t>(p.C * x_channel));
     const T* x = xbuf.data();
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / bands, oh0 = (item % bands) * band;
+      const int64_t n = item / bands.count, oh0 = (item % bands.count) * band;
       const int64_t oh1 = std::min(p.P, oh0 + band);
-      copy_phase_rows<T>(input, p, Wx, n, oh0 * p.stride_h,
-                         oh0 * p.stride_h + rows_in(oh1 - oh0), x_channel, xbuf.data());
+      bands.copy<T>(input, p, n, oh0, oh1, xbuf.data());
       // Channel blocks outermost: each block's KT output planes are written
       // along the band's rows (consecutive in each plane), KT sequential
       // streams the hardware prefetchers follow, instead of a short stretch
@@ -254,6 +279,107 @@ void forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor
                                    (oh1 - oh0) * p.Q, k);
           }
         }
+      }
+    }
+  });
+}
+
+// grad-weight of problem p (first_layer::fits, NCHW grad_output `gy`,
+// contiguous) into gw [K][C][R][S], without layout copies: a tile holds
+// KB output channels x TT taps, each a vector of L lanes summing
+// gy[k][oh][q] * x_tap[oh][q] over the row's pixels q = lane (mod L), both
+// read as vectors along the row (the input from the band's phase-split
+// rows, as forward reads it). Chunks of (image, band of rows) sum into
+// their own lane partials; the chunks (fixed by the shape, not by the
+// thread count) are added in order, then the lanes: the same sums on any
+// number of threads.
+inline constexpr int kGradRowChannels = simd::kVectorBytes == 64 ? 4 : 3;
+inline constexpr int kGradRowTaps = simd::kVectorBytes == 64 ? 6 : 4;
+
+// acc (KB x TT vectors, in memory between calls) += the rows' products.
+// x: the band buffer at the first row's tap (0, 0) input row; off: TT tap
+// offsets; gy: KB rows of grad_output, gy_row apart from row to row.
+template <typename T>
+__attribute__((noinline)) void weight_grad_row_tile(const T* x, const int64_t* off, int64_t x_step,
+                                                    const T* const* gy, int64_t gy_row,
+                                                    int64_t rows, int64_t Q, T* acc_mem) {
+  using V = simd::Vec<T>;
+  constexpr int L = V::size;
+  constexpr int KB = kGradRowChannels, TT = kGradRowTaps;
+  typename V::type acc[KB][TT];
+  for (int k = 0; k < KB; ++k)
+    for (int t = 0; t < TT; ++t) acc[k][t] = V::load(acc_mem + (k * TT + t) * L);
+  for (int64_t row = 0; row < rows; ++row) {
+    const T* xr = x + row * x_step;
+    const int64_t g = row * gy_row;
+    int64_t q = 0;
+    for (; q + L <= Q; q += L) {
+      typename V::type gv[KB];
+      for (int k = 0; k < KB; ++k) gv[k] = V::load(gy[k] + g + q);
+      for (int t = 0; t < TT; ++t) {
+        const typename V::type xv = V::load(xr + off[t] + q);
+        for (int k = 0; k < KB; ++k) acc[k][t] = simd::fmadd(gv[k], xv, acc[k][t]);
+      }
+    }
+    if (q < Q) {  // both operands' lanes past Q zero (an input column no pixel reads may be inf)
+      const int n = static_cast<int>(Q - q);
+      typename V::type gv[KB];
+      for (int k = 0; k < KB; ++k) gv[k] = simd::load_upto<T>(gy[k] + g + q, n);
+      for (int t = 0; t < TT; ++t) {
+        const typename V::type xv = simd::load_upto<T>(xr + off[t] + q, n);
+        for (int k = 0; k < KB; ++k) acc[k][t] = simd::fmadd(gv[k], xv, acc[k][t]);
+      }
+    }
+  }
+  for (int k = 0; k < KB; ++k)
+    for (int t = 0; t < TT; ++t) V::store(acc_mem + (k * TT + t) * L, acc[k][t]);
+}
+
+template <typename T>
+void backward_weight(const at::Tensor& input, const T* gy, T* gw, const Conv2dShape& p) {
+  constexpr int L = simd::Vec<T>::size;
+  constexpr int KB = kGradRowChannels, TT = kGradRowTaps;
+  const int64_t Qv = (p.Q + L - 1) / L * L;  // pixels read per row: whole vectors
+  const Bands bands = plan_bands(p, Qv, sizeof(T), 8);
+  const int64_t taps = p.C * p.R * p.S;
+  const int64_t tap_groups = (taps + TT - 1) / TT, k_blocks = (p.K + KB - 1) / KB;
+  std::vector<int64_t> off = bands.tap_offsets(p);
+  off.resize(tap_groups * TT, 0);  // padding taps: summed, never stored
+  const int64_t tile_floats = KB * TT * L, chunk_floats = k_blocks * tap_groups * tile_floats;
+  const int64_t chunks = p.N * bands.count;
+  std::vector<T> partial(static_cast<size_t>(chunks * chunk_floats), T(0));
+  const std::vector<T> zero_row(p.K % KB != 0 ? p.P * p.Q : 0, T(0));  // channels past K
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> xbuf(static_cast<size_t>(p.C * bands.x_channel));
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t n = chunk / bands.count, oh0 = (chunk % bands.count) * bands.band;
+      const int64_t oh1 = std::min(p.P, oh0 + bands.band);
+      bands.copy<T>(input, p, n, oh0, oh1, xbuf.data());
+      T* acc = partial.data() + chunk * chunk_floats;
+      for (int64_t kb = 0; kb < k_blocks; ++kb) {
+        const T* rows[KB];
+        for (int k = 0; k < KB; ++k) {
+          const int64_t kk = kb * KB + k;
+          rows[k] = kk < p.K ? gy + ((n * p.K + kk) * p.P + oh0) * p.Q : zero_row.data();
+        }
+        for (int64_t tg = 0; tg < tap_groups; ++tg) {
+          weight_grad_row_tile<T>(xbuf.data(), off.data() + tg * TT, p.stride_h * bands.x_row, rows,
+                                  p.Q, oh1 - oh0, p.Q, acc + (kb * tap_groups + tg) * tile_floats);
+        }
+      }
+    }
+  });
+  // gw[k][t]: the chunks in order, then the lanes in order.
+  at::parallel_for(0, p.K, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t at = ((k / KB) * tap_groups + t / TT) * tile_floats + ((k % KB) * TT + t % TT) * L;
+        T lanes[L] = {};
+        for (int64_t c = 0; c < chunks; ++c)
+          for (int l = 0; l < L; ++l) lanes[l] += partial[c * chunk_floats + at + l];
+        T sum = lanes[0];
+        for (int l = 1; l < L; ++l) sum += lanes[l];
+        gw[k * taps + t] = sum;
       }
     }
   });
