@@ -44,6 +44,8 @@ CASES = {
     "first_layer_rows": (2, 3, 20, 75, 22, 3, 3, 2, 1, 1),
     "first_layer_rows_dilated": (1, 2, 17, 80, 7, 3, 4, (1, 2), (1, 3), (2, 3)),
     "first_layer_rows_1d": (2, 1, 1, 300, 16, 1, 9, 3, (0, 4), 1),
+    # 70 (image, band) units (one band per image) in 64 chunks: 6 of 2 units
+    "first_layer_rows_chunks": (70, 1, 8, 40, 5, 3, 3, 1, 1, 1),
     # 1x1 stride 1, K + C <= 256, NCHW operands (contiguous, and the channel-
     # strided grad_output of "strided"): the dot-product tiles in place.
     # k and c tiles of unequal size, 63 pixels (a partial vector per plane)

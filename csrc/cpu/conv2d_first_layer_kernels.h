@@ -289,8 +289,8 @@ void forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor
 // KB output channels x TT taps, each a vector of L lanes summing
 // gy[k][oh][q] * x_tap[oh][q] over the row's pixels q = lane (mod L), both
 // read as vectors along the row (the input from the band's phase-split
-// rows, as forward reads it). Chunks of (image, band of rows) sum into
-// their own lane partials; the chunks (fixed by the shape, not by the
+// rows, as forward reads it). Chunks of (image, band of rows) units sum
+// into their own lane partials; the chunks (fixed by the shape, not by the
 // thread count) are added in order, then the lanes: the same sums on any
 // number of threads.
 inline constexpr int kGradRowChannels = simd::kVectorBytes == 64 ? 4 : 3;
@@ -346,15 +346,21 @@ void backward_weight(const at::Tensor& input, const T* gy, T* gw, const Conv2dSh
   std::vector<int64_t> off = bands.tap_offsets(p);
   off.resize(tap_groups * TT, 0);  // padding taps: summed, never stored
   const int64_t tile_floats = KB * TT * L, chunk_floats = k_blocks * tap_groups * tile_floats;
-  const int64_t chunks = p.N * bands.count;
+  // Chunks: runs of consecutive (image, band) units, at most kMaxChunks of
+  // them, so the partials do not grow with the batch (64 x 312 KB for a
+  // 7x7 3 -> 64 stem).
+  constexpr int64_t kMaxChunks = 64;
+  const int64_t units = p.N * bands.count, chunks = std::min(units, kMaxChunks);
   std::vector<T> partial(static_cast<size_t>(chunks * chunk_floats), T(0));
   const std::vector<T> zero_row(p.K % KB != 0 ? p.P * p.Q : 0, T(0));  // channels past K
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> xbuf(static_cast<size_t>(p.C * bands.x_channel));
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t n = chunk / bands.count, oh0 = (chunk % bands.count) * bands.band;
+    for (int64_t unit = begin * units / chunks; unit < end * units / chunks; ++unit) {
+      const int64_t n = unit / bands.count, oh0 = (unit % bands.count) * bands.band;
       const int64_t oh1 = std::min(p.P, oh0 + bands.band);
       bands.copy<T>(input, p, n, oh0, oh1, xbuf.data());
+      // chunk c holds units [c * units / chunks, (c + 1) * units / chunks)
+      const int64_t chunk = ((unit + 1) * chunks - 1) / units;
       T* acc = partial.data() + chunk * chunk_floats;
       for (int64_t kb = 0; kb < k_blocks; ++kb) {
         const T* rows[KB];
