@@ -183,7 +183,8 @@ struct Bands {
       for (int64_t r = 0; r < p.R; ++r)
         for (int64_t s = 0; s < p.S; ++s, ++t) {
           const int64_t col = s * p.dilation_w;
-          off[t] = c * x_channel + r * p.dilation_h * x_row + (col % p.stride_w) * Wx + col / p.stride_w;
+          off[t] = c * x_channel + r * p.dilation_h * x_row + (col % p.stride_w) * Wx +
+                   col / p.stride_w;
         }
     return off;
   }
@@ -379,10 +380,11 @@ void backward_weight(const at::Tensor& input, const T* gy, T* gw, const Conv2dSh
   at::parallel_for(0, p.K, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       for (int64_t t = 0; t < taps; ++t) {
-        const int64_t at = ((k / KB) * tap_groups + t / TT) * tile_floats + ((k % KB) * TT + t % TT) * L;
+        const int64_t pos =
+            ((k / KB) * tap_groups + t / TT) * tile_floats + ((k % KB) * TT + t % TT) * L;
         T lanes[L] = {};
         for (int64_t c = 0; c < chunks; ++c)
-          for (int l = 0; l < L; ++l) lanes[l] += partial[c * chunk_floats + at + l];
+          for (int l = 0; l < L; ++l) lanes[l] += partial[c * chunk_floats + pos + l];
         T sum = lanes[0];
         for (int l = 1; l < L; ++l) sum += lanes[l];
         gw[k * taps + t] = sum;
