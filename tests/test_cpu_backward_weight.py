@@ -46,6 +46,10 @@ CASES = {
     "first_layer_rows_1d": (2, 1, 1, 300, 16, 1, 9, 3, (0, 4), 1),
     # 70 (image, band) units (one band per image) in 64 chunks: 6 of 2 units
     "first_layer_rows_chunks": (70, 1, 8, 40, 5, 3, 3, 1, 1, 1),
+    # rows of 19 pixels (a fifth of AVX2's 24 lanes idle): the NHWC path
+    # (first_layer::weight_grad_fits), with the speech layers' 5 x 20 filter
+    # and 2 x 8 stride
+    "first_layer_short_rows": (2, 1, 10, 151, 8, 5, 20, (2, 8), (2, 8), 1),
     # 1x1 stride 1, K + C <= 256, NCHW operands (contiguous, and the channel-
     # strided grad_output of "strided"): the dot-product tiles in place.
     # k and c tiles of unequal size, 63 pixels (a partial vector per plane)
@@ -167,13 +171,14 @@ def test_gradcheck_float64(name):
 
 
 def test_first_layer_rows_ignore_columns_no_pixel_reads():
-    # 40 columns, 3 taps at stride 2: column 39 meets no output pixel. An inf
-    # there must not reach the sums through a tail vector's spare lanes.
-    x = torch.randn(2, 3, 9, 40)
-    x[..., 39] = float("inf")
-    gy = torch.randn(2, 8, 4, 19)
+    # 48 columns, 3 taps at stride 2: 23 output pixels (AVX2: a tail of 7
+    # lanes), and column 47 meets no output pixel. An inf there must not reach
+    # the sums through the tail vector's spare lane.
+    x = torch.randn(2, 3, 9, 48)
+    x[..., 47] = float("inf")
+    gy = torch.randn(2, 8, 4, 23)
     args = ([2, 2], [0, 0], [1, 1], 1)
     gw = ops.conv2d_backward_weight(gy, x, [8, 3, 3, 3], *args)
     assert torch.isfinite(gw).all()
-    want = _reference(x[..., :39], gy, [8, 3, 3, 3], args)
+    want = _reference(x[..., :47], gy, [8, 3, 3, 3], args)
     assert (gw.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()

@@ -64,9 +64,9 @@ at::Tensor dense_backward_weight_cpu(const at::Tensor& grad_output, const at::Te
   constexpr int L = simd::Vec<T>::size;
   const int64_t Kb = (p.K + L - 1) / L, Cb = (p.C + L - 1) / L;
   if constexpr (std::is_same_v<T, S>) {
-    // NCHW first layers with rows of whole vectors: both operands read in
-    // place along the rows (conv2d_first_layer_kernels.h), no NHWC copies.
-    if (first_layer && input.is_contiguous() && first_layer::fits(p, L)) {
+    // NCHW first layers with rows of (nearly) whole vectors: both operands
+    // read in place along the rows (conv2d_first_layer_kernels.h), no NHWC copies.
+    if (first_layer && input.is_contiguous() && first_layer::weight_grad_fits(p, L)) {
       at::Tensor gw = at::empty({p.K, p.C, p.R, p.S}, input.options());
       first_layer::backward_weight<T>(input, grad_output.contiguous().const_data_ptr<T>(),
                                       gw.mutable_data_ptr<T>(), p);

@@ -56,6 +56,14 @@ inline bool fits(const Conv2dShape& p, int L) {
   return p.groups == 1 && p.C < 8 && p.Q >= 2 * L;
 }
 
+// grad-weight's rule: as fits, with at most an eighth of the rows' lanes
+// idle. (AVX2, one thread: the NHWC path, vectors along K, took 35 against
+// 32 GFLOP/s at Q = 19 and 43 against 39 at Q = 25; the row path led by
+// 1.2-1.8x from Q = 36 up.)
+inline bool weight_grad_fits(const Conv2dShape& p, int L) {
+  return fits(p, L) && 8 * p.Q >= 7 * ((p.Q + L - 1) / L * L);
+}
+
 struct RowProblem {
   int64_t N, C, K, P, Q, R, S;
   int64_t stride_h;
@@ -198,14 +206,14 @@ struct Bands {
 };
 
 inline Bands plan_bands(const Conv2dShape& p, int64_t row_width, int64_t elem_bytes,
-                        int64_t wanted) {
+                        int64_t wanted, int64_t min_rows = 1) {
   Bands b;
   b.Wx = row_width + ((p.S - 1) * p.dilation_w) / p.stride_w;
   b.x_row = p.stride_w * b.Wx;
   auto band_bytes = [&](int64_t rows) { return p.C * b.rows_in(p, rows) * b.x_row * elem_bytes; };
   b.band = p.P;
-  while (b.band > 1 &&
-         (band_bytes(b.band) > Bands::kBandBytes || p.N * ((p.P + b.band - 1) / b.band) < wanted)) {
+  while (b.band > 1 && (band_bytes(b.band) > Bands::kBandBytes ||
+                        (p.N * ((p.P + b.band - 1) / b.band) < wanted && b.band / 2 >= min_rows))) {
     b.band = (b.band + 1) / 2;
   }
   b.count = (p.P + b.band - 1) / b.band;
@@ -285,7 +293,7 @@ void forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor
   });
 }
 
-// grad-weight of problem p (first_layer::fits, NCHW grad_output `gy`,
+// grad-weight of problem p (first_layer::weight_grad_fits, NCHW grad_output `gy`,
 // contiguous) into gw [K][C][R][S], without layout copies: a tile holds
 // KB output channels x TT taps, each a vector of L lanes summing
 // gy[k][oh][q] * x_tap[oh][q] over the row's pixels q = lane (mod L), both
@@ -341,7 +349,11 @@ void backward_weight(const at::Tensor& input, const T* gy, T* gw, const Conv2dSh
   constexpr int L = simd::Vec<T>::size;
   constexpr int KB = kGradRowChannels, TT = kGradRowTaps;
   const int64_t Qv = (p.Q + L - 1) / L * L;  // pixels read per row: whole vectors
-  const Bands bands = plan_bands(p, Qv, sizeof(T), 8);
+  // Bands of at least 16 vectors of pixels, where the memory allows: a tile
+  // loads and stores its KB x TT accumulators once per band, and each chunk's
+  // partials are cleared and summed (N = 1, Q = 19: 2-row bands ran at 13
+  // GFLOP/s, less than half the NHWC path).
+  const Bands bands = plan_bands(p, Qv, sizeof(T), 8, (16 * L + p.Q - 1) / p.Q);
   const int64_t taps = p.C * p.R * p.S;
   const int64_t tap_groups = (taps + TT - 1) / TT, k_blocks = (p.K + KB - 1) / KB;
   std::vector<int64_t> off = bands.tap_offsets(p);
