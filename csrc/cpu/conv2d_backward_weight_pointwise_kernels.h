@@ -146,17 +146,13 @@ void pointwise_backward_weight(const S* g, int64_t g_image, int64_t g_channel, c
         first = false;
       }
     }
-    // The lanes of each element summed in a fixed order (pairwise).
+    // The lanes of each element summed in a fixed order.
     for (int64_t item = begin; item < end; ++item) {
       const Item t = item_at(item);
       for (int u = 0; u < t.uk; ++u) {
         for (int v = 0; v < t.uc; ++v) {
           const T* e = acc + ((t.k0 + u) * C + t.c0 + v) * L;
-          T s[L];
-          for (int l = 0; l < L; ++l) s[l] = e[l];
-          for (int w = L / 2; w > 0; w /= 2)
-            for (int l = 0; l < w; ++l) s[l] += s[l + w];
-          gw[(t.k0 + u) * C + t.c0 + v] = simd::Stored<T, S>::put(s[0]);
+          gw[(t.k0 + u) * C + t.c0 + v] = simd::Stored<T, S>::put(simd::sum_lanes<T, L>(e));
         }
       }
     }

@@ -388,7 +388,7 @@ void backward_weight(const at::Tensor& input, const T* gy, T* gw, const Conv2dSh
       }
     }
   });
-  // gw[k][t]: the chunks in order, then the lanes in order.
+  // gw[k][t]: the chunks in order, then the lanes (simd::sum_lanes).
   at::parallel_for(0, p.K, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       for (int64_t t = 0; t < taps; ++t) {
@@ -397,9 +397,7 @@ void backward_weight(const at::Tensor& input, const T* gy, T* gw, const Conv2dSh
         T lanes[L] = {};
         for (int64_t c = 0; c < chunks; ++c)
           for (int l = 0; l < L; ++l) lanes[l] += partial[c * chunk_floats + pos + l];
-        T sum = lanes[0];
-        for (int l = 1; l < L; ++l) sum += lanes[l];
-        gw[k * taps + t] = sum;
+        gw[k * taps + t] = simd::sum_lanes<T, L>(lanes);
       }
     }
   });

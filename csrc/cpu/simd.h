@@ -372,6 +372,17 @@ inline void store_upto(S* p, typename Vec<T>::type v, int n) {
   }
 }
 
+// The sum of the L lanes e[0..L), pairwise in a fixed order (the one rule
+// for folding a reduction's lane partials: the same bits on every call).
+template <typename T, int L>
+inline T sum_lanes(const T* e) {
+  T s[L];
+  for (int l = 0; l < L; ++l) s[l] = e[l];
+  for (int w = L / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) s[l] += s[l + w];
+  return s[0];
+}
+
 // d[i] = s[i] for i < n, converted (Stored<T, S> in, Stored<T, D> out).
 template <typename T, typename S, typename D>
 inline void convert_copy(const S* s, D* d, int64_t n) {
